@@ -1,0 +1,231 @@
+"""The Redis backend: ``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``.
+
+redis-py is imported only when a backend is built (the ``redis`` extra). Clients
+get short socket timeouts and no client-side retries by default, so an outage
+costs one short timeout, after which the primitive's own failure policy (with its
+cooldown) takes over instead of every call waiting again.
+
+Async clients are bound to an event loop; the backend keeps one per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+from scalekit.backends._lua import LuaScript
+from scalekit.errors import BackendError, ConfigurationError, MissingDependency
+
+__all__ = ["DEFAULT_TIMEOUT", "RedisBackend"]
+
+DEFAULT_TIMEOUT = 0.25
+_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+        import redis.asyncio
+        import redis.asyncio.cluster
+        import redis.cluster
+    except ImportError as exc:  # pragma: no cover - exercised without the extra
+        raise MissingDependency("the Redis backend", "redis", "redis") from exc
+    return redis
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and reprs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class RedisBackend:
+    """Connection settings for one Redis deployment, shared by every primitive.
+
+    ``clock``: ``None`` (the default, and the only setting for production) makes
+    every Lua script read Redis' own ``TIME``. Tests may pass a clock (e.g.
+    :class:`scalekit.testing.FakeClock`) whose time is sent to the scripts instead,
+    so that the same contract suite runs on Redis and in memory.
+
+    ``client`` / ``async_client_factory``: bring your own redis-py clients (an
+    existing ``Redis`` and a zero-argument callable returning an asyncio client for
+    the running loop) instead of having them built from ``url``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_TIMEOUT,
+        clock: Callable[[], float] | None = None,
+        client: Any = None,
+        async_client_factory: Callable[[], Any] | None = None,
+        **client_options: Any,
+    ) -> None:
+        scheme = urlsplit(url).scheme
+        if scheme not in _SCHEMES:
+            raise ConfigurationError(
+                f"not a Redis URL: {_redact(url)!r}; expected one of "
+                + ", ".join(f"{s}://" for s in _SCHEMES)
+            )
+        for name, value in (
+            ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+        ):
+            if not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(
+                    f"{name} must be a positive number of seconds, got {value!r}"
+                )
+        self.url = url
+        self.cluster = scheme.endswith("+cluster")
+        self._client_url = url.replace("+cluster", "", 1) if self.cluster else url
+        self.socket_timeout = float(socket_timeout)
+        self.connect_timeout = float(connect_timeout)
+        self.server_now: Callable[[], float] | None = clock
+        self._options = client_options
+        self._lock = threading.Lock()
+        self._sync: Any = client
+        self._async_factory = async_client_factory
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        _import_redis()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBackend:
+        query = dict(parse_qsl(urlsplit(url).query))
+        kwargs: dict[str, Any] = {}
+        for name in ("socket_timeout", "connect_timeout"):
+            if name in query:
+                try:
+                    kwargs[name] = float(query[name])
+                except ValueError:
+                    raise ConfigurationError(
+                        f"{name} in the URL must be a number of seconds, got {query[name]!r}"
+                    ) from None
+        kwargs.update(options)
+        return cls(url, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({_redact(self.url)!r})"
+
+    # -- clients -------------------------------------------------------------
+    def _kwargs(self) -> dict[str, Any]:
+        redis = _import_redis()
+        from redis.backoff import NoBackoff
+
+        kw: dict[str, Any] = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+        }
+        if not self.cluster:
+            kw["retry"] = redis.retry.Retry(NoBackoff(), 0)
+            kw["retry_on_timeout"] = False
+        kw.update(self._options)
+        return kw
+
+    def _strip_query(self) -> str:
+        # Our own options must not reach redis-py's from_url, which rejects unknown ones.
+        parts = urlsplit(self._client_url)
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "connect_timeout"]
+        from urllib.parse import urlencode
+
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    @property
+    def sync_client(self) -> Any:
+        """The redis-py client (``Redis`` or ``RedisCluster``), created on first use."""
+        client = self._sync
+        if client is None:
+            with self._lock:
+                if self._sync is None:
+                    redis = _import_redis()
+                    cls = redis.cluster.RedisCluster if self.cluster else redis.Redis
+                    self._sync = cls.from_url(self._strip_query(), **self._kwargs())
+                client = self._sync
+        return client
+
+    def async_client(self) -> Any:
+        """The asyncio client for the running event loop, created on first use."""
+        loop = asyncio.get_running_loop()
+        client = self._async.get(loop)
+        if client is None:
+            if self._async_factory is not None:
+                client = self._async_factory()
+            else:
+                redis = _import_redis()
+                cls = redis.asyncio.cluster.RedisCluster if self.cluster else redis.asyncio.Redis
+                client = cls.from_url(self._strip_query(), **self._kwargs())
+            self._async[loop] = client
+        return client
+
+    def close(self) -> None:
+        """Close the sync client's connections (async ones: :meth:`aclose`)."""
+        with self._lock:
+            client, self._sync = self._sync, None
+        if client is not None:
+            client.close()
+
+    async def aclose(self) -> None:
+        """Close the running loop's async client."""
+        client = self._async.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+    # -- operations ------------------------------------------------------------
+    def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run ``script`` in one round trip (loading it once on NOSCRIPT)."""
+        redis = _import_redis()
+        client = self.sync_client
+        try:
+            try:
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                client.script_load(script.source)
+                return client.evalsha(script.sha, len(keys), *keys, *args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
+
+    async def aevalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        redis = _import_redis()
+        client = self.async_client()
+        try:
+            try:
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:
+                await client.script_load(script.source)
+                return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
+
+    def delete(self, keys: Sequence[str]) -> None:
+        redis = _import_redis()
+        try:
+            if self.cluster:
+                for k in keys:  # same hash tag, but RedisCluster.delete splits anyway
+                    self.sync_client.delete(k)
+            else:
+                self.sync_client.delete(*keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
+
+    async def adelete(self, keys: Sequence[str]) -> None:
+        redis = _import_redis()
+        client = self.async_client()
+        try:
+            if self.cluster:
+                for k in keys:
+                    await client.delete(k)
+            else:
+                await client.delete(*keys)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc

@@ -1,0 +1,98 @@
+"""The one error tree of scalekit.
+
+Every exception scalekit raises on purpose derives from :class:`ScalekitError`, and
+the same classes serve sync and async code::
+
+    ScalekitError
+    ├── ConfigurationError (also a ValueError)   bad argument, URL, rate string, tier
+    │   └── MissingDependency (also ImportError) an optional extra is not installed
+    ├── BackendError                             Redis/PostgreSQL failed; chained from
+    │                                            the driver's exception (``__cause__``)
+    └── LimitExceeded                            something refused to run now
+        ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
+        └── ConcurrencyLimitExceeded             no slot free within the timeout
+
+Later primitives add ``CircuitOpenError``, ``PoolExhausted``, ``CursorError`` and
+``MustRefetch`` to this module, under the same root.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scalekit.ratelimit.decision import Decision
+
+__all__ = [
+    "BackendError",
+    "ConcurrencyLimitExceeded",
+    "ConfigurationError",
+    "LimitExceeded",
+    "MissingDependency",
+    "RateLimitExceeded",
+    "ScalekitError",
+]
+
+
+class ScalekitError(Exception):
+    """Root of every exception scalekit raises on purpose."""
+
+
+class ConfigurationError(ScalekitError, ValueError):
+    """A value given to scalekit is invalid; the message names it and what is allowed."""
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """An optional extra is needed; the message names the ``pip install`` to run."""
+
+    def __init__(self, feature: str, extra: str, module: str) -> None:
+        super().__init__(
+            f"{feature} needs the optional dependency {module!r}; "
+            f"install it with: pip install 'scalekit-primitives[{extra}]'"
+        )
+        self.extra = extra
+        self.module = module
+
+
+class BackendError(ScalekitError):
+    """A storage backend (Redis, PostgreSQL) failed or timed out.
+
+    The driver's exception is chained as ``__cause__``.
+    """
+
+
+class LimitExceeded(ScalekitError):
+    """Base class of "not now" refusals; ``retry_after`` is in seconds."""
+
+    retry_after: float
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimitExceeded(LimitExceeded):
+    """A rate limit refused the call.
+
+    ``retry_after`` is the number of seconds after which the same call could be
+    allowed (``math.inf`` when it never can, e.g. a cost above the limit), and
+    ``decision`` the full :class:`~scalekit.ratelimit.Decision`.
+    """
+
+    def __init__(self, decision: Decision, key: str | None = None) -> None:
+        what = f" for key {key!r}" if key is not None else ""
+        if math.isinf(decision.retry_after):
+            when = "the cost exceeds the limit, so it can never be allowed"
+        else:
+            when = f"retry after {decision.retry_after:.3f}s"
+        super().__init__(
+            f"rate limit {decision.policy!r} exceeded{what}: {when}",
+            retry_after=decision.retry_after,
+        )
+        self.decision = decision
+        self.key = key
+
+
+class ConcurrencyLimitExceeded(LimitExceeded):
+    """No concurrency slot became free within the timeout."""

@@ -1,0 +1,238 @@
+"""Pure rate-limit algorithms: state and ``now`` in, a decision out. No I/O, no locks.
+
+Each function decides for ONE window (a ``limit`` per ``period``) and returns a
+:data:`WindowResult`::
+
+    (allowed, remaining, reset_after, retry_after, new_state)
+
+- ``remaining``/``reset_after`` describe the window after the hit when it is
+  allowed and ``commit`` is true, and the window as it is otherwise;
+- ``retry_after`` is 0.0 when allowed, else seconds until the same cost fits,
+  ``inf`` when it never can (cost above the limit or burst);
+- ``new_state`` is what the store saves if (and only if) every window of the
+  policy allowed the hit: that is how several windows are all-or-nothing.
+
+The Redis Lua scripts in ``lua/`` implement the same arithmetic on server time;
+the contract suite runs both against the same expectations, and the property tests
+check these functions against textbook reference models.
+
+Conventions: windows are half-open. An event at ``t`` counts in ``[t, t + period)``;
+fixed windows are aligned to multiples of ``period`` on the clock's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Literal, TypeAlias
+
+from scalekit.ratelimit.decision import Decision
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "WindowResult",
+    "combine",
+    "fixed_window",
+    "gcra",
+    "sliding_log",
+    "sliding_window",
+    "token_bucket",
+]
+
+Algorithm: TypeAlias = Literal[
+    "fixed_window", "sliding_window", "sliding_log", "token_bucket", "gcra"
+]
+ALGORITHMS: tuple[Algorithm, ...] = (
+    "fixed_window",
+    "sliding_window",
+    "sliding_log",
+    "token_bucket",
+    "gcra",
+)
+
+WindowResult: TypeAlias = tuple[bool, int, float, float, Any]
+
+INF = math.inf
+# Float slack for "is this within the limit": decisions are on integer units, so a
+# remainder of 2.9999999999 is 3. Small enough to never allow an extra unit.
+EPS = 1e-9
+
+
+def _floor(x: float) -> int:
+    return max(0, math.floor(x + EPS))
+
+
+def fixed_window(
+    count: int, now: float, limit: int, period: float, cost: int, commit: bool = True
+) -> WindowResult:
+    """Fixed window: at most ``limit`` per aligned window ``[k*period, (k+1)*period)``.
+
+    ``count`` is what the window containing ``now`` holds already.
+    """
+    reset_after = (math.floor(now / period) + 1) * period - now
+    new = count + cost
+    if new <= limit:
+        if commit:
+            return True, limit - new, reset_after, 0.0, new
+        return True, limit - count, reset_after if count else 0.0, 0.0, count
+    retry = reset_after if cost <= limit else INF
+    return False, max(0, limit - count), reset_after, retry, count
+
+
+def sliding_window(
+    prev: int,
+    cur: int,
+    now: float,
+    limit: int,
+    period: float,
+    cost: int,
+    commit: bool = True,
+) -> WindowResult:
+    """Sliding window counter: the previous aligned window's count, weighted by how
+    much of it still overlaps ``(now - period, now]``, plus the current count.
+
+    ``new_state`` is the new current-window count (``prev`` does not change).
+    """
+    start = math.floor(now / period) * period
+    elapsed = now - start
+    weight = 1.0 - elapsed / period
+    used = prev * weight + cur
+    if used + cost <= limit + EPS:
+        if commit:
+            after = used + cost
+            reset = 2 * period - elapsed if cur + cost else period - elapsed
+            return True, _floor(limit - after), reset, 0.0, cur + cost
+        reset = (2 * period - elapsed) if cur else ((period - elapsed) if prev else 0.0)
+        return True, _floor(limit - used), reset, 0.0, cur
+    reset = (2 * period - elapsed) if cur else (period - elapsed)
+    if cost > limit:
+        return False, _floor(limit - used), reset, INF, cur
+    if cur + cost <= limit:
+        # Within this window, once enough of the previous one has slid out.
+        needed = period * (1.0 - (limit - cur - cost) / prev)
+        retry = needed - elapsed
+    else:
+        # Only after this window ends, when it becomes the weighted "previous".
+        retry = (period - elapsed) + period * (1.0 - (limit - cost) / cur)
+    return False, _floor(limit - used), reset, max(retry, 0.0), cur
+
+
+def sliding_log(
+    entries: deque[tuple[float, int]],
+    total: int,
+    now: float,
+    limit: int,
+    period: float,
+    cost: int,
+    commit: bool = True,
+) -> WindowResult:
+    """Sliding log (exact): every hit is remembered for ``period``.
+
+    ``entries`` are ``(timestamp, cost)`` oldest first and ``total`` their sum;
+    expired entries are pruned from ``entries`` in place (that changes no outcome).
+    ``new_state`` is the new total; the caller appends ``(now, cost)`` on commit.
+    """
+    horizon = now - period
+    while entries and entries[0][0] <= horizon:
+        total -= entries.popleft()[1]
+    if total + cost <= limit:
+        if commit:
+            return True, limit - total - cost, period, 0.0, total + cost
+        reset = entries[-1][0] + period - now if entries else 0.0
+        return True, limit - total, reset, 0.0, total
+    reset = entries[-1][0] + period - now
+    if cost > limit:
+        return False, max(0, limit - total), reset, INF, total
+    freed = 0
+    retry = reset
+    for ts, c in entries:
+        freed += c
+        if total - freed + cost <= limit:
+            retry = ts + period - now
+            break
+    return False, max(0, limit - total), reset, retry, total
+
+
+def token_bucket(
+    empty_at: float | None,
+    now: float,
+    limit: int,
+    period: float,
+    capacity: int,
+    cost: int,
+    commit: bool = True,
+) -> WindowResult:
+    """Token bucket: ``capacity`` tokens, refilled continuously at ``limit/period``.
+
+    The state is one float, ``empty_at``: the (extrapolated) time at which the
+    bucket was empty, so ``tokens = min(capacity, (now - empty_at) * rate)``;
+    ``None`` is a full bucket.
+    """
+    rate = limit / period
+    tokens = float(capacity) if empty_at is None else min(float(capacity), (now - empty_at) * rate)
+    if tokens + EPS >= cost:
+        if commit:
+            left = max(0.0, tokens - cost)
+            return True, _floor(left), (capacity - left) / rate, 0.0, now - left / rate
+        return True, _floor(tokens), (capacity - tokens) / rate, 0.0, empty_at
+    retry = (cost - tokens) / rate if cost <= capacity else INF
+    return False, _floor(tokens), (capacity - tokens) / rate, retry, empty_at
+
+
+def gcra(
+    tat: float | None,
+    now: float,
+    limit: int,
+    period: float,
+    burst: int,
+    cost: int,
+    commit: bool = True,
+) -> WindowResult:
+    """GCRA (generic cell rate algorithm), the virtual-scheduling form.
+
+    Emission interval ``T = period / limit``; up to ``burst`` units at once. The
+    state is the theoretical arrival time ``tat`` (``None``: idle).
+    """
+    interval = period / limit
+    tolerance = burst * interval
+    base = now if tat is None or tat < now else tat
+    new_tat = base + cost * interval
+    if new_tat - now <= tolerance + EPS:
+        if commit:
+            return (
+                True,
+                _floor((tolerance - (new_tat - now)) / interval),
+                new_tat - now,
+                0.0,
+                new_tat,
+            )
+        return True, _floor((tolerance - (base - now)) / interval), base - now, 0.0, tat
+    retry = new_tat - tolerance - now if cost <= burst else INF
+    return False, _floor((tolerance - (base - now)) / interval), base - now, retry, tat
+
+
+def combine(
+    results: Sequence[tuple[Any, ...]],
+    limits: Sequence[tuple[int, float]],
+    policy: str,
+) -> Decision:
+    """Fold per-window results into one :class:`Decision`.
+
+    Allowed: every window allowed; the window with the fewest ``remaining`` is
+    reported. Denied: the denying window with the longest ``retry_after`` is
+    reported, and ``retry_after`` is that (the earliest time every window fits).
+    """
+    best = -1
+    allowed = True
+    for i, r in enumerate(results):
+        if not r[0]:
+            if allowed or r[3] > results[best][3]:
+                best = i
+            allowed = False
+        elif allowed and (best < 0 or r[1] < results[best][1]):
+            best = i
+    r = results[best]
+    limit, period = limits[best]
+    return Decision(allowed, limit, r[1], r[2], 0.0 if allowed else r[3], policy, period)

@@ -1,0 +1,426 @@
+"""The limiter facade: ``RateLimiter`` (sync) and ``AsyncRateLimiter`` (asyncio).
+
+Both share one core (:class:`_LimiterCore`) that validates configuration, picks
+the store for a tier, and applies the failure policy; the two classes only differ
+in how they wait and talk to Redis.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable, Mapping
+from typing import Literal, TypeAlias
+
+from scalekit._clock import Clock, as_clock
+from scalekit.backends import BackendLike, MemoryBackend, as_backend
+from scalekit.errors import BackendError, ConfigurationError, RateLimitExceeded
+from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
+from scalekit.ratelimit.decision import Decision
+from scalekit.ratelimit.memory import MemoryRateStore, StoreFull
+from scalekit.ratelimit.policy import Policy, PolicyLike, Rate, as_policy, as_tiers
+from scalekit.ratelimit.redis import RedisRateStore
+
+__all__ = ["AsyncRateLimiter", "FailurePolicy", "RateLimiter"]
+
+log = logging.getLogger("scalekit.ratelimit")
+
+FailurePolicy: TypeAlias = Literal["fail_open", "fail_closed", "local_fallback"]
+_FAILURE_POLICIES = ("fail_open", "fail_closed", "local_fallback")
+
+Store: TypeAlias = MemoryRateStore | RedisRateStore
+
+
+class _BackendGuard:
+    """Backend health for one limiter: cooldown after a failure, one probe at a time.
+
+    While healthy the hot path reads one attribute. After a failure, calls skip the
+    backend for ``cooldown`` seconds (no timeout added to them); then one call
+    probes it. Each outage episode is logged once when it starts and once when it
+    ends, and counted.
+    """
+
+    __slots__ = ("_cooldown", "_lock", "_now", "_until", "episodes", "errors", "name")
+
+    def __init__(self, name: str, cooldown: float, now: Callable[[], float]) -> None:
+        self.name = name
+        self._cooldown = cooldown
+        self._now = now
+        self._lock = threading.Lock()
+        self._until: float | None = None  # None: healthy
+        self.errors = 0
+        self.episodes = 0
+
+    def skip(self) -> bool:
+        """True if the backend must not be called now (cooling down)."""
+        if self._until is None:
+            return False
+        with self._lock:
+            if self._until is None:
+                return False
+            now = self._now()
+            if now < self._until:
+                return True
+            self._until = now + self._cooldown  # this caller probes; others keep skipping
+            return False
+
+    def retry_in(self) -> float:
+        until = self._until
+        return max(0.0, until - self._now()) if until is not None else 0.0
+
+    def failure(self, exc: BaseException) -> None:
+        with self._lock:
+            self.errors += 1
+            if self._until is None:
+                self.episodes += 1
+                log.warning(
+                    "rate limiter %r: backend failed (%s); applying the failure policy "
+                    "and probing again every %.3gs",
+                    self.name,
+                    exc,
+                    self._cooldown,
+                )
+            self._until = self._now() + self._cooldown
+
+    def success(self) -> None:
+        if self._until is not None:
+            with self._lock:
+                if self._until is not None:
+                    self._until = None
+                    log.warning("rate limiter %r: backend recovered", self.name)
+
+
+class _LimiterCore:
+    """Everything the sync and async limiters share."""
+
+    def __init__(
+        self,
+        backend: BackendLike,
+        policy: PolicyLike | Mapping[str, PolicyLike],
+        *,
+        algorithm: Algorithm = "sliding_window",
+        name: str | None = None,
+        clock: Clock | Callable[[], float] | None = None,
+        on_backend_error: FailurePolicy = "fail_open",
+        fallback_instances: int = 1,
+        backend_cooldown: float = 5.0,
+        max_keys: int | None = None,
+        prefix: str = "scalekit:rl",
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ConfigurationError(
+                f"unknown algorithm {algorithm!r}; expected one of {', '.join(ALGORITHMS)}"
+            )
+        if on_backend_error not in _FAILURE_POLICIES:
+            raise ConfigurationError(
+                f"unknown on_backend_error {on_backend_error!r}; expected one of "
+                f"{', '.join(_FAILURE_POLICIES)}"
+            )
+        if (
+            isinstance(fallback_instances, bool)
+            or not isinstance(fallback_instances, int)
+            or (fallback_instances < 1)
+        ):
+            raise ConfigurationError(
+                f"fallback_instances must be an int >= 1, got {fallback_instances!r}"
+            )
+        if not isinstance(backend_cooldown, int | float) or not 0 < backend_cooldown < math.inf:
+            raise ConfigurationError(
+                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
+            )
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+        self.backend = as_backend(backend)
+        self.algorithm: Algorithm = algorithm
+        self.clock = as_clock(clock)
+        self.on_backend_error: FailurePolicy = on_backend_error
+        self.fallback_instances = fallback_instances
+        if max_keys is None:
+            max_keys = (
+                self.backend.max_keys
+                if isinstance(self.backend, MemoryBackend)
+                else (MemoryBackend().max_keys)
+            )
+        MemoryBackend(max_keys)  # validates
+        self.max_keys = max_keys
+        self._prefix = prefix
+        base = name or algorithm
+        self.name = base
+
+        self.tiers: dict[str, Policy] | None
+        if isinstance(policy, Mapping):
+            self.tiers = as_tiers(policy)
+            self.policy: Policy | None = None
+            self._stores: dict[str | None, Store] = {
+                t: self._build(p, f"{base}:{t}") for t, p in self.tiers.items()
+            }
+        else:
+            self.tiers = None
+            self.policy = as_policy(policy)
+            self._stores = {None: self._build(self.policy, base)}
+        self._default = self._stores.get(None)
+        self._fallbacks: dict[int, MemoryRateStore] = {}
+        self._guard = _BackendGuard(base, float(backend_cooldown), self.clock.now)
+        self._lock = threading.Lock()
+        self._remote_allowed = 0
+        self._remote_denied = 0
+        self._degraded = 0
+        self._full_refusals = 0
+
+    def _build(self, policy: Policy, name: str) -> Store:
+        if isinstance(self.backend, MemoryBackend):
+            return MemoryRateStore(
+                self.algorithm, policy, now=self.clock.now, max_keys=self.max_keys
+            )
+        rates = ",".join(str(r).replace(" ", "") for r in policy.rates)
+        return RedisRateStore(
+            self.backend,
+            self.algorithm,
+            policy,
+            prefix=self._prefix,
+            name=(*name.split(":"), rates),
+        )
+
+    # -- validation ------------------------------------------------------------
+    def _store(self, tier: str | None) -> Store:
+        store = self._stores.get(tier)
+        if store is None:
+            if self.tiers is None:
+                raise ConfigurationError(
+                    f"this limiter has no tiers (policy {self.policy}); got tier={tier!r}"
+                )
+            if tier is None:
+                raise ConfigurationError(
+                    f"this limiter is tiered; pass tier= one of {', '.join(map(repr, self.tiers))}"
+                )
+            raise ConfigurationError(
+                f"unknown tier {tier!r}; expected one of {', '.join(map(repr, self.tiers))}"
+            )
+        return store
+
+    @staticmethod
+    def _bad_call(key: object, cost: object) -> None:
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"a rate-limit key must be a non-empty str, got {key!r}")
+        raise ConfigurationError(f"cost must be an int >= 1, got {cost!r}")
+
+    # -- degraded decisions ----------------------------------------------------
+    def _fallback_store(self, store: Store) -> MemoryRateStore:
+        fb = self._fallbacks.get(id(store))
+        if fb is None:
+            with self._lock:
+                fb = self._fallbacks.get(id(store))
+                if fb is None:
+                    n = self.fallback_instances
+                    rates = [
+                        Rate(
+                            max(1, r.limit // n),
+                            r.period,
+                            burst=None if r.burst is None else max(1, r.burst // n),
+                        )
+                        for r in store.policy.rates
+                    ]
+                    fb = MemoryRateStore(
+                        self.algorithm,
+                        Policy(rates, name=store.policy.name),
+                        now=self.clock.now,
+                        max_keys=self.max_keys,
+                    )
+                    self._fallbacks[id(store)] = fb
+        return fb
+
+    def _degraded_decision(
+        self, store: Store, key: str, cost: int, commit: bool, policy: FailurePolicy, retry: float
+    ) -> Decision:
+        with self._lock:
+            self._degraded += 1
+        rate = store.policy.rates[0]
+        name = store.policy.name
+        if policy == "local_fallback":
+            try:
+                return self._fallback_store(store).decide(key, cost, commit)
+            except StoreFull:
+                policy = "fail_closed"
+        if policy == "fail_open":
+            return Decision(True, rate.limit, rate.limit, 0.0, 0.0, name, rate.period)
+        return Decision(False, rate.limit, 0, retry, retry, name, rate.period)
+
+    def _on_full(self, store: Store, key: str, cost: int, commit: bool, exc: StoreFull) -> Decision:
+        with self._lock:
+            self._full_refusals += 1
+        if not commit:
+            return store.decide(key, cost, False)
+        policy: FailurePolicy = (
+            "fail_open" if self.on_backend_error == "fail_open" else "fail_closed"
+        )
+        # A key refused now can be let in once the idle keys of this window are gone.
+        return self._degraded_decision(
+            store, key, cost, commit, policy, store.policy.rates[exc.rate_index].period
+        )
+
+    def _on_error(self, store: Store, key: str, cost: int, commit: bool) -> Decision:
+        return self._degraded_decision(
+            store, key, cost, commit, self.on_backend_error, self._guard.retry_in()
+        )
+
+    def _count(self, d: Decision) -> Decision:
+        with self._lock:
+            if d.allowed:
+                self._remote_allowed += 1
+            else:
+                self._remote_denied += 1
+        return d
+
+    # -- introspection -----------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counters since creation: decisions, degraded decisions, backend episodes."""
+        allowed, denied = self._remote_allowed, self._remote_denied
+        for s in self._stores.values():
+            if isinstance(s, MemoryRateStore):
+                allowed += s.allowed
+                denied += s.denied
+        return {
+            "allowed": allowed,
+            "denied": denied,
+            "degraded": self._degraded,
+            "refused_full": self._full_refusals,
+            "backend_errors": self._guard.errors,
+            "backend_episodes": self._guard.episodes,
+        }
+
+    def __repr__(self) -> str:
+        what = self.policy if self.tiers is None else {t: str(p) for t, p in self.tiers.items()}
+        return (
+            f"{type(self).__name__}({self.backend!r}, {what!r}, algorithm={self.algorithm!r}, "
+            f"name={self.name!r})"
+        )
+
+
+class RateLimiter(_LimiterCore):
+    """A rate limiter for threads and sync code.
+
+    ``backend`` is a URL (``"memory://"``, ``"redis://…"``) or a backend object;
+    ``policy`` a :class:`Rate`, a :class:`Policy`, a string such as
+    ``"60/hour; 1000/day"``, or a mapping tier -> policy (then every call passes
+    ``tier=``). See the reference page for every option.
+    """
+
+    def hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """Consume ``cost`` for ``key`` if every window allows it (else consume nothing)."""
+        store = self._default if tier is None else None
+        if store is None:
+            store = self._store(tier)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            self._bad_call(key, cost)
+        if store.local:
+            try:
+                return store.decide(key, cost, True)
+            except StoreFull as exc:
+                return self._on_full(store, key, cost, True, exc)
+        return self._remote(store, key, cost, True)  # type: ignore[arg-type]
+
+    def peek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """Would ``hit(key, cost)`` be allowed now? Consumes nothing."""
+        store = self._store(tier)
+        if not isinstance(key, str) or not key or not isinstance(cost, int) or cost < 1:
+            self._bad_call(key, cost)
+        if isinstance(store, MemoryRateStore):
+            return store.decide(key, cost, False)
+        return self._remote(store, key, cost, False)
+
+    def reset(self, key: str, *, tier: str | None = None) -> None:
+        """Forget ``key``'s usage in every window."""
+        self._store(tier).reset(key)
+
+    def acquire(
+        self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
+    ) -> Decision:
+        """Block until ``hit`` allows, or raise :class:`RateLimitExceeded` once the
+        wait would exceed ``timeout`` seconds (``None``: no bound). Waits with the
+        limiter's clock; no queue, so under contention it is not FIFO-fair."""
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+            raise ConfigurationError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        deadline = None if timeout is None else self.clock.now() + timeout
+        while True:
+            d = self.hit(key, cost, tier=tier)
+            if d.allowed:
+                return d
+            wait = d.retry_after
+            if math.isinf(wait) or (deadline is not None and self.clock.now() + wait > deadline):
+                raise RateLimitExceeded(d, key)
+            self.clock.sleep(max(wait, 1e-6))
+
+    def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
+        if self._guard.skip():
+            return self._on_error(store, key, cost, commit)
+        try:
+            d = store.decide(key, cost, commit)
+        except BackendError as exc:
+            self._guard.failure(exc)
+            return self._on_error(store, key, cost, commit)
+        self._guard.success()
+        return self._count(d)
+
+
+class AsyncRateLimiter(_LimiterCore):
+    """The asyncio twin of :class:`RateLimiter`: same arguments, awaitable methods."""
+
+    async def hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """Consume ``cost`` for ``key`` if every window allows it (else consume nothing)."""
+        store = self._default if tier is None else None
+        if store is None:
+            store = self._store(tier)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            self._bad_call(key, cost)
+        if store.local:
+            try:
+                return store.decide(key, cost, True)
+            except StoreFull as exc:
+                return self._on_full(store, key, cost, True, exc)
+        return await self._remote(store, key, cost, True)  # type: ignore[arg-type]
+
+    async def peek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """Would ``hit(key, cost)`` be allowed now? Consumes nothing."""
+        store = self._store(tier)
+        if not isinstance(key, str) or not key or not isinstance(cost, int) or cost < 1:
+            self._bad_call(key, cost)
+        if isinstance(store, MemoryRateStore):
+            return store.decide(key, cost, False)
+        return await self._remote(store, key, cost, False)
+
+    async def reset(self, key: str, *, tier: str | None = None) -> None:
+        """Forget ``key``'s usage in every window."""
+        store = self._store(tier)
+        if isinstance(store, MemoryRateStore):
+            store.reset(key)
+        else:
+            await store.areset(key)
+
+    async def acquire(
+        self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
+    ) -> Decision:
+        """Wait until ``hit`` allows, or raise :class:`RateLimitExceeded` once the
+        wait would exceed ``timeout`` seconds (``None``: no bound)."""
+        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
+            raise ConfigurationError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        deadline = None if timeout is None else self.clock.now() + timeout
+        while True:
+            d = await self.hit(key, cost, tier=tier)
+            if d.allowed:
+                return d
+            wait = d.retry_after
+            if math.isinf(wait) or (deadline is not None and self.clock.now() + wait > deadline):
+                raise RateLimitExceeded(d, key)
+            await self.clock.asleep(max(wait, 1e-6))
+
+    async def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
+        if self._guard.skip():
+            return self._on_error(store, key, cost, commit)
+        try:
+            d = await store.adecide(key, cost, commit)
+        except BackendError as exc:
+            self._guard.failure(exc)
+            return self._on_error(store, key, cost, commit)
+        self._guard.success()
+        return self._count(d)

@@ -1,0 +1,31 @@
+-- GCRA. KEYS[i]: the theoretical arrival time (TAT).
+for i = 1, nwin do
+  local limit, period, burst = rate(i)
+  local interval = period / limit
+  local tolerance = burst * interval
+  local base = now
+  local v = redis.call('GET', KEYS[i])
+  if v then
+    local tat = tonumber(v)
+    if tat > now then base = tat end
+  end
+  local new_tat = base + cost * interval
+  if new_tat - now <= tolerance + EPS then
+    if commit then
+      push(true, floor0((tolerance - (new_tat - now)) / interval), new_tat - now, 0)
+      writes[i] = {fmt(new_tat), new_tat - now}
+    else
+      push(true, floor0((tolerance - (base - now)) / interval), base - now, 0)
+    end
+  else
+    local retry = new_tat - tolerance - now
+    if cost > burst then retry = INF end
+    push(false, floor0((tolerance - (base - now)) / interval), base - now, retry)
+  end
+end
+if commit and allok == 1 then
+  for i = 1, nwin do
+    redis.call('SET', KEYS[i], writes[i][1], 'PX', ms(writes[i][2]))
+  end
+end
+return reply()

