@@ -120,8 +120,7 @@ def sliding_window(
 
 
 def sliding_log(
-    entries: deque[tuple[float, int]],
-    total: int,
+    state: list[Any],
     now: float,
     limit: int,
     period: float,
@@ -130,19 +129,24 @@ def sliding_log(
 ) -> WindowResult:
     """Sliding log (exact): every hit is remembered for ``period``.
 
-    ``entries`` are ``(timestamp, cost)`` oldest first and ``total`` their sum;
-    expired entries are pruned from ``entries`` in place (that changes no outcome).
-    ``new_state`` is the new total; the caller appends ``(now, cost)`` on commit.
+    ``state`` is ``[total, entries]``: ``entries`` a deque of ``(timestamp, cost)``,
+    oldest first, and ``total`` their sum. Expired entries are pruned from it in
+    place (that changes no outcome). ``new_state`` is the total after the hit; on
+    commit the caller appends ``(now, cost)`` to the entries.
     """
+    total: int = state[0]
+    entries: deque[tuple[float, int]] = state[1]
     horizon = now - period
-    while entries and entries[0][0] <= horizon:
-        total -= entries.popleft()[1]
+    if entries and entries[0][0] <= horizon:
+        while entries and entries[0][0] <= horizon:
+            total -= entries.popleft()[1]
+        state[0] = total
     if total + cost <= limit:
         if commit:
             return True, limit - total - cost, period, 0.0, total + cost
         reset = entries[-1][0] + period - now if entries else 0.0
         return True, limit - total, reset, 0.0, total
-    reset = entries[-1][0] + period - now
+    reset = entries[-1][0] + period - now if entries else 0.0
     if cost > limit:
         return False, max(0, limit - total), reset, INF, total
     freed = 0

@@ -196,7 +196,7 @@ class MemoryRateStore:
                     self._full(i)
                 st = [0, deque()]
             states.append(st)
-            results.append(alg.sliding_log(st[1], st[0], now, limit, period, cost, commit))
+            results.append(alg.sliding_log(st, now, limit, period, cost, commit))
         if commit and all(r[0] for r in results):
             for g, st, r in zip(self._gens, states, results, strict=True):
                 st[0] = r[4]

@@ -1,0 +1,98 @@
+"""Backends for the contract suites: every primitive x memory, fakeredis, real Redis
+x sync, async.
+
+Time: the memory backend reads the test's ``FakeClock``; the Redis backends are
+built with ``clock=`` so the Lua scripts receive the same fake time instead of
+Redis ``TIME`` (tests/integration proves the ``TIME`` path on a real server).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import fakeredis
+import fakeredis.aioredis
+import pytest
+
+from scalekit import MemoryBackend, RedisBackend
+from scalekit.testing import FakeClock
+
+T = TypeVar("T")
+
+BACKENDS = ["memory", "fakeredis", "redis"]
+MODES = ["sync", "async"]
+
+_prefixes = itertools.count()
+
+
+async def call(value: T | Any) -> Any:
+    """Await ``value`` if it is awaitable: one test body drives sync and async APIs."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def backend(
+    backend_kind: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> Iterator[MemoryBackend | RedisBackend]:
+    if backend_kind == "memory":
+        yield MemoryBackend()
+        return
+    if backend_kind == "fakeredis":
+        server = fakeredis.FakeServer()
+        yield RedisBackend(
+            "redis://fakeredis",
+            client=fakeredis.FakeRedis(server=server),
+            async_client_factory=lambda: fakeredis.aioredis.FakeRedis(server=server),
+            clock=clock.now,
+        )
+        return
+    url = request.getfixturevalue("fresh_redis_url")
+    b = RedisBackend(url, clock=clock.now, socket_timeout=5.0, connect_timeout=5.0)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def redis_client(backend: MemoryBackend | RedisBackend) -> Any:
+    """The sync client of a Redis backend (skips the check for memory)."""
+    if isinstance(backend, MemoryBackend):
+        return None
+    return backend.sync_client
+
+
+@pytest.fixture
+def make(
+    backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock
+) -> Callable[..., Any]:
+    """``make(policy, **options)`` -> a RateLimiter or AsyncRateLimiter on ``backend``."""
+    from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+
+    def factory(policy: Any, **options: Any) -> Any:
+        cls = AsyncRateLimiter if mode == "async" else RateLimiter
+        options.setdefault("clock", clock)
+        options.setdefault("prefix", f"t{next(_prefixes)}")
+        return cls(backend, policy, **options)
+
+    return factory
