@@ -83,9 +83,7 @@ def redis_client(backend: MemoryBackend | RedisBackend) -> Any:
 
 
 @pytest.fixture
-def make(
-    backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock
-) -> Callable[..., Any]:
+def make(backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock) -> Callable[..., Any]:
     """``make(policy, **options)`` -> a RateLimiter or AsyncRateLimiter on ``backend``."""
     from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
 
