@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -36,6 +37,17 @@ from servers import (
     start_postgres,
 )
 
+T = TypeVar("T")
+
+
+def _start(start: Callable[[], T]) -> T:
+    """``start()``, turning ServerUnavailable into a test failure (never a silent skip)."""
+    try:
+        return start()
+    except ServerUnavailable as exc:
+        message = str(exc)
+    pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
+
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
@@ -44,10 +56,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    try:
-        server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    server = _start(lambda: RedisServer(tmp_path_factory.mktemp("redis")).start())
     try:
         yield server.url
     finally:
@@ -71,10 +80,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
     Always a local process (never ``SCALEKIT_TEST_REDIS_URL``): the test may kill it.
     """
-    try:
-        server = RedisServer(tmp_path_factory.mktemp("redis-private")).start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    server = _start(lambda: RedisServer(tmp_path_factory.mktemp("redis-private")).start())
     try:
         yield server
     finally:
@@ -88,10 +94,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if external:
         yield external
         return
-    try:
-        cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start()
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    cluster = _start(lambda: RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start())
     try:
         yield cluster.url
     finally:
@@ -105,10 +108,7 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if external:
         yield external
         return
-    try:
-        server = start_postgres(tmp_path_factory.mktemp("postgres"))
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
+    server = _start(lambda: start_postgres(tmp_path_factory.mktemp("postgres")))
     try:
         yield server.dsn
     finally:

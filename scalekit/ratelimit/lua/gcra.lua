@@ -10,7 +10,7 @@ for i = 1, nwin do
     if tat > now then base = tat end
   end
   local new_tat = base + cost * interval
-  if new_tat - now <= tolerance + EPS then
+  if new_tat - now <= tolerance + TIME_EPS then
     if commit then
       push(true, floor0((tolerance - (new_tat - now)) / interval), new_tat - now, 0)
       writes[i] = {fmt(new_tat), new_tat - now}

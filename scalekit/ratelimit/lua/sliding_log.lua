@@ -3,7 +3,7 @@
 for i = 1, nwin do
   local limit, period = rate(i)
   local z, m = KEYS[2 * i - 1], KEYS[2 * i]
-  local horizon = fmt(now - period)
+  local horizon = fmt(now - period + TIME_EPS)
   local total = tonumber(redis.call('HGET', m, 't') or '0')
   local expired = redis.call('ZRANGEBYSCORE', z, '-inf', horizon)
   if #expired > 0 then

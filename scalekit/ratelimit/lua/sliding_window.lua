@@ -4,7 +4,7 @@ for i = 1, nwin do
   local idx = math.floor(now / period)
   local start = idx * period
   local elapsed = now - start
-  local weight = 1 - elapsed / period
+  local weight = math.max(0, 1 - (elapsed + TIME_EPS) / period)
   local prev, cur = 0, 0
   local v = redis.call('GET', KEYS[i])
   if v then

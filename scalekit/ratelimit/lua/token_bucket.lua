@@ -5,7 +5,7 @@ for i = 1, nwin do
   local tokens = capacity
   local v = redis.call('GET', KEYS[i])
   if v then tokens = math.min(capacity, (now - tonumber(v)) * r) end
-  if tokens + EPS >= cost then
+  if tokens + r * TIME_EPS + EPS >= cost then
     if commit then
       local left = math.max(0, tokens - cost)
       push(true, floor0(left), (capacity - left) / r, 0)

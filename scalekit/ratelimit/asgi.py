@@ -1,0 +1,349 @@
+"""``RateLimitMiddleware``: rate-limit any ASGI application, one hit per HTTP request.
+
+Pure ASGI: nothing here imports FastAPI or Starlette, yet the middleware plugs into
+both (and into any other ASGI 3 framework or server). With FastAPI / Starlette::
+
+    from fastapi import FastAPI
+    from scalekit.ratelimit import AsyncRateLimiter
+    from scalekit.ratelimit.asgi import RateLimitMiddleware
+
+    def user_or_ip(scope):  # the ASGI scope; None: do not limit this request
+        user = dict(scope["headers"]).get(b"x-user-id")
+        if user:
+            return "user:" + user.decode("latin-1")
+        return "ip:" + scope["client"][0] if scope.get("client") else None
+
+    app = FastAPI()
+    app.add_middleware(
+        RateLimitMiddleware,
+        limiter=AsyncRateLimiter("redis://localhost:6379/0", "100/minute; 2000/hour"),
+        key=user_or_ip,
+        exempt=lambda scope: scope["path"] in ("/healthz", "/metrics"),
+    )
+
+``add_middleware`` passes the app first and the keywords on, so every option below
+works there too; Starlette's ``Middleware(RateLimitMiddleware, limiter=..., key=...)``
+in ``Starlette(middleware=[...])`` is the same.
+
+With a plain ASGI callable (or to wrap any app by hand)::
+
+    from scalekit.ratelimit import RateLimiter
+    from scalekit.ratelimit.asgi import RateLimitMiddleware
+
+    async def hello(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+    def api_key(scope):  # None: this request is not limited
+        key = dict(scope["headers"]).get(b"x-api-key")
+        return "key:" + key.decode("latin-1") if key else None
+
+    def plan(scope):
+        return "paid" if dict(scope["headers"]).get(b"x-plan") == b"paid" else "free"
+
+    app = RateLimitMiddleware(
+        hello,
+        RateLimiter("memory://", {"free": "20/minute", "paid": "600/minute"}),
+        key=api_key,
+        tier=plan,
+        cost=lambda scope: 5 if scope["method"] == "POST" else 1,
+        headers="both",
+    )
+    # then serve it: uvicorn module:app
+
+What it does for every ``http`` request (other scope types, ``lifespan`` and
+``websocket``, go to the app untouched and are never limited):
+
+1. ``exempt(scope)`` true: the app runs, nothing is counted, no headers are added.
+2. ``key(scope)`` returns the rate-limit key; ``None`` means "do not limit this
+   request" (handled like an exempt one). The default key is the client address,
+   ``scope["client"][0]``: behind a reverse proxy that is the proxy's address unless
+   the server rewrites it (uvicorn ``--proxy-headers`` / ``--forwarded-allow-ips``)
+   or you pass a ``key`` of your own. A request without a client address (a Unix
+   socket, ``scope["client"]`` is ``None``) is not limited by the default key.
+3. ``limiter.hit(key, cost, tier=tier)`` with ``cost`` (an int or ``cost(scope)``)
+   and ``tier`` (``None``, a tier name, or ``tier(scope)``; a tiered limiter needs one).
+4. Allowed: the app runs; the rate-limit headers are appended to its
+   ``http.response.start`` message (its own headers are kept).
+   Denied: the app is **not** called; the middleware answers ``429 Too Many
+   Requests`` with a small JSON body ``{"detail": "Too Many Requests"}``,
+   ``Retry-After`` and the rate-limit headers.
+
+Headers (``headers=``):
+
+- ``"draft"`` (default), the IETF draft *RateLimit header fields for HTTP*
+  (draft-ietf-httpapi-ratelimit-headers-10/-11, structured fields)::
+
+      RateLimit-Policy: "100/minute";q=100;w=60
+      RateLimit: "100/minute";r=99;t=60
+
+  The item is :attr:`Decision.policy` (the policy's name; the tier name for a tier
+  given as a rate string) as an sf-string; ``q`` the limit and ``w`` the window in
+  whole seconds (rounded up, at least 1) of the window the decision reports (the
+  most restrictive one of a multi-window policy); ``r`` the remaining quota; ``t`` the seconds until that
+  window is back to its full limit, rounded up. On a 429 that carries a
+  ``Retry-After``, ``t`` is the ``Retry-After`` value instead: the draft asks that
+  ``Retry-After`` never point before the end of the effective window, and until
+  then the client indeed gets no more than ``r`` (with a sliding window or a bucket,
+  quota comes back before the whole window has reset).
+- ``"legacy"``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
+  ``X-RateLimit-Reset`` (seconds until the window resets, rounded up, not a
+  timestamp). An app that sets one of these itself keeps its own value.
+- ``"both"``, or ``"none"`` (``Retry-After`` is still sent on a 429).
+
+``Retry-After`` is ``retry_after`` in whole seconds, rounded up, at least 1. When the
+request can never be allowed (its cost is above the limit, ``retry_after`` is
+infinite), ``Retry-After`` is omitted: there is no time after which a retry helps.
+
+``limiter`` may be an :class:`AsyncRateLimiter` or a sync :class:`RateLimiter`; the
+sync one is called directly on the event loop, which is fine for ``memory://`` but
+blocks the loop for a network round trip on Redis: use :class:`AsyncRateLimiter`
+there. Errors raised by ``key``, ``cost``, ``tier`` or the limiter (e.g. an unknown
+tier) propagate to the server, which answers 500.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any, Literal, TypeAlias
+
+from scalekit.errors import ConfigurationError
+from scalekit.ratelimit.decision import Decision
+from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
+
+__all__ = [
+    "ASGIApp",
+    "HeadersMode",
+    "Message",
+    "RateLimitMiddleware",
+    "Receive",
+    "Scope",
+    "Send",
+    "client_address",
+    "rate_limit_headers",
+]
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+HeadersMode: TypeAlias = Literal["draft", "legacy", "both", "none"]
+_HEADERS_MODES: tuple[HeadersMode, ...] = ("draft", "legacy", "both", "none")
+
+Header: TypeAlias = tuple[bytes, bytes]
+
+# Float slack before rounding up: 60.0000000001 seconds of window arithmetic is 60.
+_EPS = 1e-6
+
+_LEGACY_NAMES = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
+_DENIED_BODY = json.dumps({"detail": "Too Many Requests"}).encode()
+
+
+def client_address(scope: Scope) -> str | None:
+    """The default key: the client's address, ``scope["client"][0]``.
+
+    ``None`` (not limited) when the server gives no client address.
+    """
+    client = scope.get("client")
+    if not client:
+        return None
+    host = client[0]
+    return str(host) if host else None
+
+
+def _ceil_seconds(seconds: float) -> int:
+    """Whole seconds, rounded up, ignoring float noise; never negative."""
+    return max(0, math.ceil(seconds - _EPS))
+
+
+def _sf_string(value: str) -> str:
+    """``value`` as a Structured Field String (RFC 8941 section 3.3.3).
+
+    ``"`` and ``\\`` are escaped; characters outside printable ASCII (which an
+    sf-string cannot hold) are percent-encoded as UTF-8, and so is ``%``, so distinct
+    names stay distinct.
+    """
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= code <= 0x7E and ch != "%":
+            out.append(ch)
+        else:
+            out.extend(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+    out.append('"')
+    return "".join(out)
+
+
+def rate_limit_headers(decision: Decision, mode: HeadersMode = "draft") -> list[Header]:
+    """The rate-limit response headers for ``decision``, ASGI style (lowercase bytes).
+
+    This is what the middleware adds; it is public for frameworks that build their
+    responses themselves. ``Retry-After`` is not included (see the module docs).
+    """
+    if mode not in _HEADERS_MODES:
+        raise ConfigurationError(
+            f"headers must be one of {', '.join(map(repr, _HEADERS_MODES))}, got {mode!r}"
+        )
+    out: list[Header] = []
+    if mode == "none":
+        return out
+    reset = _ceil_seconds(decision.reset_after)
+    remaining = max(0, decision.remaining)
+    if mode in ("draft", "both"):
+        name = _sf_string(decision.policy)
+        window = max(1, math.ceil(decision.period - _EPS))
+        t = reset
+        if not decision.allowed and math.isfinite(decision.retry_after):
+            t = _retry_after_seconds(decision.retry_after)
+        out.append((b"ratelimit-policy", f"{name};q={decision.limit};w={window}".encode()))
+        out.append((b"ratelimit", f"{name};r={remaining};t={t}".encode()))
+    if mode in ("legacy", "both"):
+        out.append((b"x-ratelimit-limit", str(decision.limit).encode()))
+        out.append((b"x-ratelimit-remaining", str(remaining).encode()))
+        out.append((b"x-ratelimit-reset", str(reset).encode()))
+    return out
+
+
+def _retry_after_seconds(retry_after: float) -> int:
+    return max(1, _ceil_seconds(retry_after))
+
+
+class RateLimitMiddleware:
+    """Rate-limit HTTP requests to ``app``; a denied request gets a 429.
+
+    ``limiter``: an :class:`AsyncRateLimiter` or a :class:`RateLimiter`.
+    ``key(scope)``: the rate-limit key, ``None`` to not limit the request (default:
+    :func:`client_address`). ``cost``: units per request, an int or ``cost(scope)``.
+    ``tier``: ``None``, a tier name, or ``tier(scope)``; required for a tiered
+    limiter, refused for a plain one. ``headers``: ``"draft"`` (default),
+    ``"legacy"``, ``"both"`` or ``"none"``. ``exempt(scope)``: true to let a request
+    through uncounted. See the module docstring for the headers and examples.
+    """
+
+    __slots__ = ("_cost", "_headers", "_key", "_tier", "app", "exempt", "limiter")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limiter: AsyncRateLimiter | RateLimiter,
+        *,
+        key: Callable[[Scope], str | None] = client_address,
+        cost: int | Callable[[Scope], int] = 1,
+        tier: str | Callable[[Scope], str] | None = None,
+        headers: HeadersMode = "draft",
+        exempt: Callable[[Scope], bool] | None = None,
+    ) -> None:
+        if not callable(app):
+            raise ConfigurationError(f"app must be an ASGI application, got {app!r}")
+        if not isinstance(limiter, AsyncRateLimiter | RateLimiter):
+            raise ConfigurationError(
+                f"limiter must be an AsyncRateLimiter or a RateLimiter, got {limiter!r}"
+            )
+        if not callable(key):
+            raise ConfigurationError(f"key must be a callable(scope) -> str | None, got {key!r}")
+        if not callable(cost) and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 1):
+            raise ConfigurationError(
+                f"cost must be an int >= 1 or a callable(scope) -> int, got {cost!r}"
+            )
+        if tier is not None and not callable(tier) and (not isinstance(tier, str) or not tier):
+            raise ConfigurationError(
+                f"tier must be None, a tier name or a callable(scope) -> str, got {tier!r}"
+            )
+        if limiter.tiers is not None and tier is None:
+            raise ConfigurationError(
+                "this limiter is tiered; pass tier= (a tier name or a callable(scope) -> str), "
+                f"one of {', '.join(map(repr, limiter.tiers))}"
+            )
+        if limiter.tiers is None and tier is not None:
+            raise ConfigurationError(
+                f"this limiter has no tiers (policy {limiter.policy}); got tier={tier!r}"
+            )
+        if isinstance(tier, str) and limiter.tiers is not None and tier not in limiter.tiers:
+            raise ConfigurationError(
+                f"unknown tier {tier!r}; expected one of {', '.join(map(repr, limiter.tiers))}"
+            )
+        if headers not in _HEADERS_MODES:
+            raise ConfigurationError(
+                f"headers must be one of {', '.join(map(repr, _HEADERS_MODES))}, got {headers!r}"
+            )
+        if exempt is not None and not callable(exempt):
+            raise ConfigurationError(
+                f"exempt must be None or a callable(scope) -> bool, got {exempt!r}"
+            )
+        self.app = app
+        self.limiter = limiter
+        self.exempt = exempt
+        self._key = key
+        self._cost = cost
+        self._tier = tier
+        self._headers: HeadersMode = headers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
+            await self.app(scope, receive, send)
+            return
+        key = self._key(scope)
+        if key is None:
+            await self.app(scope, receive, send)
+            return
+        cost = self._cost(scope) if callable(self._cost) else self._cost
+        tier = self._tier(scope) if callable(self._tier) else self._tier
+        limiter = self.limiter
+        if isinstance(limiter, AsyncRateLimiter):
+            decision = await limiter.hit(key, cost, tier=tier)
+        else:
+            decision = limiter.hit(key, cost, tier=tier)
+        extra = rate_limit_headers(decision, self._headers)
+        if not decision.allowed:
+            await self._deny(decision, extra, send)
+            return
+        if not extra:
+            await self.app(scope, receive, send)
+            return
+
+        started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal started
+            if not started and message["type"] == "http.response.start":
+                started = True
+                message = dict(message)
+                message["headers"] = _merge(message.get("headers") or (), extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    @staticmethod
+    async def _deny(decision: Decision, extra: list[Header], send: Send) -> None:
+        headers: list[Header] = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_DENIED_BODY)).encode()),
+        ]
+        if math.isfinite(decision.retry_after):
+            retry = _retry_after_seconds(decision.retry_after)
+            headers.append((b"retry-after", str(retry).encode()))
+        headers.extend(extra)
+        await send({"type": "http.response.start", "status": 429, "headers": headers})
+        await send({"type": "http.response.body", "body": _DENIED_BODY, "more_body": False})
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.app!r}, {self.limiter!r}, headers={self._headers!r})"
+
+
+def _merge(app_headers: Iterable[Header], extra: list[Header]) -> list[Header]:
+    """The app's headers, then ours; a legacy header the app set itself wins.
+
+    Draft headers are always appended: repeated ``RateLimit`` / ``RateLimit-Policy``
+    fields are one structured-field list, so an app's own policies combine with ours.
+    """
+    merged = list(app_headers)
+    present = {name.lower() for name, _ in merged if name.lower() in _LEGACY_NAMES}
+    merged.extend(h for h in extra if h[0] not in present)
+    return merged
