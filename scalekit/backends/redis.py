@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from scalekit._clock import Clock, as_clock
 from scalekit.backends._lua import LuaScript
 from scalekit.errors import BackendError, ConfigurationError, MissingDependency
 
@@ -66,7 +67,7 @@ class RedisBackend:
         *,
         socket_timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = DEFAULT_TIMEOUT,
-        clock: Callable[[], float] | None = None,
+        clock: Clock | Callable[[], float] | None = None,
         client: Any = None,
         async_client_factory: Callable[[], Any] | None = None,
         **client_options: Any,
@@ -90,7 +91,7 @@ class RedisBackend:
         self._client_url = url.replace("+cluster", "", 1) if self.cluster else url
         self.socket_timeout = float(socket_timeout)
         self.connect_timeout = float(connect_timeout)
-        self.server_now: Callable[[], float] | None = clock
+        self.server_now: Callable[[], float] | None = None if clock is None else as_clock(clock).now
         self._options = client_options
         self._lock = threading.Lock()
         self._sync: Any = client
@@ -98,7 +99,9 @@ class RedisBackend:
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
             weakref.WeakKeyDictionary()
         )
-        _import_redis()
+        redis = _import_redis()
+        self._noscript: type[Exception] = redis.exceptions.NoScriptError
+        self._failures: tuple[type[Exception], ...] = (redis.exceptions.RedisError, OSError)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBackend:
@@ -134,12 +137,22 @@ class RedisBackend:
         return kw
 
     def _strip_query(self) -> str:
-        # Our own options must not reach redis-py's from_url, which rejects unknown ones.
-        parts = urlsplit(self._client_url)
-        query = [(k, v) for k, v in parse_qsl(parts.query) if k != "connect_timeout"]
+        """The URL for redis-py, without the options this backend applies itself.
+
+        Only the query string is touched (``urlunsplit`` would turn
+        ``unix:///path.sock`` into ``unix:/path.sock``).
+        """
+        base, sep, query = self._client_url.partition("?")
+        if not sep:
+            return base
+        kept = [
+            (k, v)
+            for k, v in parse_qsl(query, keep_blank_values=True)
+            if k not in ("socket_timeout", "connect_timeout")
+        ]
         from urllib.parse import urlencode
 
-        return urlunsplit(parts._replace(query=urlencode(query)))
+        return f"{base}?{urlencode(kept)}" if kept else base
 
     @property
     def sync_client(self) -> Any:
@@ -184,27 +197,25 @@ class RedisBackend:
     # -- operations ------------------------------------------------------------
     def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` in one round trip (loading it once on NOSCRIPT)."""
-        redis = _import_redis()
         client = self.sync_client
         try:
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
+            except self._noscript:
                 client.script_load(script.source)
                 return client.evalsha(script.sha, len(keys), *keys, *args)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except self._failures as exc:
             raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
 
     async def aevalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        redis = _import_redis()
         client = self.async_client()
         try:
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
-            except redis.exceptions.NoScriptError:
+            except self._noscript:
                 await client.script_load(script.source)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except self._failures as exc:
             raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
 
     def delete(self, keys: Sequence[str]) -> None:

@@ -23,7 +23,6 @@ fixed windows are aligned to multiples of ``period`` on the clock's scale.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -134,32 +133,36 @@ def sliding_log(
 ) -> WindowResult:
     """Sliding log (exact): every hit is remembered for ``period``.
 
-    ``state`` is ``[total, entries]``: ``entries`` a deque of ``(timestamp, cost)``,
-    oldest first, and ``total`` their sum. Expired entries are pruned from it in
+    ``state`` is a flat list ``[total, t1, c1, t2, c2, ...]``: the hits' times and
+    costs, oldest first, and their sum (flat, because a list of tuples or a deque
+    per key costs several times the memory). Expired hits are pruned from it in
     place (that changes no outcome). ``new_state`` is the total after the hit; on
-    commit the caller appends ``(now, cost)`` to the entries.
+    commit the caller appends ``now, cost``.
     """
     total: int = state[0]
-    entries: deque[tuple[float, int]] = state[1]
     horizon = now - period + TIME_EPS
-    if entries and entries[0][0] <= horizon:
-        while entries and entries[0][0] <= horizon:
-            total -= entries.popleft()[1]
+    n = len(state)
+    if n > 1 and state[1] <= horizon:
+        i = 1
+        while i < n and state[i] <= horizon:
+            total -= state[i + 1]
+            i += 2
+        del state[1:i]
         state[0] = total
     if total + cost <= limit:
         if commit:
             return True, limit - total - cost, period, 0.0, total + cost
-        reset = entries[-1][0] + period - now if entries else 0.0
+        reset = state[-2] + period - now if len(state) > 1 else 0.0
         return True, limit - total, reset, 0.0, total
-    reset = entries[-1][0] + period - now if entries else 0.0
+    reset = state[-2] + period - now if len(state) > 1 else 0.0
     if cost > limit:
         return False, max(0, limit - total), reset, INF, total
     freed = 0
     retry = reset
-    for ts, c in entries:
-        freed += c
+    for i in range(1, len(state), 2):
+        freed += state[i + 1]
         if total - freed + cost <= limit:
-            retry = ts + period - now
+            retry = state[i] + period - now
             break
     return False, max(0, limit - total), reset, retry, total
 
@@ -181,13 +184,14 @@ def token_bucket(
     """
     rate = limit / period
     tokens = float(capacity) if empty_at is None else min(float(capacity), (now - empty_at) * rate)
-    if tokens + rate * TIME_EPS + EPS >= cost:
+    grace = rate * TIME_EPS  # what one microsecond refills
+    if tokens + grace + EPS >= cost:
         if commit:
             left = max(0.0, tokens - cost)
-            return True, _floor(left), (capacity - left) / rate, 0.0, now - left / rate
-        return True, _floor(tokens), (capacity - tokens) / rate, 0.0, empty_at
+            return True, _floor(left + grace), (capacity - left) / rate, 0.0, now - left / rate
+        return True, _floor(tokens + grace), (capacity - tokens) / rate, 0.0, empty_at
     retry = (cost - tokens) / rate if cost <= capacity else INF
-    return False, _floor(tokens), (capacity - tokens) / rate, retry, empty_at
+    return False, _floor(tokens + grace), (capacity - tokens) / rate, retry, empty_at
 
 
 def gcra(
@@ -208,18 +212,19 @@ def gcra(
     tolerance = burst * interval
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
-    if new_tat - now <= tolerance + TIME_EPS:
+    slack = tolerance + TIME_EPS
+    if new_tat - now <= slack:
         if commit:
             return (
                 True,
-                _floor((tolerance - (new_tat - now)) / interval),
+                _floor((slack - (new_tat - now)) / interval),
                 new_tat - now,
                 0.0,
                 new_tat,
             )
-        return True, _floor((tolerance - (base - now)) / interval), base - now, 0.0, tat
+        return True, _floor((slack - (base - now)) / interval), base - now, 0.0, tat
     retry = new_tat - tolerance - now if cost <= burst else INF
-    return False, _floor((tolerance - (base - now)) / interval), base - now, retry, tat
+    return False, _floor((slack - (base - now)) / interval), base - now, retry, tat
 
 
 def combine(

@@ -81,12 +81,12 @@ Headers (``headers=``):
   The item is :attr:`Decision.policy` (the policy's name; the tier name for a tier
   given as a rate string) as an sf-string; ``q`` the limit and ``w`` the window in
   whole seconds (rounded up, at least 1) of the window the decision reports (the
-  most restrictive one of a multi-window policy); ``r`` the remaining quota; ``t`` the seconds until that
-  window is back to its full limit, rounded up. On a 429 that carries a
-  ``Retry-After``, ``t`` is the ``Retry-After`` value instead: the draft asks that
-  ``Retry-After`` never point before the end of the effective window, and until
-  then the client indeed gets no more than ``r`` (with a sliding window or a bucket,
-  quota comes back before the whole window has reset).
+  most restrictive one of a multi-window policy); ``r`` the remaining quota; ``t``
+  the seconds until that window is back to its full limit, rounded up. On a 429
+  that carries a ``Retry-After``, ``t`` is the ``Retry-After`` value instead: the
+  draft asks that ``Retry-After`` never point before the end of the effective
+  window, and until then the client indeed gets no more than ``r`` (with a sliding
+  window or a bucket, quota comes back before the whole window has reset).
 - ``"legacy"``: ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and
   ``X-RateLimit-Reset`` (seconds until the window resets, rounded up, not a
   timestamp). An app that sets one of these itself keeps its own value.

@@ -120,7 +120,13 @@ class _ConcurrencyCore:
         max_keys = self.backend.max_keys if isinstance(self.backend, MemoryBackend) else 1_000_000
         self._memory = _MemoryLeases(max_keys) if isinstance(self.backend, MemoryBackend) else None
         self._fallback = _MemoryLeases(max_keys)
-        self._guard = _BackendGuard(name, float(backend_cooldown), self.clock.now)
+        if not isinstance(backend_cooldown, int | float) or not 0 < backend_cooldown < math.inf:
+            raise ConfigurationError(
+                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
+            )
+        self._guard = _BackendGuard(
+            name, float(backend_cooldown), self.clock.now, kind="concurrency limiter"
+        )
         self._script = load_script("scalekit.ratelimit", "concurrency")
 
     def _check_key(self, key: object) -> None:

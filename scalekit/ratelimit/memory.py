@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from scalekit.ratelimit import algorithms as alg
 from scalekit.ratelimit.algorithms import Algorithm
@@ -34,6 +33,10 @@ from scalekit.ratelimit.policy import Policy
 __all__ = ["MemoryRateStore", "StoreFull"]
 
 _new_decision = tuple.__new__
+
+
+class HitFn(Protocol):
+    def __call__(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision: ...
 
 
 class StoreFull(Exception):
@@ -108,8 +111,9 @@ class MemoryRateStore:
         else:
             self._gens = [_Generations(r.capacity * r.period / r.limit) for r in policy.rates]
         self._decide: Callable[[str, int, bool], Decision] = getattr(self, "_" + algorithm)
-        if len(policy.rates) == 1 and algorithm == "gcra":
-            self._decide = self._gcra_single
+        if len(policy.rates) == 1 and algorithm in ("gcra", "token_bucket"):
+            self._decide = self._bucket_single
+            self._bucket_fn = alg.gcra if algorithm == "gcra" else alg.token_bucket
         self.allowed = 0
         self.denied = 0
         self.refused_full = 0
@@ -194,13 +198,13 @@ class MemoryRateStore:
             if st is None:
                 if commit and g.size() >= self.max_keys:
                     self._full(i)
-                st = [0, deque()]
+                st = [0]
             states.append(st)
             results.append(alg.sliding_log(st, now, limit, period, cost, commit))
         if commit and all(r[0] for r in results):
             for g, st, r in zip(self._gens, states, results, strict=True):
                 st[0] = r[4]
-                st[1].append((now, cost))
+                st += (now, cost)
                 g.cur[key] = st
         return alg.combine(results, self._limits, self._name)
 
@@ -234,9 +238,9 @@ class MemoryRateStore:
                 g.cur[key] = r[4]
         return alg.combine(results, self._limits, self._name)
 
-    def _gcra_single(self, key: str, cost: int, commit: bool) -> Decision:
-        # The hot path of the most common configuration, without the per-window
-        # lists; the arithmetic is still alg.gcra's.
+    def _bucket_single(self, key: str, cost: int, commit: bool) -> Decision:
+        # One window without the per-window lists; the arithmetic is alg.gcra's
+        # or alg.token_bucket's (both keep one float per key).
         now = self._now()
         g = self._gens[0]
         if now - g.start >= g.length:
@@ -249,7 +253,167 @@ class MemoryRateStore:
             if st is None and commit and len(cur) + len(g.prev) >= self.max_keys:
                 self._full(0)
         limit, period, cap = self._rates[0]
-        ok, remaining, reset, retry, new = alg.gcra(st, now, limit, period, cap, cost, commit)
+        ok, remaining, reset, retry, new = self._bucket_fn(
+            st, now, limit, period, cap, cost, commit
+        )
         if new is not None:
             cur[key] = new
         return _new_decision(Decision, (ok, limit, remaining, reset, retry, self._name, period))
+
+    # -- fast paths ----------------------------------------------------------
+    def fast_hit(self, slow: HitFn) -> HitFn | None:
+        """A specialised ``hit`` for one window, or ``None`` if there is none.
+
+        The hot path of the commonest configuration (one window, memory, allowed)
+        runs in one Python frame: validation, lock, clock, dict and arithmetic
+        inlined. Everything else -- bad arguments, tiers, a denial, a full store
+        -- goes through ``slow`` (the generic path and the functions of
+        :mod:`~scalekit.ratelimit.algorithms`), so a denial's numbers have one
+        source. The inlined allow-path arithmetic is the same as the pure
+        function's; tests/contract/test_fast_path.py checks the two agree
+        decision by decision.
+        """
+        if len(self._rates) != 1:
+            return None
+        maker = {
+            "gcra": self._fast_gcra,
+            "fixed_window": self._fast_fixed_window,
+            "sliding_window": self._fast_sliding_window,
+        }.get(self.algorithm)
+        return maker(slow) if maker is not None else None
+
+    # Each fast function: arguments the fast path cannot take (a tier, a bad key or
+    # cost, a key in the previous generation, a full store) go to ``slow`` BEFORE the
+    # lock is taken; a denial is computed by the pure function under the lock.
+
+    def _fast_gcra(self, slow: HitFn) -> HitFn:
+        acquire, release = self._lock.acquire, self._lock.release
+        now_fn, g, store, max_keys = self._now, self._gens[0], self, self.max_keys
+        limit, period, cap = self._rates[0]
+        interval = period / limit
+        tolerance = cap * interval
+        slack = tolerance + alg.TIME_EPS
+        name, new, eps, gcra = self._name, _new_decision, alg.EPS, alg.gcra
+
+        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
+                return slow(key, cost, tier=tier)
+            if cost < 1 or not key:
+                return slow(key, cost)
+            acquire()
+            try:
+                now = now_fn()
+                if now - g.start >= g.length:
+                    g.rotate(now)
+                cur = g.cur
+                tat = cur.get(key)
+                full = False
+                if tat is None:
+                    prev = g.prev
+                    if prev:
+                        tat = prev.pop(key, None)
+                    if tat is not None:
+                        cur[key] = tat  # touched: it moves to the current generation
+                    else:
+                        full = len(cur) + len(prev) >= max_keys  # decided by the slow path
+                base = now if tat is None or tat < now else tat
+                ahead = base + cost * interval - now
+                if ahead <= slack and not full:
+                    cur[key] = now + ahead
+                    store.allowed += 1
+                    return new(
+                        Decision,
+                        (True, limit, int((slack - ahead) / interval + eps), ahead, 0.0, name,
+                         period),
+                    )  # fmt: skip
+                if not full:
+                    store.denied += 1
+                    _, remaining, reset, retry, _ = gcra(tat, now, limit, period, cap, cost)
+                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
+            finally:
+                release()
+            return slow(key, cost)
+
+        return hit
+
+    def _fast_fixed_window(self, slow: HitFn) -> HitFn:
+        acquire, release = self._lock.acquire, self._lock.release
+        now_fn, w, store, max_keys = self._now, self._windows[0], self, self.max_keys
+        limit, period, _ = self._rates[0]
+        name, new, floor, fixed = self._name, _new_decision, math.floor, alg.fixed_window
+
+        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
+                return slow(key, cost, tier=tier)
+            if cost < 1 or not key:
+                return slow(key, cost)
+            acquire()
+            try:
+                now = now_fn()
+                idx = floor(now / period)
+                if w[0] != idx:
+                    w[0] = idx
+                    w[1] = {}
+                counts = w[1]
+                count = counts.get(key, 0)
+                if count or len(counts) < max_keys:
+                    if count + cost <= limit:
+                        counts[key] = count + cost
+                        store.allowed += 1
+                        reset = (idx + 1) * period - now
+                        return new(
+                            Decision, (True, limit, limit - count - cost, reset, 0.0, name, period)
+                        )
+                    store.denied += 1
+                    _, remaining, reset, retry, _ = fixed(count, now, limit, period, cost)
+                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
+            finally:
+                release()
+            return slow(key, cost)
+
+        return hit
+
+    def _fast_sliding_window(self, slow: HitFn) -> HitFn:
+        acquire, release = self._lock.acquire, self._lock.release
+        now_fn, w, store, max_keys = self._now, self._windows[0], self, self.max_keys
+        limit, period, _ = self._rates[0]
+        name, new, floor, sliding = self._name, _new_decision, math.floor, alg.sliding_window
+        bound, time_eps, eps = limit + alg.EPS, alg.TIME_EPS, alg.EPS
+
+        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
+                return slow(key, cost, tier=tier)
+            if cost < 1 or not key:
+                return slow(key, cost)
+            acquire()
+            try:
+                now = now_fn()
+                idx = floor(now / period)
+                if w[0] != idx:
+                    w[2] = w[1] if w[0] == idx - 1 else {}
+                    w[1] = {}
+                    w[0] = idx
+                counts = w[1]
+                cur = counts.get(key, 0)
+                if cur or len(counts) < max_keys:
+                    prev = w[2].get(key, 0) if w[2] else 0
+                    elapsed = now - idx * period
+                    weight = 1.0 - (elapsed + time_eps) / period
+                    used = (prev * weight if weight > 0.0 else 0.0) + cur + cost
+                    if used <= bound:
+                        counts[key] = cur + cost
+                        store.allowed += 1
+                        left = int(limit - used + eps)
+                        return new(
+                            Decision,
+                            (True, limit, left if left > 0 else 0, 2 * period - elapsed, 0.0,
+                             name, period),
+                        )  # fmt: skip
+                    store.denied += 1
+                    _, remaining, reset, retry, _ = sliding(prev, cur, now, limit, period, cost)
+                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
+            finally:
+                release()
+            return slow(key, cost)
+
+        return hit

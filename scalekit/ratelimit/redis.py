@@ -19,6 +19,8 @@ from scalekit.ratelimit.policy import Policy
 
 __all__ = ["RedisRateStore"]
 
+_new_decision = tuple.__new__
+
 
 class RedisRateStore:
     """One policy's state for one algorithm, on Redis."""
@@ -59,6 +61,14 @@ class RedisRateStore:
         return [str(cost), "1" if commit else "0", repr(now()) if now else "", *self._rate_args]
 
     def _decision(self, raw: Any) -> Decision:
+        if len(raw) == 5:  # one window: no folding needed
+            limit, period = self._limits[0]
+            ok = raw[1] == 1
+            return _new_decision(
+                Decision,
+                (ok, limit, int(raw[2]), float(raw[3]), float(raw[4]) if not ok else 0.0,
+                 self.policy.name, period),
+            )  # fmt: skip
         results = [
             (raw[i] == 1, int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]))
             for i in range(1, len(raw), 4)

@@ -182,3 +182,22 @@ def test_redis_outage_follows_the_policy_and_recovers(
         # not a "no": 3 + 1 (ghost) + 1 (this one) are consumed.
         assert recovered.remaining == 5
     assert not math.isinf(recovered.reset_after)
+
+
+def test_unix_socket_url(tmp_path: Any) -> None:
+    from servers import RedisServer
+
+    sock = tmp_path / "r.sock"
+    with RedisServer(tmp_path, args=["--unixsocket", str(sock), "--unixsocketperm", "700"]) as srv:
+        srv.start()
+        lim = RateLimiter(f"unix://{sock}?db=2", "2/minute", on_backend_error="fail_closed")
+        assert [lim.hit("k").allowed for _ in range(3)] == [True, True, False]
+        assert lim.stats()["backend_errors"] == 0
+        assert redis.Redis(unix_socket_path=str(sock), db=2).dbsize() == 1
+
+
+def test_limiter_names_and_tiers_never_share_keys(fresh_redis_url: str) -> None:
+    plain = RateLimiter(fresh_redis_url, "1/minute", name="chat:paid")
+    tiered = RateLimiter(fresh_redis_url, {"paid": "1/minute"}, name="chat")
+    assert plain.hit("u").allowed
+    assert tiered.hit("u", tier="paid").allowed

@@ -125,3 +125,25 @@ def test_import_without_optional_drivers() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_url_timeouts_and_keyword_timeouts_agree() -> None:
+    b = backend_from_url("redis://127.0.0.1:1/0?socket_timeout=0.5", socket_timeout=2.0)
+    assert isinstance(b, RedisBackend)
+    assert b.socket_timeout == 2.0
+    client = b.sync_client
+    assert client.connection_pool.connection_kwargs["socket_timeout"] == 2.0
+    u = backend_from_url("unix:///tmp/x.sock?db=3&socket_timeout=0.7")
+    assert isinstance(u, RedisBackend)
+    kwargs = u.sync_client.connection_pool.connection_kwargs
+    assert kwargs["path"] == "/tmp/x.sock"
+    assert (kwargs["db"], kwargs["socket_timeout"]) == (3, 0.7)
+
+
+def test_redis_backend_accepts_a_clock_object() -> None:
+    from scalekit.testing import FakeClock
+
+    clock = FakeClock()
+    b = RedisBackend("redis://127.0.0.1:1/0", clock=clock)
+    assert b.server_now is not None
+    assert b.server_now() == clock.now()
