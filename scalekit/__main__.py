@@ -65,7 +65,8 @@ def demo_boundary_burst() -> None:
         clock.advance(20.5)  # just after the boundary
         second = sum(lim.hit("k").allowed for _ in range(10))
         print(f"{algorithm:>15}: {first} + {second} = {first + second} allowed within 21 seconds")
-    print("fixed_window lets ~2x the limit through at a boundary; the others do not")
+    print("fixed_window lets 2x the limit through at a boundary; the buckets add only what")
+    print("refilled in those 20 s (10/minute), the sliding windows nothing")
 
 
 def demo_cost_and_concurrency() -> None:
