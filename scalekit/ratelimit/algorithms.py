@@ -185,13 +185,25 @@ def token_bucket(
     rate = limit / period
     tokens = float(capacity) if empty_at is None else min(float(capacity), (now - empty_at) * rate)
     grace = rate * TIME_EPS  # what one microsecond refills
-    if tokens + grace + EPS >= cost:
+    if cost <= capacity and tokens + grace + EPS >= cost:
         if commit:
             left = max(0.0, tokens - cost)
-            return True, _floor(left + grace), (capacity - left) / rate, 0.0, now - left / rate
-        return True, _floor(tokens + grace), (capacity - tokens) / rate, 0.0, empty_at
+            return (
+                True,
+                min(capacity - cost, _floor(left + grace)),
+                (capacity - left) / rate,
+                0.0,
+                now - left / rate,
+            )
+        return (
+            True,
+            min(capacity, _floor(tokens + grace)),
+            (capacity - tokens) / rate,
+            0.0,
+            empty_at,
+        )
     retry = (cost - tokens) / rate if cost <= capacity else INF
-    return False, _floor(tokens + grace), (capacity - tokens) / rate, retry, empty_at
+    return False, min(capacity, _floor(tokens + grace)), (capacity - tokens) / rate, retry, empty_at
 
 
 def gcra(
@@ -213,18 +225,18 @@ def gcra(
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
     slack = tolerance + TIME_EPS
-    if new_tat - now <= slack:
+    if cost <= burst and new_tat - now <= slack:
         if commit:
             return (
                 True,
-                _floor((slack - (new_tat - now)) / interval),
+                min(burst - cost, _floor((slack - (new_tat - now)) / interval)),
                 new_tat - now,
                 0.0,
                 new_tat,
             )
-        return True, _floor((slack - (base - now)) / interval), base - now, 0.0, tat
+        return True, min(burst, _floor((slack - (base - now)) / interval)), base - now, 0.0, tat
     retry = new_tat - tolerance - now if cost <= burst else INF
-    return False, _floor((slack - (base - now)) / interval), base - now, retry, tat
+    return False, min(burst, _floor((slack - (base - now)) / interval)), base - now, retry, tat
 
 
 def combine(

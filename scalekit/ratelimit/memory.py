@@ -318,12 +318,13 @@ class MemoryRateStore:
                         full = len(cur) + len(prev) >= max_keys  # decided by the slow path
                 base = now if tat is None or tat < now else tat
                 ahead = base + cost * interval - now
-                if ahead <= slack and not full:
+                if ahead <= slack and cost <= cap and not full:
                     cur[key] = now + ahead
                     store.allowed += 1
+                    left = int((slack - ahead) / interval + eps)
                     return new(
                         Decision,
-                        (True, limit, int((slack - ahead) / interval + eps), ahead, 0.0, name,
+                        (True, limit, left if left <= cap - cost else cap - cost, ahead, 0.0, name,
                          period),
                     )  # fmt: skip
                 if not full:

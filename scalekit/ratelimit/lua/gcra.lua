@@ -11,17 +11,17 @@ for i = 1, nwin do
   end
   local new_tat = base + cost * interval
   local slack = tolerance + TIME_EPS
-  if new_tat - now <= slack then
+  if cost <= burst and new_tat - now <= slack then
     if commit then
-      push(true, floor0((slack - (new_tat - now)) / interval), new_tat - now, 0)
+      push(true, math.min(burst - cost, floor0((slack - (new_tat - now)) / interval)), new_tat - now, 0)
       writes[i] = {fmt(new_tat), new_tat - now}
     else
-      push(true, floor0((slack - (base - now)) / interval), base - now, 0)
+      push(true, math.min(burst, floor0((slack - (base - now)) / interval)), base - now, 0)
     end
   else
     local retry = new_tat - tolerance - now
     if cost > burst then retry = INF end
-    push(false, floor0((slack - (base - now)) / interval), base - now, retry)
+    push(false, math.min(burst, floor0((slack - (base - now)) / interval)), base - now, retry)
   end
 end
 if commit and allok == 1 then
