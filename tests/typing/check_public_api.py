@@ -1,0 +1,51 @@
+"""Checked by ``mypy --strict`` (tests/typing/test_typing.py); never imported at run time.
+
+Lines marked ``# E: <code>`` must produce exactly that mypy error code; every other
+line must type-check.
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+from scalekit import AsyncRateLimiter, Decision, RateLimiter, rate_limited
+from scalekit.ratelimit import ConcurrencyLimiter, Lease, Policy, Rate
+
+limiter = RateLimiter("memory://", "60/hour", algorithm="gcra")
+assert_type(limiter.hit("user:1"), Decision)
+assert_type(limiter.hit("user:1", cost=2).retry_after, float)
+assert_type(limiter.peek("user:1").allowed, bool)
+RateLimiter("memory://", Policy([Rate(5, 60.0, burst=2)]), on_backend_error="fail_closed")
+RateLimiter("memory://", {"free": "20/minute", "paid": "100/minute"})
+RateLimiter("memory://", "60/hour", algorithm="leaky_bucket")  # E: arg-type
+RateLimiter("memory://", "60/hour", on_backend_error="ignore")  # E: arg-type
+RateLimiter("memory://", "60/hour", algoritm="gcra")  # E: call-arg
+
+
+async def use_async() -> None:
+    lim = AsyncRateLimiter("memory://", "60/hour")
+    assert_type(await lim.hit("k"), Decision)
+
+
+@rate_limited("10/minute", key=lambda user_id, text: f"user:{user_id}")
+def send(user_id: int, text: str) -> str:
+    return text
+
+
+assert_type(send(1, "hi"), str)
+send("one", "hi")  # E: arg-type
+send(1)  # E: call-arg
+
+
+@rate_limited(limiter, key="global")
+async def fetch(url: str) -> bytes:
+    return b""
+
+
+async def use_fetch() -> None:
+    assert_type(await fetch("x"), bytes)
+
+
+cc = ConcurrencyLimiter("memory://", 2)
+with cc.hold("k") as lease:
+    assert_type(lease, Lease)
