@@ -60,17 +60,20 @@ class RedisRateStore:
         now = self.backend.server_now
         return [str(cost), "1" if commit else "0", repr(now()) if now else "", *self._rate_args]
 
-    def _decision(self, raw: Any) -> Decision:
+    def _decision(self, reply: Any) -> Decision:
+        if isinstance(reply, str):  # a client built with decode_responses=True
+            reply = reply.encode()
+        raw = reply.split()
         if len(raw) == 5:  # one window: no folding needed
             limit, period = self._limits[0]
-            ok = raw[1] == 1
+            ok = raw[1] == b"1"
             return _new_decision(
                 Decision,
                 (ok, limit, int(raw[2]), float(raw[3]), float(raw[4]) if not ok else 0.0,
                  self.policy.name, period),
             )  # fmt: skip
         results = [
-            (raw[i] == 1, int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]))
+            (raw[i] == b"1", int(raw[i + 1]), float(raw[i + 2]), float(raw[i + 3]))
             for i in range(1, len(raw), 4)
         ]
         return combine(results, self._limits, self.policy.name)

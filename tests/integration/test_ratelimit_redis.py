@@ -201,3 +201,10 @@ def test_limiter_names_and_tiers_never_share_keys(fresh_redis_url: str) -> None:
     tiered = RateLimiter(fresh_redis_url, {"paid": "1/minute"}, name="chat")
     assert plain.hit("u").allowed
     assert tiered.hit("u", tier="paid").allowed
+
+
+def test_bring_your_own_client_with_decoded_responses(fresh_redis_url: str) -> None:
+    client = redis.Redis.from_url(fresh_redis_url, decode_responses=True)
+    lim = RateLimiter(RedisBackend(fresh_redis_url, client=client), "2/minute; 5/hour")
+    assert [lim.hit("k").allowed for _ in range(3)] == [True, True, False]
+    assert lim.stats()["backend_errors"] == 0

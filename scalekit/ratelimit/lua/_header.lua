@@ -1,7 +1,9 @@
 -- Shared prologue, prepended to every rate-limit script by scalekit.backends._lua.
 -- ARGV: [1] cost, [2] commit (1 = hit, 0 = peek), [3] now ('' = Redis TIME),
 --       then per window: limit, period, capacity.
--- Reply: { all_allowed, then per window: allowed, remaining, reset_after, retry_after }
+-- Reply: one string "all_allowed" then per window "allowed remaining reset_after
+-- retry_after", space-separated: a single bulk reply parses faster than a nested
+-- array in redis-py and arrives in one read.
 -- Floats travel as strings (%.17g): Redis truncates Lua numbers to integers in
 -- replies and formats number arguments to redis.call with only 14 digits.
 if redis.replicate_commands then redis.replicate_commands() end
@@ -45,5 +47,5 @@ local function reply()
   for _, r in ipairs(results) do
     for _, v in ipairs(r) do out[#out + 1] = v end
   end
-  return out
+  return table.concat(out, ' ')
 end
