@@ -110,10 +110,16 @@ class MemoryRateStore:
             self._gens = [_Generations(r.period) for r in policy.rates]
         else:
             self._gens = [_Generations(r.capacity * r.period / r.limit) for r in policy.rates]
-        self._decide: Callable[[str, int, bool], Decision] = getattr(self, "_" + algorithm)
+        self._bucket_fn = alg.gcra if algorithm == "gcra" else alg.token_bucket
+        self._decide: Callable[[str, int, bool], Decision] = {
+            "fixed_window": self._fixed_window,
+            "sliding_window": self._sliding_window,
+            "sliding_log": self._sliding_log,
+            "token_bucket": self._bucket,
+            "gcra": self._bucket,
+        }[algorithm]
         if len(policy.rates) == 1 and algorithm in ("gcra", "token_bucket"):
             self._decide = self._bucket_single
-            self._bucket_fn = alg.gcra if algorithm == "gcra" else alg.token_bucket
         self.allowed = 0
         self.denied = 0
         self.refused_full = 0
@@ -208,7 +214,8 @@ class MemoryRateStore:
                 g.cur[key] = st
         return alg.combine(results, self._limits, self._name)
 
-    def _token_bucket(self, key: str, cost: int, commit: bool) -> Decision:
+    def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
+        # token_bucket and gcra: one float per key and window (self._bucket_fn's state)
         now = self._now()
         results = []
         for i, (limit, period, cap) in enumerate(self._rates):
@@ -217,22 +224,7 @@ class MemoryRateStore:
             st = g.get(key)
             if st is None and commit and g.size() >= self.max_keys:
                 self._full(i)
-            results.append(alg.token_bucket(st, now, limit, period, cap, cost, commit))
-        if commit and all(r[0] for r in results):
-            for g, r in zip(self._gens, results, strict=True):
-                g.cur[key] = r[4]
-        return alg.combine(results, self._limits, self._name)
-
-    def _gcra(self, key: str, cost: int, commit: bool) -> Decision:
-        now = self._now()
-        results = []
-        for i, (limit, period, cap) in enumerate(self._rates):
-            g = self._gens[i]
-            g.rotate(now)
-            st = g.get(key)
-            if st is None and commit and g.size() >= self.max_keys:
-                self._full(i)
-            results.append(alg.gcra(st, now, limit, period, cap, cost, commit))
+            results.append(self._bucket_fn(st, now, limit, period, cap, cost, commit))
         if commit and all(r[0] for r in results):
             for g, r in zip(self._gens, results, strict=True):
                 g.cur[key] = r[4]

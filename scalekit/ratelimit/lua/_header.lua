@@ -42,6 +42,15 @@ local function push(ok, remaining, reset, retry)
   if not ok then allok = 0 end
   results[#results + 1] = {ok and 1 or 0, remaining, fmt(reset), fmt(retry)}
 end
+-- Every window allowed and this is a hit: write each window's new state
+-- (writes[i] = {value, seconds until the state is worthless}) with its expiry.
+local function commit_writes()
+  if commit and allok == 1 then
+    for i = 1, nwin do
+      redis.call('SET', KEYS[i], writes[i][1], 'PX', ms(writes[i][2]))
+    end
+  end
+end
 local function reply()
   local out = {allok}
   for _, r in ipairs(results) do

@@ -24,9 +24,5 @@ for i = 1, nwin do
     push(false, math.min(burst, floor0((slack - (base - now)) / interval)), base - now, retry)
   end
 end
-if commit and allok == 1 then
-  for i = 1, nwin do
-    redis.call('SET', KEYS[i], writes[i][1], 'PX', ms(writes[i][2]))
-  end
-end
+commit_writes()
 return reply()

@@ -43,9 +43,5 @@ for i = 1, nwin do
     push(false, floor0(limit - used), reset, retry)
   end
 end
-if commit and allok == 1 then
-  for i = 1, nwin do
-    redis.call('SET', KEYS[i], writes[i][1], 'PX', ms(writes[i][2]))
-  end
-end
+commit_writes()
 return reply()
