@@ -37,7 +37,6 @@ __all__ = [
     "gcra",
     "sliding_log",
     "sliding_window",
-    "token_bucket",
 ]
 
 Algorithm: TypeAlias = Literal[
@@ -167,45 +166,6 @@ def sliding_log(
     return False, max(0, limit - total), reset, retry, total
 
 
-def token_bucket(
-    empty_at: float | None,
-    now: float,
-    limit: int,
-    period: float,
-    capacity: int,
-    cost: int,
-    commit: bool = True,
-) -> WindowResult:
-    """Token bucket: ``capacity`` tokens, refilled continuously at ``limit/period``.
-
-    The state is one float, ``empty_at``: the (extrapolated) time at which the
-    bucket was empty, so ``tokens = min(capacity, (now - empty_at) * rate)``;
-    ``None`` is a full bucket.
-    """
-    rate = limit / period
-    tokens = float(capacity) if empty_at is None else min(float(capacity), (now - empty_at) * rate)
-    grace = rate * TIME_EPS  # what one microsecond refills
-    if cost <= capacity and tokens + grace + EPS >= cost:
-        if commit:
-            left = max(0.0, tokens - cost)
-            return (
-                True,
-                min(capacity - cost, _floor(left + grace)),
-                (capacity - left) / rate,
-                0.0,
-                now - left / rate,
-            )
-        return (
-            True,
-            min(capacity, _floor(tokens + grace)),
-            (capacity - tokens) / rate,
-            0.0,
-            empty_at,
-        )
-    retry = (cost - tokens) / rate if cost <= capacity else INF
-    return False, min(capacity, _floor(tokens + grace)), (capacity - tokens) / rate, retry, empty_at
-
-
 def gcra(
     tat: float | None,
     now: float,
@@ -215,10 +175,18 @@ def gcra(
     cost: int,
     commit: bool = True,
 ) -> WindowResult:
-    """GCRA (generic cell rate algorithm), the virtual-scheduling form.
+    """GCRA (generic cell rate algorithm), the virtual-scheduling form; also the
+    ``token_bucket`` algorithm.
 
     Emission interval ``T = period / limit``; up to ``burst`` units at once. The
     state is the theoretical arrival time ``tat`` (``None``: idle).
+
+    A token bucket of capacity ``burst`` refilled continuously at ``limit/period``
+    makes exactly the same decisions: its tokens are
+    ``burst - (tat - now) / T``, so ``remaining`` is the whole tokens left,
+    ``reset_after`` the time until the bucket is full and ``retry_after`` the time
+    until ``cost`` tokens are there. scalekit implements the one algorithm once and
+    offers both names; tests/property checks it against a textbook token bucket.
     """
     interval = period / limit
     tolerance = burst * interval

@@ -110,7 +110,7 @@ class MemoryRateStore:
             self._gens = [_Generations(r.period) for r in policy.rates]
         else:
             self._gens = [_Generations(r.capacity * r.period / r.limit) for r in policy.rates]
-        self._bucket_fn = alg.gcra if algorithm == "gcra" else alg.token_bucket
+        self._bucket_fn = alg.gcra  # token_bucket is the same algorithm (see alg.gcra)
         self._decide: Callable[[str, int, bool], Decision] = {
             "fixed_window": self._fixed_window,
             "sliding_window": self._sliding_window,
@@ -232,7 +232,7 @@ class MemoryRateStore:
 
     def _bucket_single(self, key: str, cost: int, commit: bool) -> Decision:
         # One window without the per-window lists; the arithmetic is alg.gcra's
-        # or alg.token_bucket's (both keep one float per key).
+        # (token_bucket is the same algorithm).
         now = self._now()
         g = self._gens[0]
         if now - g.start >= g.length:
@@ -269,6 +269,7 @@ class MemoryRateStore:
             return None
         maker = {
             "gcra": self._fast_gcra,
+            "token_bucket": self._fast_gcra,
             "fixed_window": self._fast_fixed_window,
             "sliding_window": self._fast_sliding_window,
         }.get(self.algorithm)

@@ -39,7 +39,9 @@ class RedisRateStore:
         self.backend = backend
         self.algorithm = algorithm
         self.policy = policy
-        self._script = load_script("scalekit.ratelimit", algorithm, header="_header")
+        # token_bucket and gcra make the same decisions (see algorithms.gcra)
+        script = "gcra" if algorithm == "token_bucket" else algorithm
+        self._script = load_script("scalekit.ratelimit", script, header="_header")
         self._prefix = prefix
         self._name = tuple(escape(n) for n in name)
         suffixes: list[str] = []

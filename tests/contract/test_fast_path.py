@@ -10,7 +10,7 @@ from scalekit import MemoryBackend, RateLimiter
 from scalekit.testing import FakeClock
 
 
-@pytest.mark.parametrize("algorithm", ["gcra", "fixed_window", "sliding_window"])
+@pytest.mark.parametrize("algorithm", ["gcra", "token_bucket", "fixed_window", "sliding_window"])
 @pytest.mark.parametrize("seed", range(4))
 def test_fast_path_matches_the_generic_path(algorithm: str, seed: int) -> None:
     rng = random.Random(seed)
