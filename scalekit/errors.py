@@ -8,6 +8,8 @@ the same classes serve sync and async code::
     │   └── MissingDependency (also ImportError) an optional extra is not installed
     ├── BackendError                             Redis/PostgreSQL failed; chained from
     │                                            the driver's exception (``__cause__``)
+    ├── SerializationError                       a value could not be encoded, or bytes
+    │                                            (foreign, truncated, old schema) decoded
     └── LimitExceeded                            something refused to run now
         ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
         └── ConcurrencyLimitExceeded             no slot free within the timeout
@@ -32,6 +34,7 @@ __all__ = [
     "MissingDependency",
     "RateLimitExceeded",
     "ScalekitError",
+    "SerializationError",
 ]
 
 
@@ -59,6 +62,15 @@ class BackendError(ScalekitError):
     """A storage backend (Redis, PostgreSQL) failed or timed out.
 
     The driver's exception is chained as ``__cause__``.
+    """
+
+
+class SerializationError(ScalekitError):
+    """A value could not be serialized, or bytes could not be turned back into one.
+
+    Raised for unsupported values, malformed, truncated or foreign bytes, and payloads
+    that do not validate against the type hint; the underlying error, if any, is
+    chained as ``__cause__``.
     """
 
 
