@@ -15,12 +15,14 @@ import re
 
 __all__ = ["escape", "unescape", "build_key"]
 
-_SPECIAL = re.compile(r"[%:{}\s\x00-\x1f\x7f]")
-_RARE = re.compile(r"[{}\s\x00-\x1f\x7f]")
+# separators, whitespace, C0/C1 controls and lone surrogates (which no Redis client
+# can send as UTF-8)
+_SPECIAL = re.compile(r"[%:{}\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_RARE = re.compile(r"[{}\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _encode(match: re.Match[str]) -> str:
-    return "".join(f"%{b:02X}" for b in match.group().encode())
+    return "".join(f"%{b:02X}" for b in match.group().encode("utf-8", "surrogatepass"))
 
 
 def escape(part: str) -> str:
@@ -42,7 +44,7 @@ def unescape(part: str) -> str:
     """Invert :func:`escape`."""
     from urllib.parse import unquote
 
-    return unquote(part)
+    return unquote(part, errors="surrogatepass")
 
 
 def build_key(prefix: str, *parts: str, tag: str) -> str:

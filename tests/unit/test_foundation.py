@@ -25,11 +25,26 @@ from scalekit._keys import build_key, escape, unescape
 
 
 @pytest.mark.parametrize(
-    "part", ["plain", "a:b", "{tag}", "50%", "new\nline", "tab\tx", "ключ", "a b", "}{", ""]
+    "part",
+    [
+        "plain",
+        "a:b",
+        "{tag}",
+        "50%",
+        "new\nline",
+        "tab\tx",
+        "ключ",
+        "a b",
+        "}{",
+        "",
+        "\ud800x",
+        "c1\x85",
+    ],
 )
 def test_escape_is_reversible_and_neutralises_separators(part: str) -> None:
     e = escape(part)
     assert unescape(e) == part
+    e.encode("utf-8")  # always sendable
     for ch in ":{} \n\t":
         assert ch not in e
 
