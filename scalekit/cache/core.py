@@ -1,0 +1,820 @@
+"""The cache driver: :class:`Cache`, shared by ``@cached`` and direct use.
+
+All freshness maths is :mod:`scalekit.cache.freshness` (pure); this module only
+locks, runs loaders, starts background refreshes and talks to a backend
+(:class:`CacheBackend`; today :class:`~scalekit.cache.memory.MemoryCacheBackend`).
+
+Reads
+-----
+``get_or_load`` / ``aget_or_load`` read the entry and call
+:func:`~scalekit.cache.freshness.classify` with ``rand = 1.0 - rng.random()``:
+
+- ``FRESH``: serve (a *hit*).
+- ``FRESH_EARLY_REFRESH`` (XFetch chose this read): serve (a hit) and start one
+  background refresh.
+- ``STALE_REVALIDATE``: serve the stale value (*stale_served*) and start one
+  background refresh.
+- ``STALE_IF_ERROR_ONLY`` / ``EXPIRED`` / no entry: a *miss*; load in the
+  foreground. If the load fails and
+  :func:`~scalekit.cache.freshness.plan_after_load_failure` allows it (measured at
+  the time of the failure), the stale value is served instead (*stale_served*) and
+  the error is counted in *load_errors* only.
+
+The recompute time of every load is measured on the cache clock and stored as
+``EntryMeta.delta``, which scales XFetch.
+
+Single-flight (stampede protection)
+-----------------------------------
+Inside one process, concurrent callers of one key share one load, for threads and
+for asyncio tasks (per event loop). Background refreshes use the same flights, so
+a foreground caller that arrives during a refresh waits for it rather than
+starting a second load.
+
+- Async: the load runs as its own task; every caller (the one that started it
+  included) awaits it through :func:`asyncio.shield`. Cancelling a caller cancels
+  only that caller's wait: the load goes on, stores its value and answers the
+  other waiters. (Chosen over "retry by the next waiter": no work is thrown away,
+  and nothing depends on who happened to arrive first.) A load all of whose
+  callers were cancelled still completes and fills the cache.
+- Sync: the first thread runs the loader itself; the others wait on an
+  :class:`threading.Event`. If the leading thread dies with a ``BaseException``
+  (``KeyboardInterrupt``, ``SystemExit``), waiters are released and retry.
+- Waiters wait at most ``lock_timeout`` seconds of *real* time (a bound against a
+  hung loader, not a scheduling decision, so it does not read ``clock=``); then
+  each loads by itself, without single-flight, and its value is stored as usual.
+  ``lock_timeout=None`` waits for ever.
+- A loader's exception is shared by all the callers of that flight (the same
+  exception instance is raised in each of them).
+- Before a foreground load runs, the entry is read once more: a caller whose
+  read missed just before another flight stored its value then uses that value
+  instead of loading again (double-checked, so "one load per cold key" holds
+  even for threads preempted between their read and joining the flight).
+
+Background refresh
+------------------
+- Async: a task on the running loop (strong references are kept until it ends).
+- Sync: a daemon thread per refresh; single-flight bounds it to one per key. (A
+  small executor would bound the total, but its workers are joined at interpreter
+  exit, and a stuck loader would then block shutdown.)
+- A failed background refresh is counted (*load_errors*) and logged at DEBUG; the
+  entry is left alone, so the stale value keeps being served until its windows
+  run out. :meth:`Cache.drain` / :meth:`Cache.adrain` wait for refreshes to end
+  (shutdown, tests).
+
+Invalidation
+------------
+``delete(key)``, ``invalidate_tags(tags)``, ``invalidate_namespace(ns, version)``
+and ``clear()``. Every load registers a *fill* (the key, its tags and a
+generation counter); each invalidation, under the cache lock, removes the matching
+entries and bumps the generation of every matching fill in progress. A fill stores
+its value only if its generation is unchanged, checked under the same lock, so a
+load that began before an invalidation never stores its (possibly old) value after
+the invalidation returned. A direct ``set`` invalidates fills of its key the same
+way (a write is newer than any load in progress), and a load that stores voids
+the loads of the same key that started before it (a waiter past ``lock_timeout``
+that loaded by itself is not overwritten by the slower, older load). Only fills in progress are
+tracked, so the bookkeeping is bounded by concurrency, not by the key space.
+``EntryMeta.generation`` receives a per-cache write counter.
+
+Namespace / version: ``@cached`` keys are ``<prefix>:<namespace>:v<version>:{…}``
+(:class:`~scalekit.cache.keys.KeyBuilder`), so bumping ``version=`` abandons every
+old key, and :meth:`Cache.invalidate_namespace` drops them explicitly.
+
+Negative caching
+----------------
+Off by default. ``cache_none=True`` stores ``None`` results and
+``cache_exceptions=(NotFound, …)`` stores those exceptions, both for
+``negative_ttl`` seconds (default: ``ttl``) without stale windows; a cached
+exception is re-raised (the same instance) on later reads. A failure never
+replaces a value that :func:`plan_after_load_failure` still allows serving:
+the stale value wins.
+
+Metrics
+-------
+:meth:`Cache.stats` returns :class:`CacheStats`: hits (fresh values served,
+early-refresh reads included), misses (foreground loads needed), stale_served,
+loads (loader runs, background refreshes included), load_errors, load_time_total
+(seconds on the cache clock) and evictions (from the backend's bound).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import NoReturn, Protocol, TypeVar, cast, runtime_checkable
+from urllib.parse import parse_qs, urlsplit
+
+from scalekit._clock import Clock, as_clock
+from scalekit._keys import escape
+from scalekit.cache.freshness import (
+    EntryMeta,
+    Freshness,
+    classify,
+    plan_after_load_failure,
+    remaining_ttl,
+)
+from scalekit.cache.memory import MemoryCacheBackend
+from scalekit.errors import ConfigurationError
+
+__all__ = [
+    "Cache",
+    "CacheBackend",
+    "CacheOptions",
+    "CacheStats",
+    "default_cache",
+]
+
+log = logging.getLogger("scalekit.cache")
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class CacheBackend(Protocol):
+    """What :class:`Cache` needs from a store (memory today; Redis, tiered later)."""
+
+    evictions: int
+
+    def get(self, key: str) -> tuple[object, EntryMeta] | None: ...
+
+    def set(
+        self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
+    ) -> None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def delete_tags(self, tags: Iterable[str]) -> int: ...
+
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    def clear(self) -> None: ...
+
+
+def _seconds(value: float | timedelta | None, what: str, *, allow_none: bool = False) -> float:
+    if value is None and allow_none:
+        return math.inf
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+        raise ConfigurationError(
+            f"{what} must be a duration in seconds (int, float) or a timedelta, got {value!r}"
+        )
+    if not (0.0 <= seconds < math.inf):
+        raise ConfigurationError(f"{what} must be a finite duration >= 0 seconds, got {value!r}")
+    return float(seconds)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheOptions:
+    """How values are cached; validated at construction (durations accept ``timedelta``).
+
+    - ``ttl``: seconds a value is fresh (``>= 0``).
+    - ``stale_while_revalidate`` / ``stale_if_error``: RFC 5861 windows after expiry.
+    - ``beta``: XFetch early-refresh factor (``0`` disables early refresh).
+    - ``cache_none``: store ``None`` results (for ``negative_ttl``).
+    - ``cache_exceptions``: exception types (subclasses of ``Exception``) to store and
+      re-raise for ``negative_ttl``; ``()`` stores none.
+    - ``negative_ttl``: lifetime of negative entries; ``None`` means ``ttl``.
+    - ``lock_timeout``: the longest a caller waits for another caller's load (real
+      seconds, ``> 0``) before loading itself; ``None`` waits for ever.
+    """
+
+    ttl: float | timedelta = 300.0
+    stale_while_revalidate: float | timedelta = 0.0
+    stale_if_error: float | timedelta = 0.0
+    beta: float = 1.0
+    cache_none: bool = False
+    cache_exceptions: tuple[type[Exception], ...] = ()
+    negative_ttl: float | timedelta | None = None
+    lock_timeout: float | timedelta | None = 10.0
+    # normalised seconds, filled by __post_init__
+    _ttl: float = field(init=False, repr=False, compare=False, default=0.0)
+    _swr: float = field(init=False, repr=False, compare=False, default=0.0)
+    _sie: float = field(init=False, repr=False, compare=False, default=0.0)
+    _neg: float = field(init=False, repr=False, compare=False, default=0.0)
+    _wait: float | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        s = object.__setattr__
+        s(self, "_ttl", _seconds(self.ttl, "ttl"))
+        s(self, "_swr", _seconds(self.stale_while_revalidate, "stale_while_revalidate"))
+        s(self, "_sie", _seconds(self.stale_if_error, "stale_if_error"))
+        neg = self.negative_ttl
+        s(self, "_neg", self._ttl if neg is None else _seconds(neg, "negative_ttl"))
+        beta = self.beta
+        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < math.inf:
+            raise ConfigurationError(f"beta must be a finite number >= 0, got {beta!r}")
+        if not isinstance(self.cache_none, bool):
+            raise ConfigurationError(f"cache_none must be a bool, got {self.cache_none!r}")
+        excs = self.cache_exceptions
+        if isinstance(excs, type):
+            excs = (excs,)
+            s(self, "cache_exceptions", excs)
+        if not isinstance(excs, tuple) or not all(
+            isinstance(t, type) and issubclass(t, Exception) for t in excs
+        ):
+            raise ConfigurationError(
+                f"cache_exceptions must be a tuple of Exception subclasses "
+                f"(e.g. (NotFound,)), got {self.cache_exceptions!r}"
+            )
+        wait = self.lock_timeout
+        if wait is None:
+            s(self, "_wait", None)
+        else:
+            w = _seconds(wait, "lock_timeout")
+            if w <= 0:
+                raise ConfigurationError(
+                    f"lock_timeout must be > 0 seconds or None (wait for ever), got {wait!r}"
+                )
+            s(self, "_wait", w)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Counters of one :class:`Cache` (see the :mod:`scalekit.cache.core` docstring)."""
+
+    name: str
+    hits: int
+    misses: int
+    stale_served: int
+    loads: int
+    load_errors: int
+    load_time_total: float
+    evictions: int
+
+
+class _CachedError:
+    """A negative entry: the exception a loader raised, re-raised on reads."""
+
+    __slots__ = ("error", "tb")
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.tb = error.__traceback__
+
+    def reraise(self) -> NoReturn:
+        # from the loader's traceback each time: re-raising one instance would
+        # otherwise grow its traceback on every read
+        raise self.error.with_traceback(self.tb)
+
+
+class _Fill:
+    """A load in progress; invalidations bump ``generation``."""
+
+    __slots__ = ("generation", "key", "seq", "tags")
+
+    def __init__(self, key: str, tags: frozenset[str], seq: int) -> None:
+        self.key = key
+        self.tags = tags
+        self.seq = seq
+        self.generation = 0
+
+
+class _Outcome:
+    __slots__ = ("error", "tb", "value")
+
+    def __init__(self, value: object = None, error: BaseException | None = None) -> None:
+        self.value = value
+        self.error = error
+        self.tb = None if error is None else error.__traceback__
+
+
+class _SyncFlight:
+    __slots__ = ("abandoned", "done", "outcome")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.outcome: _Outcome | None = None
+        self.abandoned = False
+
+
+def _backend_from(
+    backend: str | CacheBackend, clock: Clock, max_entries: int | None
+) -> CacheBackend:
+    if not isinstance(backend, str):
+        if not isinstance(backend, CacheBackend):
+            raise ConfigurationError(
+                f"backend must be a URL ('memory://') or a cache backend object "
+                f"(get/set/delete/delete_tags/delete_prefix/clear), got {backend!r}"
+            )
+        return backend
+    parts = urlsplit(backend)
+    if parts.scheme != "memory":
+        raise ConfigurationError(
+            f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not yet supported; "
+            f"supported: 'memory://' (optionally 'memory://?max_entries=N')"
+        )
+    query = parse_qs(parts.query)
+    n = max_entries
+    if "max_entries" in query:
+        raw = query["max_entries"][-1]
+        try:
+            n = int(raw)
+        except ValueError:
+            raise ConfigurationError(
+                f"cache backend URL {backend!r}: max_entries must be an int >= 1, got {raw!r}"
+            ) from None
+    return MemoryCacheBackend(max_entries=10_000 if n is None else n, clock=clock)
+
+
+class Cache:
+    """A TTL cache with single-flight loads, stale windows, early refresh and tags.
+
+    :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``) or a
+        backend object (:class:`CacheBackend`). Other URLs are not yet supported.
+    :param name: names the cache in :meth:`stats` and logs.
+    :param clock: time source (monotonic by default).
+    :param rng: random source for XFetch (``random.Random`` by default).
+    :param max_entries: the bound of a ``memory://`` backend (default 10,000).
+    :param prefix: the key prefix used by ``@cached`` (see
+        :class:`~scalekit.cache.keys.KeyBuilder`).
+    :param options: defaults for :meth:`get_or_load`, :meth:`aget_or_load`, :meth:`set`.
+    """
+
+    def __init__(
+        self,
+        backend: str | CacheBackend = "memory://",
+        *,
+        name: str = "cache",
+        clock: Clock | Callable[[], float] | None = None,
+        rng: random.Random | None = None,
+        max_entries: int | None = None,
+        prefix: str = "scalekit:cache",
+        options: CacheOptions | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        if options is not None and not isinstance(options, CacheOptions):
+            raise ConfigurationError(f"options must be a CacheOptions, got {options!r}")
+        self.name = name
+        self.prefix = prefix
+        self.options = options or CacheOptions()
+        self._clock = as_clock(clock)
+        self._rng = rng or random.Random()
+        self.backend = _backend_from(backend, self._clock, max_entries)
+        self._lock = threading.Lock()
+        self._fills: set[_Fill] = set()
+        self._fill_seq = 0
+        self._writes = 0
+        self._sync_flights: dict[str, _SyncFlight] = {}
+        self._async_flights: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[_Outcome]]
+        self._async_flights = {}
+        self._tasks: set[asyncio.Task[_Outcome]] = set()
+        self._threads: set[threading.Thread] = set()
+        self._hits = self._misses = self._stale = self._loads = self._errors = 0
+        self._load_time = 0.0
+
+    def __repr__(self) -> str:
+        return f"Cache(name={self.name!r}, backend={self.backend!r})"
+
+    # --- direct access -----------------------------------------------------------
+
+    def get(self, key: str, default: T | None = None) -> object | T | None:
+        """The servable value of ``key`` (fresh, or stale within
+        ``stale_while_revalidate``), else ``default``. Counts a hit or a miss; never
+        loads or refreshes. A negative entry for an exception counts as a miss."""
+        entry = self.backend.get(key)
+        if entry is not None and not isinstance(entry[0], _CachedError):
+            state = classify(entry[1], self._clock.now())
+            if state.servable:
+                self._count_served(state)
+                return entry[0]
+        with self._lock:
+            self._misses += 1
+        return default
+
+    def set(
+        self,
+        key: str,
+        value: object,
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+    ) -> None:
+        """Store ``value`` under ``key`` with ``options`` (default: the cache's).
+        Loads of ``key`` in progress will not overwrite it."""
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key == key)
+            self._write(key, value, tagset, opts, delta=0.0, negative=False)
+
+    def delete(self, key: str) -> bool:
+        """Drop ``key``; loads of it in progress will not store. True if it existed."""
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key == key)
+            return self.backend.delete(key)
+
+    def invalidate_tags(self, *tags: str) -> int:
+        """Drop every entry tagged with any of ``tags`` (and void matching loads in
+        progress); returns how many entries were dropped."""
+        tagset = _check_tags(tags)
+        with self._lock:
+            self._invalidate_fills(lambda f: not f.tags.isdisjoint(tagset))
+            return self.backend.delete_tags(tagset)
+
+    def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
+        """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
+        head = f"{self.prefix}:{escape(namespace)}:"
+        if version is not None:
+            head += f"v{escape(str(version))}:"
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key.startswith(head))
+            return self.backend.delete_prefix(head)
+
+    def clear(self) -> None:
+        """Drop everything; loads in progress will not store."""
+        with self._lock:
+            self._invalidate_fills(lambda f: True)
+            self.backend.clear()
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            return CacheStats(
+                name=self.name,
+                hits=self._hits,
+                misses=self._misses,
+                stale_served=self._stale,
+                loads=self._loads,
+                load_errors=self._errors,
+                load_time_total=self._load_time,
+                evictions=self.backend.evictions,
+            )
+
+    # --- loading: sync -------------------------------------------------------------
+
+    def get_or_load(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+    ) -> T:
+        """The cached value of ``key``, loading it with ``loader`` (single-flight) when
+        needed; see the module docstring for freshness, errors and waiting."""
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        entry, state = self._read(key, opts)
+        if entry is not None and state is not None and state.servable:
+            if state.needs_refresh:
+                self._spawn_thread(key, loader, tagset, opts)
+            return cast(T, _unwrap(entry[0]))
+        with self._lock:
+            self._misses += 1
+        while True:
+            with self._lock:
+                flight = self._sync_flights.get(key)
+                leader = flight is None
+                if flight is None:
+                    flight = self._sync_flights[key] = _SyncFlight()
+                    fill = self._new_fill(key, tagset)
+            if leader:
+                outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
+                return cast(T, self._resolve(outcome, entry))
+            if not flight.done.wait(opts._wait):
+                with self._lock:
+                    fill = self._new_fill(key, tagset)
+                outcome = self._run_sync(fill, loader, opts, background=False)
+                return cast(T, self._resolve(outcome, entry))
+            if flight.abandoned or flight.outcome is None:
+                continue
+            return cast(T, self._resolve(flight.outcome, entry))
+
+    def _lead_sync(
+        self,
+        flight: _SyncFlight,
+        key: str,
+        fill: _Fill,
+        loader: Callable[[], object],
+        opts: CacheOptions,
+        *,
+        background: bool,
+    ) -> _Outcome:
+        try:
+            outcome = self._run_sync(fill, loader, opts, background=background)
+        except BaseException:
+            flight.abandoned = True
+            raise
+        else:
+            flight.outcome = outcome
+            return outcome
+        finally:
+            with self._lock:
+                if self._sync_flights.get(key) is flight:
+                    del self._sync_flights[key]
+            flight.done.set()
+
+    def _run_sync(
+        self, fill: _Fill, loader: Callable[[], object], opts: CacheOptions, *, background: bool
+    ) -> _Outcome:
+        started = self._clock.now()
+        try:
+            if not background and (ready := self._recheck(fill.key)) is not None:
+                return ready
+            try:
+                value = loader()
+            except Exception as exc:
+                return self._failed(fill, exc, opts, started, background=background)
+            return self._loaded(fill, value, opts, started)
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
+    def _spawn_thread(
+        self, key: str, loader: Callable[[], object], tags: frozenset[str], opts: CacheOptions
+    ) -> None:
+        with self._lock:
+            if key in self._sync_flights:
+                return  # a load of this key is already running: that is the refresh
+            flight = self._sync_flights[key] = _SyncFlight()
+            fill = self._new_fill(key, tags)
+
+        def refresh() -> None:
+            try:
+                self._lead_sync(flight, key, fill, loader, opts, background=True)
+            finally:
+                with self._lock:
+                    self._threads.discard(thread)
+
+        thread = threading.Thread(
+            target=refresh, name=f"scalekit-cache-refresh[{self.name}]", daemon=True
+        )
+        with self._lock:
+            self._threads.add(thread)
+        thread.start()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the background refresh threads started so far; True if all ended."""
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(timeout)
+        return not any(t.is_alive() for t in threads)
+
+    # --- loading: async ------------------------------------------------------------
+
+    async def aget_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+    ) -> T:
+        """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
+        as a task shared by every caller of ``key`` on this event loop."""
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        entry, state = self._read(key, opts)
+        if entry is not None and state is not None and state.servable:
+            if state.needs_refresh:
+                self._spawn_task(key, loader, tagset, opts)
+            return cast(T, _unwrap(entry[0]))
+        with self._lock:
+            self._misses += 1
+        task, leader = self._async_flight(key, loader, tagset, opts, background=False)
+        if leader:
+            outcome = await asyncio.shield(task)
+        else:
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(task), opts._wait)
+            except TimeoutError:
+                with self._lock:
+                    fill = self._new_fill(key, tagset)
+                outcome = await self._run_async(fill, loader, opts, background=False)
+        return cast(T, self._resolve(outcome, entry))
+
+    def _async_flight(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[object]],
+        tags: frozenset[str],
+        opts: CacheOptions,
+        *,
+        background: bool,
+    ) -> tuple[asyncio.Task[_Outcome], bool]:
+        loop = asyncio.get_running_loop()
+        fkey = (loop, key)
+        with self._lock:
+            task = self._async_flights.get(fkey)
+            if task is not None:
+                return task, False
+            fill = self._new_fill(key, tags)
+            task = loop.create_task(self._run_async(fill, loader, opts, background=background))
+            self._async_flights[fkey] = task
+            self._tasks.add(task)
+
+        def done(t: asyncio.Task[_Outcome]) -> None:
+            with self._lock:
+                if self._async_flights.get(fkey) is t:
+                    del self._async_flights[fkey]
+                self._tasks.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved: no "never retrieved" warning
+
+        task.add_done_callback(done)
+        return task, True
+
+    async def _run_async(
+        self,
+        fill: _Fill,
+        loader: Callable[[], Awaitable[object]],
+        opts: CacheOptions,
+        *,
+        background: bool,
+    ) -> _Outcome:
+        started = self._clock.now()
+        try:
+            if not background and (ready := self._recheck(fill.key)) is not None:
+                return ready
+            try:
+                value = await loader()
+            except Exception as exc:
+                return self._failed(fill, exc, opts, started, background=background)
+            return self._loaded(fill, value, opts, started)
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
+    def _spawn_task(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[object]],
+        tags: frozenset[str],
+        opts: CacheOptions,
+    ) -> None:
+        self._async_flight(key, loader, tags, opts, background=True)
+
+    async def adrain(self) -> None:
+        """Wait for the background refresh tasks of the running loop started so far."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            tasks = [t for t in self._tasks if t.get_loop() is loop]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- shared core ---------------------------------------------------------------
+
+    def _read(
+        self, key: str, opts: CacheOptions
+    ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
+        entry = self.backend.get(key)
+        if entry is None:
+            return None, None
+        rand = 1.0 - self._rng.random()
+        state = classify(entry[1], self._clock.now(), beta=opts.beta, rand=rand)
+        if state.servable:
+            self._count_served(state)
+        return entry, state
+
+    def _count_served(self, state: Freshness) -> None:
+        with self._lock:
+            if state is Freshness.STALE_REVALIDATE:
+                self._stale += 1
+            else:
+                self._hits += 1
+
+    def _recheck(self, key: str) -> _Outcome | None:
+        """Before a foreground load: the outcome if a fresh entry appeared since the
+        caller's read (a flight ended between that read and joining it)."""
+        entry = self.backend.get(key)
+        if entry is None or classify(entry[1], self._clock.now()) is not Freshness.FRESH:
+            return None
+        value = entry[0]
+        if isinstance(value, _CachedError):
+            outcome = _Outcome(error=value.error)
+            outcome.tb = value.tb
+            return outcome
+        return _Outcome(value)
+
+    def _new_fill(self, key: str, tags: frozenset[str]) -> _Fill:
+        """Register a load in progress (call with the lock held)."""
+        self._fill_seq += 1
+        fill = _Fill(key, tags, self._fill_seq)
+        self._fills.add(fill)
+        return fill
+
+    def _invalidate_fills(self, match: Callable[[_Fill], bool]) -> None:
+        """Void matching loads in progress (call with the lock held)."""
+        for fill in self._fills:
+            if match(fill):
+                fill.generation += 1
+
+    def _write(
+        self,
+        key: str,
+        value: object,
+        tags: frozenset[str],
+        opts: CacheOptions,
+        *,
+        delta: float,
+        negative: bool,
+    ) -> None:
+        """Store an entry (call with the lock held)."""
+        now = self._clock.now()
+        self._writes += 1
+        if negative:
+            meta = EntryMeta(stored_at=now, ttl=opts._neg, generation=self._writes)
+        else:
+            meta = EntryMeta(
+                stored_at=now,
+                ttl=opts._ttl,
+                stale_while_revalidate=opts._swr,
+                stale_if_error=opts._sie,
+                delta=delta,
+                generation=self._writes,
+            )
+        self.backend.set(key, value, meta, remaining_ttl(meta, now), tags)
+
+    def _loaded(self, fill: _Fill, value: object, opts: CacheOptions, started: float) -> _Outcome:
+        elapsed = max(0.0, self._clock.now() - started)
+        with self._lock:
+            self._loads += 1
+            self._load_time += elapsed
+            if fill.generation == 0 and (value is not None or opts.cache_none):
+                self._write(fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None)
+                self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
+        return _Outcome(value)
+
+    def _failed(
+        self,
+        fill: _Fill,
+        exc: Exception,
+        opts: CacheOptions,
+        started: float,
+        *,
+        background: bool,
+    ) -> _Outcome:
+        elapsed = max(0.0, self._clock.now() - started)
+        with self._lock:
+            self._loads += 1
+            self._errors += 1
+            self._load_time += elapsed
+            if (
+                opts.cache_exceptions
+                and isinstance(exc, opts.cache_exceptions)
+                and fill.generation == 0
+            ):
+                current = self.backend.get(fill.key)
+                if current is None or not plan_after_load_failure(current[1], self._clock.now()):
+                    self._write(
+                        fill.key, _CachedError(exc), fill.tags, opts, delta=0.0, negative=True
+                    )
+        if background:
+            log.debug("cache %r: background refresh of %r failed: %r", self.name, fill.key, exc)
+        return _Outcome(error=exc)
+
+    def _resolve(self, outcome: _Outcome, stale: tuple[object, EntryMeta] | None) -> object:
+        """The caller's answer: the loaded value, else the stale one if allowed."""
+        error = outcome.error
+        if error is None:
+            return outcome.value
+        if (
+            stale is not None
+            and not isinstance(stale[0], _CachedError)
+            and plan_after_load_failure(stale[1], self._clock.now())
+        ):
+            with self._lock:
+                self._stale += 1
+            return stale[0]
+        raise error.with_traceback(outcome.tb)
+
+
+def _unwrap(value: object) -> object:
+    if isinstance(value, _CachedError):
+        value.reraise()
+    return value
+
+
+def _check_tags(tags: Iterable[str]) -> frozenset[str]:
+    if isinstance(tags, str):
+        raise ConfigurationError(f"tags must be a collection of str, e.g. ({tags!r},)")
+    tagset = frozenset(tags)
+    for tag in tagset:
+        if not isinstance(tag, str) or not tag:
+            raise ConfigurationError(f"every tag must be a non-empty str, got {tag!r}")
+    return tagset
+
+
+_default: Cache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> Cache:
+    """The process-wide bounded in-memory cache used by ``@cached`` without
+    ``cache=`` (``memory://``, 10,000 entries, monotonic clock, name ``"default"``)."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Cache("memory://", name="default")
+    return _default

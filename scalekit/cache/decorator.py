@@ -1,0 +1,181 @@
+"""``@cached``: one decorator for sync and async functions and methods.
+
+The function is inspected once, at decoration time (``inspect.iscoroutinefunction``)
+and gets a sync or an async wrapper; both call one :class:`~scalekit.cache.core.Cache`
+(``get_or_load`` / ``aget_or_load``). ``ParamSpec`` keeps the signature, so
+``mypy --strict`` sees the original parameter and return types.
+
+Keys come from :class:`~scalekit.cache.keys.KeyBuilder` (defaults applied, so
+``f(1)`` and ``f(a=1)`` share an entry; ``self`` of methods left out, ``cls``
+kept). ``key=`` replaces the argument part with your own string, still under the
+function's ``<prefix>:<namespace>:v<version>:`` head, so namespace/version
+invalidation covers it. ``tags=`` is a collection of tags or a callable receiving
+the function's arguments and returning them.
+
+Without ``cache=``, the process-wide :func:`~scalekit.cache.core.default_cache`
+(bounded, in memory) is used, chosen at decoration time.
+
+Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
+<invalidate>`; its key: :func:`cache_key`; the cache: :func:`cache_of`. These are
+functions rather than attributes of the wrapper so that the wrapper's type stays
+exactly ``Callable[P, R]`` (a callable protocol with extra attributes would not
+bind as a method under mypy).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import timedelta
+from typing import Any, ParamSpec, TypeVar, cast
+
+from scalekit._keys import escape
+from scalekit.cache.core import Cache, CacheOptions, default_cache
+from scalekit.cache.keys import KeyBuilder
+from scalekit.errors import ConfigurationError
+
+__all__ = ["cache_key", "cache_of", "cached", "invalidate"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_ATTR = "__scalekit_cached__"
+
+
+class _Binding:
+    """What a decorated function knows: its cache and how to compute its keys."""
+
+    __slots__ = ("cache", "key")
+
+    def __init__(self, cache: Cache, key: Callable[..., str]) -> None:
+        self.cache = cache
+        self.key = key
+
+
+def cached(
+    *,
+    ttl: float | timedelta,
+    key: Callable[..., str] | None = None,
+    tags: Iterable[str] | Callable[..., Iterable[str]] = (),
+    cache: Cache | None = None,
+    namespace: str | None = None,
+    version: int | str = 1,
+    ignore: Iterable[str] = (),
+    stale_while_revalidate: float | timedelta = 0.0,
+    stale_if_error: float | timedelta = 0.0,
+    beta: float = 1.0,
+    cache_none: bool = False,
+    cache_exceptions: tuple[type[Exception], ...] = (),
+    negative_ttl: float | timedelta | None = None,
+    lock_timeout: float | timedelta | None = 10.0,
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Cache a function's results for ``ttl`` seconds; see the module docstrings.
+
+    :param key: a callable receiving the function's arguments and returning the
+        argument part of the key (default: every argument, via ``KeyBuilder``).
+    :param tags: tags of every entry, or a callable receiving the arguments.
+    :param cache: the :class:`Cache` (default: the process-wide memory cache).
+    :param namespace, version, ignore: passed to ``KeyBuilder``.
+    :param stale_while_revalidate, stale_if_error, beta, cache_none,
+        cache_exceptions, negative_ttl, lock_timeout: see :class:`CacheOptions`.
+
+    Invalid values raise :class:`~scalekit.errors.ConfigurationError` at decoration.
+    """
+    opts = CacheOptions(
+        ttl=ttl,
+        stale_while_revalidate=stale_while_revalidate,
+        stale_if_error=stale_if_error,
+        beta=beta,
+        cache_none=cache_none,
+        cache_exceptions=cache_exceptions,
+        negative_ttl=negative_ttl,
+        lock_timeout=lock_timeout,
+    )
+    if cache is not None and not isinstance(cache, Cache):
+        raise ConfigurationError(f"cache must be a Cache, got {cache!r}")
+    if key is not None and not callable(key):
+        raise ConfigurationError(f"key must be a callable returning a str, got {key!r}")
+    if isinstance(tags, str):
+        raise ConfigurationError(f"tags must be a collection of str, e.g. ({tags!r},)")
+    static_tags: tuple[str, ...] = () if callable(tags) else tuple(tags)
+    tag_fn: Callable[..., Iterable[str]] | None = tags if callable(tags) else None
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        c = cache if cache is not None else default_cache()
+        builder: KeyBuilder[P] = KeyBuilder(
+            fn, namespace=namespace, version=version, ignore=ignore, prefix=c.prefix
+        )
+        make_key: Callable[..., str]
+        if key is None:
+            make_key = builder
+        else:
+            head = f"{c.prefix}:{escape(builder.namespace)}:v{escape(str(builder.version))}:"
+            custom = key
+
+            def make_key(*args: Any, **kwargs: Any) -> str:
+                k = custom(*args, **kwargs)
+                if not isinstance(k, str):
+                    raise ConfigurationError(
+                        f"key= of {builder.namespace} must return a str, got {k!r}"
+                    )
+                return f"{head}{{{escape(k)}}}"
+
+        def entry_tags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterable[str]:
+            return static_tags if tag_fn is None else tag_fn(*args, **kwargs)
+
+        if inspect.iscoroutinefunction(fn):
+            afn = cast(Callable[P, Awaitable[Any]], fn)
+
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                return await c.aget_or_load(
+                    make_key(*args, **kwargs),
+                    lambda: afn(*args, **kwargs),
+                    tags=entry_tags(args, kwargs),
+                    options=opts,
+                )
+
+            setattr(async_wrapper, _ATTR, _Binding(c, make_key))
+            return cast(Callable[P, R], async_wrapper)
+
+        @functools.wraps(fn)
+        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            return c.get_or_load(
+                make_key(*args, **kwargs),
+                lambda: fn(*args, **kwargs),
+                tags=entry_tags(args, kwargs),
+                options=opts,
+            )
+
+        setattr(sync_wrapper, _ATTR, _Binding(c, make_key))
+        return sync_wrapper
+
+    return decorate
+
+
+def _binding(fn: Callable[..., object]) -> _Binding:
+    binding = getattr(fn, _ATTR, None)
+    if not isinstance(binding, _Binding):
+        raise ConfigurationError(f"{fn!r} is not a function decorated with @cached")
+    return binding
+
+
+def cache_of(fn: Callable[..., object]) -> Cache:
+    """The :class:`Cache` a ``@cached`` function uses."""
+    return _binding(fn).cache
+
+
+def cache_key(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> str:
+    """The key of the call ``fn(*args, **kwargs)`` of a ``@cached`` function; ``fn``
+    may be a bound method (``cache_key(svc.get, 1)``)."""
+    b = _binding(fn)
+    if inspect.ismethod(fn):
+        return b.key(fn.__self__, *args, **kwargs)
+    return b.key(*args, **kwargs)
+
+
+def invalidate(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bool:
+    """Drop the entry of the call ``fn(*args, **kwargs)`` (and void loads of it in
+    progress); True if it was cached."""
+    return _binding(fn).cache.delete(cache_key(fn, *args, **kwargs))
