@@ -100,6 +100,7 @@ loads (loader runs, background refreshes included), load_errors, load_time_total
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -116,6 +117,7 @@ from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
     classify,
+    classify_unchecked,
     plan_after_load_failure,
     remaining_ttl,
 )
@@ -366,7 +368,10 @@ class Cache:
         self._async_flights = {}
         self._tasks: set[asyncio.Task[_Outcome]] = set()
         self._threads: set[threading.Thread] = set()
-        self._hits = self._misses = self._stale = self._loads = self._errors = 0
+        # hits are counted without the lock: next() of an itertools.count is one
+        # C call, atomic under the GIL (see _counted)
+        self._hit_count = itertools.count()
+        self._misses = self._stale = self._loads = self._errors = 0
         self._load_time = 0.0
 
     def __repr__(self) -> str:
@@ -440,7 +445,7 @@ class Cache:
         with self._lock:
             return CacheStats(
                 name=self.name,
-                hits=self._hits,
+                hits=_counted(self._hit_count),
                 misses=self._misses,
                 stale_served=self._stale,
                 loads=self._loads,
@@ -463,8 +468,21 @@ class Cache:
         needed; see the module docstring for freshness, errors and waiting."""
         opts = options or self.options
         tagset = _check_tags(tags)
-        entry, state = self._read(key, opts)
+        entry, state = self._lookup(key, opts)
+        return self._serve_or_load(key, loader, tagset, opts, entry, state)
+
+    def _serve_or_load(
+        self,
+        key: str,
+        loader: Callable[[], T],
+        tagset: frozenset[str],
+        opts: CacheOptions,
+        entry: tuple[object, EntryMeta] | None,
+        state: Freshness | None,
+    ) -> T:
+        """:meth:`get_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
         if entry is not None and state is not None and state.servable:
+            self._count_served(state)
             if state.needs_refresh:
                 self._spawn_thread(key, loader, tagset, opts)
             return cast(T, _unwrap(entry[0]))
@@ -574,8 +592,21 @@ class Cache:
         as a task shared by every caller of ``key`` on this event loop."""
         opts = options or self.options
         tagset = _check_tags(tags)
-        entry, state = self._read(key, opts)
+        entry, state = self._lookup(key, opts)
+        return await self._aserve_or_load(key, loader, tagset, opts, entry, state)
+
+    async def _aserve_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        tagset: frozenset[str],
+        opts: CacheOptions,
+        entry: tuple[object, EntryMeta] | None,
+        state: Freshness | None,
+    ) -> T:
+        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
         if entry is not None and state is not None and state.servable:
+            self._count_served(state)
             if state.needs_refresh:
                 self._spawn_task(key, loader, tagset, opts)
             return cast(T, _unwrap(entry[0]))
@@ -664,30 +695,36 @@ class Cache:
 
     # --- shared core ---------------------------------------------------------------
 
-    def _read(
+    def _lookup(
         self, key: str, opts: CacheOptions
     ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
+        """Read ``key`` and classify it (nothing counted: the caller counts a
+        servable state with :meth:`_count_served`, or a hit with ``_hit_count``).
+        A random number for XFetch is drawn only when early refresh is enabled."""
         entry = self.backend.get(key)
         if entry is None:
             return None, None
-        rand = 1.0 - self._rng.random()
-        state = classify(entry[1], self._clock.now(), beta=opts.beta, rand=rand)
-        if state.servable:
-            self._count_served(state)
-        return entry, state
+        return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
+
+    def _draw(self) -> float:
+        """XFetch's ``rand``, uniform in ``(0, 1]``."""
+        return 1.0 - self._rng.random()
 
     def _count_served(self, state: Freshness) -> None:
-        with self._lock:
-            if state is Freshness.STALE_REVALIDATE:
+        if state is Freshness.STALE_REVALIDATE:
+            with self._lock:
                 self._stale += 1
-            else:
-                self._hits += 1
+        else:
+            next(self._hit_count)
 
     def _recheck(self, key: str) -> _Outcome | None:
         """Before a foreground load: the outcome if a fresh entry appeared since the
         caller's read (a flight ended between that read and joining it)."""
         entry = self.backend.get(key)
-        if entry is None or classify(entry[1], self._clock.now()) is not Freshness.FRESH:
+        if entry is None:
+            return None
+        # beta 0: no early refresh, as classify() with its default rand=1.0
+        if classify_unchecked(entry[1], self._clock.now(), 0.0, _no_draw) is not Freshness.FRESH:
             return None
         value = entry[0]
         if isinstance(value, _CachedError):
@@ -787,6 +824,16 @@ class Cache:
                 self._stale += 1
             return stale[0]
         raise error.with_traceback(outcome.tb)
+
+
+def _counted(counter: itertools.count[int]) -> int:
+    """How many times ``next(counter)`` was called (``counter`` started at 0),
+    without consuming a value: the count is read from its repr, ``count(N)``."""
+    return int(repr(counter)[6:-1])
+
+
+def _no_draw() -> float:  # pragma: no cover - never called with beta 0
+    return 1.0
 
 
 def _unwrap(value: object) -> object:

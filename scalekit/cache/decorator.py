@@ -31,7 +31,14 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit._keys import escape
-from scalekit.cache.core import Cache, CacheOptions, default_cache
+from scalekit.cache.core import (
+    Cache,
+    CacheOptions,
+    _CachedError,
+    _check_tags,
+    default_cache,
+)
+from scalekit.cache.freshness import Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
 
@@ -41,6 +48,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _ATTR = "__scalekit_cached__"
+_FRESH = Freshness.FRESH
 
 
 class _Binding:
@@ -98,8 +106,9 @@ def cached(
         raise ConfigurationError(f"key must be a callable returning a str, got {key!r}")
     if isinstance(tags, str):
         raise ConfigurationError(f"tags must be a collection of str, e.g. ({tags!r},)")
-    static_tags: tuple[str, ...] = () if callable(tags) else tuple(tags)
     tag_fn: Callable[..., Iterable[str]] | None = tags if callable(tags) else None
+    # static tags are checked once, here; a tags= callable's answer on every load
+    static_tags = frozenset() if tag_fn is not None else _check_tags(cast(Iterable[str], tags))
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         c = cache if cache is not None else default_cache()
@@ -121,19 +130,30 @@ def cached(
                     )
                 return f"{head}{{{escape(k)}}}"
 
-        def entry_tags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterable[str]:
-            return static_tags if tag_fn is None else tag_fn(*args, **kwargs)
+        def entry_tags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
+            return static_tags if tag_fn is None else _check_tags(tag_fn(*args, **kwargs))
+
+        # The hit path: key, read, classify; a plain FRESH hit is answered here (a
+        # cached exception re-raised), before any loader, tags or single-flight.
+        # Every other state continues where get_or_load would after its read.
+        lookup = c._lookup
+        hits = c._hit_count
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                return await c.aget_or_load(
-                    make_key(*args, **kwargs),
-                    lambda: afn(*args, **kwargs),
-                    tags=entry_tags(args, kwargs),
-                    options=opts,
+                k = make_key(*args, **kwargs)
+                entry, state = lookup(k, opts)
+                if state is _FRESH and entry is not None:
+                    next(hits)
+                    value = entry[0]
+                    if type(value) is _CachedError:
+                        value.reraise()
+                    return value
+                return await c._aserve_or_load(
+                    k, lambda: afn(*args, **kwargs), entry_tags(args, kwargs), opts, entry, state
                 )
 
             setattr(async_wrapper, _ATTR, _Binding(c, make_key))
@@ -141,11 +161,16 @@ def cached(
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            return c.get_or_load(
-                make_key(*args, **kwargs),
-                lambda: fn(*args, **kwargs),
-                tags=entry_tags(args, kwargs),
-                options=opts,
+            k = make_key(*args, **kwargs)
+            entry, state = lookup(k, opts)
+            if state is _FRESH and entry is not None:
+                next(hits)
+                value = entry[0]
+                if type(value) is _CachedError:
+                    value.reraise()
+                return cast(R, value)
+            return c._serve_or_load(
+                k, lambda: fn(*args, **kwargs), entry_tags(args, kwargs), opts, entry, state
             )
 
         setattr(sync_wrapper, _ATTR, _Binding(c, make_key))

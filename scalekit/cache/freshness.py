@@ -66,6 +66,7 @@ run again: ``refresh_ahead`` seconds before expiry.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -255,6 +256,47 @@ def classify(meta: EntryMeta, now: float, *, beta: float = 1.0, rand: float = 1.
     if now < expiry + meta.stale_if_error:
         return Freshness.STALE_IF_ERROR_ONLY
     return Freshness.EXPIRED
+
+
+#: members as module constants: ``Freshness.FRESH`` is a slow class-attribute lookup
+_FRESH = Freshness.FRESH
+_EARLY = Freshness.FRESH_EARLY_REFRESH
+_STALE = Freshness.STALE_REVALIDATE
+_IF_ERROR = Freshness.STALE_IF_ERROR_ONLY
+_EXPIRED = Freshness.EXPIRED
+
+#: ``-ln(rand)`` is at most ``-ln(2**-53) = 36.74`` for ``rand`` in ``[2**-53, 1]``,
+#: so XFetch cannot choose a read more than this many ``delta * beta`` before expiry
+_XFETCH_REACH = 40.0
+
+
+def classify_unchecked(
+    meta: EntryMeta, now: float, beta: float, draw: Callable[[], float]
+) -> Freshness:
+    """:func:`classify` without argument checks, for the cache's read path.
+
+    ``beta`` must already be valid (finite, ``>= 0``; ``CacheOptions`` checks it
+    once) and ``draw()`` must return a ``rand`` in ``[2**-53, 1]`` (as
+    ``1.0 - random.random()`` does). It is called only when XFetch could choose
+    this read: the entry is fresh, early refresh is enabled (``delta * beta > 0``)
+    and ``now`` is within ``40 * delta * beta`` of expiry. The answer equals
+    ``classify(meta, now, beta=beta, rand=draw())``: beyond that reach
+    ``now - delta * beta * ln(rand) < expiry`` for every such ``rand`` (float
+    addition and multiplication round monotonically).
+    """
+    expiry = meta.stored_at + meta.ttl
+    if now < expiry:
+        scale = meta.delta * beta
+        if scale > 0.0 and now + scale * _XFETCH_REACH >= expiry:
+            rand = draw()
+            if rand == 0.0 or now - scale * math.log(rand) >= expiry:
+                return _EARLY
+        return _FRESH
+    if now < expiry + meta.stale_while_revalidate:
+        return _STALE
+    if now < expiry + meta.stale_if_error:
+        return _IF_ERROR
+    return _EXPIRED
 
 
 def plan_after_load_failure(meta: EntryMeta, now: float) -> bool:

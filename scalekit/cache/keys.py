@@ -280,6 +280,18 @@ _AS_BASE: Final[dict[type, Callable[[Any], object]]] = {
 }
 
 
+#: exact types whose encoding has no character that ``escape`` changes (letters,
+#: digits, ``-``, ``+``, ``.``): a key of such values needs no escaping
+_PLAIN: Final[dict[type, Callable[[Any], str]]] = {
+    type(None): _none,
+    bool: _bool,
+    int: _int,
+    float: _float,
+    UUID: _uuid,
+}
+_plain: Final = _PLAIN.get
+
+
 def _enc(v: object) -> str:
     return _encoder(type(v), _encode_other)(v)
 
@@ -414,6 +426,7 @@ class KeyBuilder(Generic[P]):
         "_n_required",
         "_names",
         "_namespace",
+        "_one",
         "_plan",
         "_readable_prefix",
         "_sig",
@@ -494,6 +507,8 @@ class KeyBuilder(Generic[P]):
             (i for i, p in enumerate(params) if p.default is inspect.Parameter.empty),
             default=-1,
         )
+        # f(x) with one positional parameter, kept as is: __call__'s shortest path
+        self._one = self._plan is None and self._fast and self._n_params == self._n_positional == 1
 
     @property
     def namespace(self) -> str:
@@ -510,6 +525,14 @@ class KeyBuilder(Generic[P]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> str:
         n = len(args)
+        if n == 1 and self._one and not kwargs:
+            # one int / float / None / bool / UUID: nothing to escape, one encoder
+            v = args[0]
+            plain = _plain(type(v))
+            if plain is not None:
+                tag = plain(v)
+                if len(tag) <= self._max_length:
+                    return f"{self._head}{{{tag}}}"
         values: Sequence[object]
         if not kwargs and self._fast and self._n_required <= n <= self._n_positional:
             values = args if n == self._n_params else args + self._defaults[n:]
@@ -517,7 +540,11 @@ class KeyBuilder(Generic[P]):
             values = self._bind(args, kwargs)
         try:
             if self._plan is None:
-                encoded = ",".join([_encoder(type(v), _encode_other)(v) for v in values])
+                if len(values) == 1:
+                    v = values[0]
+                    encoded = _encoder(type(v), _encode_other)(v)
+                else:
+                    encoded = ",".join([_encoder(type(v), _encode_other)(v) for v in values])
             else:
                 encoded = self._encode_planned(values)
         except (_Unsupported, RecursionError):

@@ -44,13 +44,13 @@ __all__ = ["MemoryCacheBackend"]
 
 
 class _Entry:
-    __slots__ = ("drop_at", "meta", "tags", "value")
+    __slots__ = ("drop_at", "pair", "tags")
 
     def __init__(
         self, value: object, meta: EntryMeta, drop_at: float, tags: frozenset[str]
     ) -> None:
-        self.value = value
-        self.meta = meta
+        #: what get() returns, built once per write rather than on every read
+        self.pair = (value, meta)
         self.drop_at = drop_at
         self.tags = tags
 
@@ -99,7 +99,7 @@ class MemoryCacheBackend:
                 self._remove(key, entry)
                 return None
             self._data.move_to_end(key)
-            return entry.value, entry.meta
+            return entry.pair
 
     def set(
         self,

@@ -16,12 +16,17 @@ import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
+from scalekit._keys import escape
 from scalekit.cache.core import Cache, CacheOptions, default_cache
 from scalekit.cache.decorator import cache_key, cache_of, cached, invalidate
-from scalekit.cache.freshness import EntryMeta
+from scalekit.cache.freshness import EntryMeta, classify, classify_unchecked
+from scalekit.cache.keys import KeyBuilder, encode_args
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
@@ -681,3 +686,200 @@ def test_sync_leader_dying_releases_waiters_to_retry(clock: FakeClock) -> None:
     t2.join(WAIT)
     assert sorted(map(str, outcomes)) == ["aborted", "retried"]
     assert calls == 2
+
+
+# --- the lean hit path of @cached -------------------------------------------------
+
+
+def test_hits_exact_under_8_threads(cache: Cache) -> None:
+    """Hits are counted without the cache lock; the count stays exact."""
+
+    @cached(ttl=60, cache=cache)
+    def f(x: int) -> int:
+        return x
+
+    for x in range(4):
+        assert f(x) == x
+    per_thread = 5_000
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait(WAIT)
+        for i in range(per_thread):
+            f(i % 4)
+        cache.get(cache_key(f, 0))
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(WAIT * 6)
+    s = cache.stats()
+    assert (s.hits, s.misses, s.loads) == (8 * (per_thread + 1), 4, 4)
+
+
+def test_static_tags_checked_at_decoration() -> None:
+    with pytest.raises(ConfigurationError, match="tag"):
+        cached(ttl=1, tags=("ok", ""))
+    with pytest.raises(ConfigurationError, match="tag"):
+        cached(ttl=1, tags=(1,))  # type: ignore[arg-type]
+
+
+def test_lean_hit_reraises_cached_exception_and_skips_tags(cache: Cache) -> None:
+    calls: list[int] = []
+    tag_calls: list[int] = []
+
+    class NotFound(Exception):
+        pass
+
+    def tags_of(x: int) -> list[str]:
+        tag_calls.append(x)
+        return [f"t{x}"]
+
+    @cached(ttl=60, cache=cache, tags=tags_of, cache_exceptions=(NotFound,))
+    def f(x: int) -> int:
+        calls.append(x)
+        raise NotFound(x)
+
+    with pytest.raises(NotFound) as first:
+        f(1)
+    with pytest.raises(NotFound) as second:
+        f(1)
+    assert second.value is first.value
+    assert (calls, tag_calls) == ([1], [1])
+    assert cache.invalidate_tags("t1") == 1
+    with pytest.raises(NotFound):
+        f(1)
+    assert calls == [1, 1]
+
+
+async def test_async_lean_hit_does_not_await_the_slow_path(cache: Cache) -> None:
+    calls: list[int] = []
+
+    @cached(ttl=60, cache=cache)
+    async def g(x: int) -> int:
+        calls.append(x)
+        return x + 1
+
+    assert await g(1) == 2
+    before = cache._aserve_or_load
+    cache._aserve_or_load = None  # type: ignore[assignment,method-assign]
+    try:
+        assert await g(1) == 2
+    finally:
+        cache._aserve_or_load = before  # type: ignore[method-assign]
+    assert calls == [1]
+    assert cache.stats().hits == 1
+
+
+# --- classify_unchecked equals classify -------------------------------------------
+
+
+_times = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
+_durations = st.one_of(
+    st.just(0.0),
+    st.floats(min_value=0.0, max_value=1e9, allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0.0, max_value=1e-9, allow_nan=False),
+)
+_rands = st.one_of(
+    st.floats(min_value=2.0**-53, max_value=1.0),
+    st.just(2.0**-53),
+    st.just(1.0),
+    st.builds(lambda r: 1.0 - r, st.floats(min_value=0.0, max_value=1.0, exclude_max=True)),
+)
+
+
+@given(
+    stored_at=_times,
+    ttl=_durations,
+    swr=_durations,
+    sie=_durations,
+    delta=_durations,
+    offset=st.one_of(
+        st.floats(min_value=-1e12, max_value=1e12, allow_nan=False),
+        st.floats(min_value=-1.0, max_value=1.0),
+    ),
+    beta=st.one_of(st.just(0.0), st.just(1.0), st.floats(min_value=0.0, max_value=1e6)),
+    rand=_rands,
+)
+@example(stored_at=1e9, ttl=1e-7, swr=0.0, sie=0.0, delta=1e-9, offset=0.0, beta=1.0, rand=2.0**-53)
+# just inside XFetch's reach: -ln(2**-53) = 36.74 delta-betas before expiry
+@example(
+    stored_at=0.0, ttl=100.0, swr=0.0, sie=0.0, delta=1.0, offset=63.3, beta=1.0, rand=2.0**-53
+)
+@example(
+    stored_at=0.0, ttl=100.0, swr=0.0, sie=0.0, delta=2.0, offset=26.6, beta=1.0, rand=2.0**-53
+)
+def test_classify_unchecked_equals_classify(
+    stored_at: float,
+    ttl: float,
+    swr: float,
+    sie: float,
+    delta: float,
+    offset: float,
+    beta: float,
+    rand: float,
+) -> None:
+    meta = EntryMeta(
+        stored_at=stored_at, ttl=ttl, stale_while_revalidate=swr, stale_if_error=sie, delta=delta
+    )
+    now = stored_at + offset
+    drawn: list[float] = []
+
+    def draw() -> float:
+        drawn.append(rand)
+        return rand
+
+    fast = classify_unchecked(meta, now, beta, draw)
+    assert fast is classify(meta, now, beta=beta, rand=rand)
+    assert len(drawn) <= 1
+    if delta * beta == 0.0:
+        assert drawn == []
+
+
+# --- key building: the short paths give the keys of the general encoder -----------
+
+
+_plain_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**300), max_value=2**300),
+    st.floats(),
+    st.uuids(),
+    st.text(),
+    st.text(alphabet="ab:%{} \x00\ud800é"),
+)
+
+
+def _old_key(kb: KeyBuilder[Any], values: list[object]) -> str:
+    """The key as the encoder built it before the short paths (a copy)."""
+    encoded = encode_args(values)
+    tag = escape(encoded)
+    if len(tag) > kb._max_length or (not tag.isascii() and len(tag.encode()) > kb._max_length):
+        tag = kb._hashed(encoded)
+    return f"{kb._head}{{{tag}}}"
+
+
+@given(
+    v=_plain_values,
+    w=_plain_values,
+    max_length=st.sampled_from([0, 1, 3, 200]),
+    readable=st.sampled_from([0, 4]),
+)
+def test_key_short_paths_are_byte_identical(
+    v: object, w: object, max_length: int, readable: int
+) -> None:
+    def one(x: object) -> None: ...
+
+    def two(x: object, y: object = None) -> None: ...
+
+    kb1: KeyBuilder[Any] = KeyBuilder(
+        one, namespace="n:s", max_length=max_length, readable_prefix=readable
+    )
+    kb2: KeyBuilder[Any] = KeyBuilder(
+        two, namespace="n:s", max_length=max_length, readable_prefix=readable
+    )
+    assert kb1(v) == kb1(x=v) == _old_key(kb1, [v])
+    assert kb2(v) == _old_key(kb2, [v, None])
+    assert kb2(v, w) == _old_key(kb2, [v, w])
