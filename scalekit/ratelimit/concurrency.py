@@ -21,7 +21,7 @@ from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, RedisBackend, as_backend
 from scalekit.backends._lua import load_script
 from scalekit.errors import BackendError, ConcurrencyLimitExceeded, ConfigurationError
-from scalekit.ratelimit.limiter import FailurePolicy, _BackendGuard
+from scalekit.ratelimit.limiter import FailurePolicy, _BackendGuard, log
 
 __all__ = ["AsyncConcurrencyLimiter", "ConcurrencyLimiter", "Lease"]
 
@@ -125,7 +125,11 @@ class _ConcurrencyCore:
                 f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
             )
         self._guard = _BackendGuard(
-            name, float(backend_cooldown), self.clock.now, kind="concurrency limiter"
+            name,
+            float(backend_cooldown),
+            self.clock.now,
+            kind="concurrency limiter",
+            logger=log,
         )
         self._script = load_script("scalekit.ratelimit", "concurrency")
 

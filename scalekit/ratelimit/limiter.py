@@ -15,6 +15,7 @@ from typing import Literal, TypeAlias
 
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
+from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.errors import BackendError, ConfigurationError, RateLimitExceeded
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
 from scalekit.ratelimit.decision import Decision
@@ -30,69 +31,6 @@ FailurePolicy: TypeAlias = Literal["fail_open", "fail_closed", "local_fallback"]
 _FAILURE_POLICIES = ("fail_open", "fail_closed", "local_fallback")
 
 Store: TypeAlias = MemoryRateStore | RedisRateStore
-
-
-class _BackendGuard:
-    """Backend health for one limiter: cooldown after a failure, one probe at a time.
-
-    While healthy the hot path reads one attribute. After a failure, calls skip the
-    backend for ``cooldown`` seconds (no timeout added to them); then one call
-    probes it. Each outage episode is logged once when it starts and once when it
-    ends, and counted.
-    """
-
-    __slots__ = ("_cooldown", "_lock", "_now", "_until", "episodes", "errors", "kind", "name")
-
-    def __init__(
-        self, name: str, cooldown: float, now: Callable[[], float], kind: str = "rate limiter"
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self._cooldown = cooldown
-        self._now = now
-        self._lock = threading.Lock()
-        self._until: float | None = None  # None: healthy
-        self.errors = 0
-        self.episodes = 0
-
-    def skip(self) -> bool:
-        """True if the backend must not be called now (cooling down)."""
-        if self._until is None:
-            return False
-        with self._lock:
-            if self._until is None:
-                return False
-            now = self._now()
-            if now < self._until:
-                return True
-            self._until = now + self._cooldown  # this caller probes; others keep skipping
-            return False
-
-    def retry_in(self) -> float:
-        until = self._until
-        return max(0.0, until - self._now()) if until is not None else 0.0
-
-    def failure(self, exc: BaseException) -> None:
-        with self._lock:
-            self.errors += 1
-            if self._until is None:
-                self.episodes += 1
-                log.warning(
-                    "%s %r: backend failed (%s); applying the failure policy "
-                    "and probing again every %.3gs",
-                    self.kind,
-                    self.name,
-                    exc,
-                    self._cooldown,
-                )
-            self._until = self._now() + self._cooldown
-
-    def success(self) -> None:
-        if self._until is not None:
-            with self._lock:
-                if self._until is not None:
-                    self._until = None
-                    log.warning("%s %r: backend recovered", self.kind, self.name)
 
 
 class _LimiterCore:
@@ -169,7 +107,7 @@ class _LimiterCore:
             if fast is not None:
                 self._install_fast_path(fast)
         self._fallbacks: dict[int, MemoryRateStore] = {}
-        self._guard = _BackendGuard(base, float(backend_cooldown), self.clock.now)
+        self._guard = _BackendGuard(base, float(backend_cooldown), self.clock.now, logger=log)
         self._lock = threading.Lock()
         self._remote_allowed = 0
         self._remote_denied = 0
