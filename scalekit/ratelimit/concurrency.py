@@ -19,9 +19,10 @@ from typing import Any
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, RedisBackend, as_backend
+from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
 from scalekit.errors import BackendError, ConcurrencyLimitExceeded, ConfigurationError
-from scalekit.ratelimit.limiter import FailurePolicy, _BackendGuard, log
+from scalekit.ratelimit.limiter import FailurePolicy, log
 
 __all__ = ["AsyncConcurrencyLimiter", "ConcurrencyLimiter", "Lease"]
 
