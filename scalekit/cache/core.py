@@ -105,14 +105,17 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import NoReturn, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import escape
+from scalekit.backends._guard import BackendGuard
+from scalekit.cache.backend import CacheBackend, CachedError, FillTicket, RemoteError
 from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
@@ -122,7 +125,8 @@ from scalekit.cache.freshness import (
     remaining_ttl,
 )
 from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.errors import ConfigurationError
+from scalekit.errors import BackendError, ConfigurationError, SerializationError
+from scalekit.serde import Serializer
 
 __all__ = [
     "Cache",
@@ -135,27 +139,6 @@ __all__ = [
 log = logging.getLogger("scalekit.cache")
 
 T = TypeVar("T")
-
-
-@runtime_checkable
-class CacheBackend(Protocol):
-    """What :class:`Cache` needs from a store (memory today; Redis, tiered later)."""
-
-    evictions: int
-
-    def get(self, key: str) -> tuple[object, EntryMeta] | None: ...
-
-    def set(
-        self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
-    ) -> None: ...
-
-    def delete(self, key: str) -> bool: ...
-
-    def delete_tags(self, tags: Iterable[str]) -> int: ...
-
-    def delete_prefix(self, prefix: str) -> int: ...
-
-    def clear(self) -> None: ...
 
 
 def _seconds(value: float | timedelta | None, what: str, *, allow_none: bool = False) -> float:
@@ -248,33 +231,28 @@ class CacheStats:
     load_errors: int
     load_time_total: float
     evictions: int
-
-
-class _CachedError:
-    """A negative entry: the exception a loader raised, re-raised on reads."""
-
-    __slots__ = ("error", "tb")
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-        self.tb = error.__traceback__
-
-    def reraise(self) -> NoReturn:
-        # from the loader's traceback each time: re-raising one instance would
-        # otherwise grow its traceback on every read
-        raise self.error.with_traceback(self.tb)
+    #: entries that could not be decoded (served as misses); remote backends only
+    decode_errors: int = 0
+    #: backend calls that failed (the cache loaded or skipped storing instead)
+    backend_errors: int = 0
 
 
 class _Fill:
-    """A load in progress; invalidations bump ``generation``."""
+    """A load in progress; invalidations bump ``generation``. ``heads``: the
+    namespace heads of a ``@cached`` key; ``hint``: the type values decode to."""
 
-    __slots__ = ("generation", "key", "seq", "tags")
+    __slots__ = ("delta", "generation", "heads", "hint", "key", "seq", "tags")
 
-    def __init__(self, key: str, tags: frozenset[str], seq: int) -> None:
+    def __init__(
+        self, key: str, tags: frozenset[str], seq: int, heads: tuple[str, ...], hint: Any
+    ) -> None:
         self.key = key
         self.tags = tags
         self.seq = seq
+        self.heads = heads
+        self.hint = hint
         self.generation = 0
+        self.delta = 0.0  # the load's duration, once it finished
 
 
 class _Outcome:
@@ -295,21 +273,35 @@ class _SyncFlight:
         self.abandoned = False
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 def _backend_from(
-    backend: str | CacheBackend, clock: Clock, max_entries: int | None
+    backend: str | CacheBackend,
+    clock: Clock,
+    max_entries: int | None,
+    serializer: str | Serializer,
+    clock_given: bool,
 ) -> CacheBackend:
     if not isinstance(backend, str):
         if not isinstance(backend, CacheBackend):
             raise ConfigurationError(
-                f"backend must be a URL ('memory://') or a cache backend object "
-                f"(get/set/delete/delete_tags/delete_prefix/clear), got {backend!r}"
+                f"backend must be a URL ('memory://', 'redis://...') or a cache backend "
+                f"object (get/set/delete/delete_tags/delete_prefix/clear), got {backend!r}"
             )
         return backend
     parts = urlsplit(backend)
+    if parts.scheme in _REDIS_SCHEMES:
+        from scalekit.cache.redis import RedisCacheBackend
+
+        return RedisCacheBackend(
+            backend, serializer=serializer, clock=clock if clock_given else None
+        )
     if parts.scheme != "memory":
         raise ConfigurationError(
-            f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not yet supported; "
-            f"supported: 'memory://' (optionally 'memory://?max_entries=N')"
+            f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not supported; "
+            f"supported: 'memory://' (optionally 'memory://?max_entries=N'), "
+            f"'redis://', 'rediss://', 'unix://'"
         )
     query = parse_qs(parts.query)
     n = max_entries
@@ -327,15 +319,23 @@ def _backend_from(
 class Cache:
     """A TTL cache with single-flight loads, stale windows, early refresh and tags.
 
-    :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``) or a
-        backend object (:class:`CacheBackend`). Other URLs are not yet supported.
+    :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``), a
+        Redis URL (``redis://``, ``rediss://``, ``unix://``: a
+        :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
+        (:class:`~scalekit.cache.backend.CacheBackend`).
     :param name: names the cache in :meth:`stats` and logs.
-    :param clock: time source (monotonic by default).
+    :param clock: time source (monotonic by default). A remote backend brings the
+        clock its fleet agrees on, which the cache then uses; ``clock=`` given with
+        a Redis URL is passed to that backend (tests).
     :param rng: random source for XFetch (``random.Random`` by default).
     :param max_entries: the bound of a ``memory://`` backend (default 10,000).
     :param prefix: the key prefix used by ``@cached`` (see
         :class:`~scalekit.cache.keys.KeyBuilder`).
     :param options: defaults for :meth:`get_or_load`, :meth:`aget_or_load`, :meth:`set`.
+    :param serializer: how a Redis URL's backend serializes values (``"json"``,
+        ``"msgpack"``, ``"pickle"`` by name only, or a :class:`~scalekit.serde.Serializer`).
+    :param backend_cooldown: after a remote backend fails, calls skip it (load
+        without caching) for this many seconds before one call probes it again.
     """
 
     def __init__(
@@ -348,6 +348,8 @@ class Cache:
         max_entries: int | None = None,
         prefix: str = "scalekit:cache",
         options: CacheOptions | None = None,
+        serializer: str | Serializer = "json",
+        backend_cooldown: float = 5.0,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -356,9 +358,27 @@ class Cache:
         self.name = name
         self.prefix = prefix
         self.options = options or CacheOptions()
+        if (
+            isinstance(backend_cooldown, bool)
+            or not isinstance(backend_cooldown, int | float)
+            or not 0 < backend_cooldown < math.inf
+        ):
+            raise ConfigurationError(
+                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
+            )
         self._clock = as_clock(clock)
         self._rng = rng or random.Random()
-        self.backend = _backend_from(backend, self._clock, max_entries)
+        self.backend = _backend_from(
+            backend, self._clock, max_entries, serializer, clock_given=clock is not None
+        )
+        #: True for an in-process backend (no I/O: called under the lock, from async
+        #: code directly); False for a fleet-shared one (fenced fills, async twins)
+        self._local: bool = bool(getattr(self.backend, "local", True))
+        if not self._local:
+            self._clock = self.backend.clock  # type: ignore[attr-defined]
+        self._guard = BackendGuard(
+            name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
+        )
         self._lock = threading.Lock()
         self._fills: set[_Fill] = set()
         self._fill_seq = 0
@@ -373,18 +393,35 @@ class Cache:
         self._hit_count = itertools.count()
         self._misses = self._stale = self._loads = self._errors = 0
         self._load_time = 0.0
+        self._warned = False  # a value that cannot be serialized is logged once at WARNING
 
     def __repr__(self) -> str:
         return f"Cache(name={self.name!r}, backend={self.backend!r})"
 
     # --- direct access -----------------------------------------------------------
 
-    def get(self, key: str, default: T | None = None) -> object | T | None:
+    def get(
+        self, key: str, default: T | None = None, *, type_hint: Any = None
+    ) -> object | T | None:
         """The servable value of ``key`` (fresh, or stale within
         ``stale_while_revalidate``), else ``default``. Counts a hit or a miss; never
-        loads or refreshes. A negative entry for an exception counts as a miss."""
-        entry = self.backend.get(key)
-        if entry is not None and not isinstance(entry[0], _CachedError):
+        loads or refreshes. A negative entry for an exception counts as a miss.
+        ``type_hint``: the type a remote backend decodes the value to."""
+        entry = self.backend.get(key) if self._local else self._remote_get(key, type_hint)
+        return self._get_result(entry, default)
+
+    async def aget(
+        self, key: str, default: T | None = None, *, type_hint: Any = None
+    ) -> object | T | None:
+        """:meth:`get` for async code (a remote backend is awaited)."""
+        if self._local:
+            entry = self.backend.get(key)
+        else:
+            entry = await self._aremote_get(key, type_hint)
+        return self._get_result(entry, default)
+
+    def _get_result(self, entry: tuple[object, EntryMeta] | None, default: T | None) -> object:
+        if entry is not None and not isinstance(entry[0], CachedError | RemoteError):
             state = classify(entry[1], self._clock.now())
             if state.servable:
                 self._count_served(state)
@@ -402,18 +439,62 @@ class Cache:
         options: CacheOptions | None = None,
     ) -> None:
         """Store ``value`` under ``key`` with ``options`` (default: the cache's).
-        Loads of ``key`` in progress will not overwrite it."""
+        Loads of ``key`` in progress (in any process, on a remote backend) will not
+        overwrite it. A remote backend's failure raises
+        :class:`~scalekit.errors.BackendError`."""
         opts = options or self.options
         tagset = _check_tags(tags)
         with self._lock:
             self._invalidate_fills(lambda f: f.key == key)
-            self._write(key, value, tagset, opts, delta=0.0, negative=False)
+            if self._local:
+                self._write(key, value, tagset, opts, delta=0.0, negative=False)
+                return
+            meta = self._meta(opts, delta=0.0, negative=False)
+        self._remote(
+            self.backend.set, key, value, meta, remaining_ttl(meta, meta.stored_at), tagset
+        )
+
+    async def aset(
+        self,
+        key: str,
+        value: object,
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+    ) -> None:
+        """:meth:`set` for async code."""
+        if self._local:
+            self.set(key, value, tags=tags, options=options)
+            return
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key == key)
+            meta = self._meta(opts, delta=0.0, negative=False)
+        await self._aremote(
+            self.backend.aset,  # type: ignore[attr-defined]
+            key,
+            value,
+            meta,
+            remaining_ttl(meta, meta.stored_at),
+            tagset,
+        )
 
     def delete(self, key: str) -> bool:
         """Drop ``key``; loads of it in progress will not store. True if it existed."""
         with self._lock:
             self._invalidate_fills(lambda f: f.key == key)
-            return self.backend.delete(key)
+            if self._local:
+                return self.backend.delete(key)
+        return bool(self._remote(self.backend.delete, key))
+
+    async def adelete(self, key: str) -> bool:
+        """:meth:`delete` for async code."""
+        if self._local:
+            return self.delete(key)
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key == key)
+        return bool(await self._aremote(self.backend.adelete, key))  # type: ignore[attr-defined]
 
     def invalidate_tags(self, *tags: str) -> int:
         """Drop every entry tagged with any of ``tags`` (and void matching loads in
@@ -421,24 +502,62 @@ class Cache:
         tagset = _check_tags(tags)
         with self._lock:
             self._invalidate_fills(lambda f: not f.tags.isdisjoint(tagset))
-            return self.backend.delete_tags(tagset)
+            if self._local:
+                return self.backend.delete_tags(tagset)
+        return int(self._remote(self.backend.delete_tags, tagset))
 
-    def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
-        """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
+    async def ainvalidate_tags(self, *tags: str) -> int:
+        """:meth:`invalidate_tags` for async code."""
+        if self._local:
+            return self.invalidate_tags(*tags)
+        tagset = _check_tags(tags)
+        with self._lock:
+            self._invalidate_fills(lambda f: not f.tags.isdisjoint(tagset))
+        return int(await self._aremote(self.backend.adelete_tags, tagset))  # type: ignore[attr-defined]
+
+    def _head(self, namespace: str, version: int | str | None) -> str:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
         head = f"{self.prefix}:{escape(namespace)}:"
         if version is not None:
             head += f"v{escape(str(version))}:"
+        return head
+
+    def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
+        """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
+        head = self._head(namespace, version)
         with self._lock:
             self._invalidate_fills(lambda f: f.key.startswith(head))
-            return self.backend.delete_prefix(head)
+            if self._local:
+                return self.backend.delete_prefix(head)
+        return int(self._remote(self.backend.delete_prefix, head))
+
+    async def ainvalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
+        """:meth:`invalidate_namespace` for async code."""
+        if self._local:
+            return self.invalidate_namespace(namespace, version)
+        head = self._head(namespace, version)
+        with self._lock:
+            self._invalidate_fills(lambda f: f.key.startswith(head))
+        return int(await self._aremote(self.backend.adelete_prefix, head))  # type: ignore[attr-defined]
 
     def clear(self) -> None:
         """Drop everything; loads in progress will not store."""
         with self._lock:
             self._invalidate_fills(lambda f: True)
-            self.backend.clear()
+            if self._local:
+                self.backend.clear()
+                return
+        self._remote(self.backend.clear)
+
+    async def aclear(self) -> None:
+        """:meth:`clear` for async code."""
+        if self._local:
+            self.clear()
+            return
+        with self._lock:
+            self._invalidate_fills(lambda f: True)
+        await self._aremote(self.backend.aclear)  # type: ignore[attr-defined]
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
@@ -452,7 +571,55 @@ class Cache:
                 load_errors=self._errors,
                 load_time_total=self._load_time,
                 evictions=self.backend.evictions,
+                decode_errors=int(getattr(self.backend, "decode_errors", 0)),
+                backend_errors=self._guard.errors,
             )
+
+    # --- remote backend calls ----------------------------------------------------------
+
+    def _remote(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """An invalidation or write on a remote backend: failures are counted and raised."""
+        try:
+            result = fn(*args)
+        except BackendError as exc:
+            self._guard.failure(exc)
+            raise
+        self._guard.success()
+        return result
+
+    async def _aremote(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        try:
+            result = await fn(*args)
+        except BackendError as exc:
+            self._guard.failure(exc)
+            raise
+        self._guard.success()
+        return result
+
+    def _remote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
+        """A read that degrades: a failing or cooling-down backend is a miss."""
+        guard = self._guard
+        if guard.skip():
+            return None
+        try:
+            entry = self.backend.get(key, hint)
+        except BackendError as exc:
+            guard.failure(exc)
+            return None
+        guard.success()
+        return entry
+
+    async def _aremote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
+        guard = self._guard
+        if guard.skip():
+            return None
+        try:
+            entry = await self.backend.aget(key, hint)  # type: ignore[attr-defined]
+        except BackendError as exc:
+            guard.failure(exc)
+            return None
+        guard.success()
+        return cast("tuple[object, EntryMeta] | None", entry)
 
     # --- loading: sync -------------------------------------------------------------
 
@@ -463,13 +630,15 @@ class Cache:
         *,
         tags: Iterable[str] = (),
         options: CacheOptions | None = None,
+        type_hint: Any = None,
     ) -> T:
         """The cached value of ``key``, loading it with ``loader`` (single-flight) when
-        needed; see the module docstring for freshness, errors and waiting."""
+        needed; see the module docstring for freshness, errors and waiting.
+        ``type_hint``: the type a remote backend decodes the value to."""
         opts = options or self.options
         tagset = _check_tags(tags)
-        entry, state = self._lookup(key, opts)
-        return self._serve_or_load(key, loader, tagset, opts, entry, state)
+        entry, state = self._lookup(key, opts, type_hint)
+        return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
 
     def _serve_or_load(
         self,
@@ -479,12 +648,14 @@ class Cache:
         opts: CacheOptions,
         entry: tuple[object, EntryMeta] | None,
         state: Freshness | None,
+        heads: tuple[str, ...] = (),
+        hint: Any = None,
     ) -> T:
         """:meth:`get_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._spawn_thread(key, loader, tagset, opts)
+                self._spawn_thread(key, loader, tagset, opts, heads, hint)
             return cast(T, _unwrap(entry[0]))
         with self._lock:
             self._misses += 1
@@ -494,14 +665,14 @@ class Cache:
                 leader = flight is None
                 if flight is None:
                     flight = self._sync_flights[key] = _SyncFlight()
-                    fill = self._new_fill(key, tagset)
+                    fill = self._new_fill(key, tagset, heads, hint)
             if leader:
                 outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
                 return cast(T, self._resolve(outcome, entry))
             if not flight.done.wait(opts._wait):
                 with self._lock:
-                    fill = self._new_fill(key, tagset)
-                outcome = self._run_sync(fill, loader, opts, background=False)
+                    fill = self._new_fill(key, tagset, heads, hint)
+                outcome = self._run_sync(fill, loader, opts, background=False, lease=False)
                 return cast(T, self._resolve(outcome, entry))
             if flight.abandoned or flight.outcome is None:
                 continue
@@ -532,29 +703,52 @@ class Cache:
             flight.done.set()
 
     def _run_sync(
-        self, fill: _Fill, loader: Callable[[], object], opts: CacheOptions, *, background: bool
+        self,
+        fill: _Fill,
+        loader: Callable[[], object],
+        opts: CacheOptions,
+        *,
+        background: bool,
+        lease: bool = True,
     ) -> _Outcome:
         started = self._clock.now()
+        ticket: FillTicket | None = None
         try:
-            if not background and (ready := self._recheck(fill.key)) is not None:
-                return ready
+            if self._local:
+                if not background and (ready := self._recheck(fill.key)) is not None:
+                    return ready
+            else:
+                ticket, ready = self._begin(fill, opts, lease=lease)
+                if ready is not None:
+                    return ready
+                started = self._clock.now()
             try:
                 value = loader()
             except Exception as exc:
-                return self._failed(fill, exc, opts, started, background=background)
-            return self._loaded(fill, value, opts, started)
+                outcome, store = self._failed(fill, exc, opts, started, background=background)
+            else:
+                outcome, store = self._loaded(fill, value, opts, started)
+            if not self._local:
+                self._finish(fill, ticket, store, outcome, opts)
+            return outcome
         finally:
             with self._lock:
                 self._fills.discard(fill)
 
     def _spawn_thread(
-        self, key: str, loader: Callable[[], object], tags: frozenset[str], opts: CacheOptions
+        self,
+        key: str,
+        loader: Callable[[], object],
+        tags: frozenset[str],
+        opts: CacheOptions,
+        heads: tuple[str, ...] = (),
+        hint: Any = None,
     ) -> None:
         with self._lock:
             if key in self._sync_flights:
                 return  # a load of this key is already running: that is the refresh
             flight = self._sync_flights[key] = _SyncFlight()
-            fill = self._new_fill(key, tags)
+            fill = self._new_fill(key, tags, heads, hint)
 
         def refresh() -> None:
             try:
@@ -587,13 +781,14 @@ class Cache:
         *,
         tags: Iterable[str] = (),
         options: CacheOptions | None = None,
+        type_hint: Any = None,
     ) -> T:
         """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
         as a task shared by every caller of ``key`` on this event loop."""
         opts = options or self.options
         tagset = _check_tags(tags)
-        entry, state = self._lookup(key, opts)
-        return await self._aserve_or_load(key, loader, tagset, opts, entry, state)
+        entry, state = await self._alookup(key, opts, type_hint)
+        return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
 
     async def _aserve_or_load(
         self,
@@ -603,16 +798,18 @@ class Cache:
         opts: CacheOptions,
         entry: tuple[object, EntryMeta] | None,
         state: Freshness | None,
+        heads: tuple[str, ...] = (),
+        hint: Any = None,
     ) -> T:
-        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
+        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_alookup`)."""
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._spawn_task(key, loader, tagset, opts)
+                self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
             return cast(T, _unwrap(entry[0]))
         with self._lock:
             self._misses += 1
-        task, leader = self._async_flight(key, loader, tagset, opts, background=False)
+        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
         if leader:
             outcome = await asyncio.shield(task)
         else:
@@ -620,8 +817,8 @@ class Cache:
                 outcome = await asyncio.wait_for(asyncio.shield(task), opts._wait)
             except TimeoutError:
                 with self._lock:
-                    fill = self._new_fill(key, tagset)
-                outcome = await self._run_async(fill, loader, opts, background=False)
+                    fill = self._new_fill(key, tagset, heads, hint)
+                outcome = await self._run_async(fill, loader, opts, background=False, lease=False)
         return cast(T, self._resolve(outcome, entry))
 
     def _async_flight(
@@ -630,6 +827,8 @@ class Cache:
         loader: Callable[[], Awaitable[object]],
         tags: frozenset[str],
         opts: CacheOptions,
+        heads: tuple[str, ...],
+        hint: Any,
         *,
         background: bool,
     ) -> tuple[asyncio.Task[_Outcome], bool]:
@@ -639,7 +838,7 @@ class Cache:
             task = self._async_flights.get(fkey)
             if task is not None:
                 return task, False
-            fill = self._new_fill(key, tags)
+            fill = self._new_fill(key, tags, heads, hint)
             task = loop.create_task(self._run_async(fill, loader, opts, background=background))
             self._async_flights[fkey] = task
             self._tasks.add(task)
@@ -662,28 +861,31 @@ class Cache:
         opts: CacheOptions,
         *,
         background: bool,
+        lease: bool = True,
     ) -> _Outcome:
         started = self._clock.now()
+        ticket: FillTicket | None = None
         try:
-            if not background and (ready := self._recheck(fill.key)) is not None:
-                return ready
+            if self._local:
+                if not background and (ready := self._recheck(fill.key)) is not None:
+                    return ready
+            else:
+                ticket, ready = await self._abegin(fill, opts, lease=lease)
+                if ready is not None:
+                    return ready
+                started = self._clock.now()
             try:
                 value = await loader()
             except Exception as exc:
-                return self._failed(fill, exc, opts, started, background=background)
-            return self._loaded(fill, value, opts, started)
+                outcome, store = self._failed(fill, exc, opts, started, background=background)
+            else:
+                outcome, store = self._loaded(fill, value, opts, started)
+            if not self._local:
+                await self._afinish(fill, ticket, store, outcome, opts)
+            return outcome
         finally:
             with self._lock:
                 self._fills.discard(fill)
-
-    def _spawn_task(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        tags: frozenset[str],
-        opts: CacheOptions,
-    ) -> None:
-        self._async_flight(key, loader, tags, opts, background=True)
 
     async def adrain(self) -> None:
         """Wait for the background refresh tasks of the running loop started so far."""
@@ -696,12 +898,30 @@ class Cache:
     # --- shared core ---------------------------------------------------------------
 
     def _lookup(
-        self, key: str, opts: CacheOptions
+        self, key: str, opts: CacheOptions, hint: Any = None
     ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
         """Read ``key`` and classify it (nothing counted: the caller counts a
         servable state with :meth:`_count_served`, or a hit with ``_hit_count``).
         A random number for XFetch is drawn only when early refresh is enabled."""
-        entry = self.backend.get(key)
+        if self._local:
+            entry = self.backend.get(key)
+        else:
+            entry = self._remote_get(key, hint)
+            if entry is not None and type(entry[0]) is RemoteError:
+                entry = _materialize(entry, opts)
+        if entry is None:
+            return None, None
+        return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
+
+    async def _alookup(
+        self, key: str, opts: CacheOptions, hint: Any = None
+    ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
+        """:meth:`_lookup` for async code: a remote backend is awaited."""
+        if self._local:
+            return self._lookup(key, opts)
+        entry = await self._aremote_get(key, hint)
+        if entry is not None and type(entry[0]) is RemoteError:
+            entry = _materialize(entry, opts)
         if entry is None:
             return None, None
         return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
@@ -723,20 +943,174 @@ class Cache:
         entry = self.backend.get(key)
         if entry is None:
             return None
+        return self._fresh_outcome(entry)
+
+    def _fresh_outcome(self, entry: tuple[object, EntryMeta]) -> _Outcome | None:
         # beta 0: no early refresh, as classify() with its default rand=1.0
         if classify_unchecked(entry[1], self._clock.now(), 0.0, _no_draw) is not Freshness.FRESH:
             return None
         value = entry[0]
-        if isinstance(value, _CachedError):
+        if isinstance(value, CachedError):
             outcome = _Outcome(error=value.error)
             outcome.tb = value.tb
             return outcome
         return _Outcome(value)
 
-    def _new_fill(self, key: str, tags: frozenset[str]) -> _Fill:
+    # --- fills on a remote backend ---------------------------------------------------
+
+    def _ticket_outcome(
+        self, ticket: FillTicket, opts: CacheOptions
+    ) -> tuple[FillTicket | None, _Outcome | None]:
+        """What a ``fresh`` ticket means: its value (or, if it cannot be used, a
+        load that will not store)."""
+        entry = ticket.entry
+        if entry is not None and type(entry[0]) is RemoteError:
+            entry = _materialize(entry, opts)
+        ready = None if entry is None else self._fresh_outcome(entry)
+        return None, ready
+
+    def _begin(
+        self, fill: _Fill, opts: CacheOptions, *, lease: bool
+    ) -> tuple[FillTicket | None, _Outcome | None]:
+        """Before a load on a remote backend: the fresh value if another process
+        stored it, else a ticket (this caller's lease, or none after waiting
+        ``lock_timeout`` for another process' load). ``(None, None)``: the backend
+        is down; load without storing."""
+        deadline = None if opts._wait is None else time.monotonic() + opts._wait
+        delay = _POLL_FIRST
+        while True:
+            if self._guard.skip():
+                return None, None
+            try:
+                ticket: FillTicket = self.backend.begin_fill(  # type: ignore[attr-defined]
+                    fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                )
+            except BackendError as exc:
+                self._guard.failure(exc)
+                return None, None
+            self._guard.success()
+            if ticket.state == "fresh":
+                return self._ticket_outcome(ticket, opts)
+            if ticket.state == "acquired" or not lease:
+                return ticket, None
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return ticket, None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, _POLL_MAX)
+
+    async def _abegin(
+        self, fill: _Fill, opts: CacheOptions, *, lease: bool
+    ) -> tuple[FillTicket | None, _Outcome | None]:
+        deadline = None if opts._wait is None else time.monotonic() + opts._wait
+        delay = _POLL_FIRST
+        while True:
+            if self._guard.skip():
+                return None, None
+            try:
+                ticket: FillTicket = await self.backend.abegin_fill(  # type: ignore[attr-defined]
+                    fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                )
+            except BackendError as exc:
+                self._guard.failure(exc)
+                return None, None
+            self._guard.success()
+            if ticket.state == "fresh":
+                return self._ticket_outcome(ticket, opts)
+            if ticket.state == "acquired" or not lease:
+                return ticket, None
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return ticket, None
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, _POLL_MAX)
+
+    def _commit_plan(
+        self, fill: _Fill, store: object, opts: CacheOptions
+    ) -> tuple[object, EntryMeta, float] | None:
+        """(value, meta, storage ttl) to commit for a finished load, or None."""
+        if store is _NOTHING:
+            return None
+        with self._lock:
+            if fill.generation != 0:
+                return None
+            negative = store is None or isinstance(store, CachedError)
+            meta = self._meta(opts, delta=fill.delta, negative=negative)
+        return store, meta, remaining_ttl(meta, meta.stored_at)
+
+    def _finish(
+        self,
+        fill: _Fill,
+        ticket: FillTicket | None,
+        store: object,
+        outcome: _Outcome,
+        opts: CacheOptions,
+    ) -> None:
+        """After a load on a remote backend: commit (fenced) or release the lease."""
+        if ticket is None:
+            return
+        backend: Any = self.backend
+        try:
+            plan = self._commit_plan(fill, store, opts)
+            if plan is None:
+                backend.release(ticket)
+            else:
+                backend.commit_fill(ticket, *plan)
+        except BackendError as exc:
+            self._guard.failure(exc)
+        except SerializationError as exc:
+            self._store_failed(fill, exc)
+            try:
+                backend.release(ticket)
+            except BackendError as exc2:
+                self._guard.failure(exc2)
+
+    async def _afinish(
+        self,
+        fill: _Fill,
+        ticket: FillTicket | None,
+        store: object,
+        outcome: _Outcome,
+        opts: CacheOptions,
+    ) -> None:
+        if ticket is None:
+            return
+        backend: Any = self.backend
+        try:
+            plan = self._commit_plan(fill, store, opts)
+            if plan is None:
+                await backend.arelease(ticket)
+            else:
+                await backend.acommit_fill(ticket, *plan)
+        except BackendError as exc:
+            self._guard.failure(exc)
+        except SerializationError as exc:
+            self._store_failed(fill, exc)
+            try:
+                await backend.arelease(ticket)
+            except BackendError as exc2:
+                self._guard.failure(exc2)
+
+    def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
+        with self._lock:
+            self._errors += 1
+            first = not self._warned
+            self._warned = True
+        (log.warning if first else log.debug)(
+            "cache %r: the value of %r cannot be stored (%s); it is served but not cached",
+            self.name,
+            fill.key,
+            exc,
+        )
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _new_fill(
+        self, key: str, tags: frozenset[str], heads: tuple[str, ...] = (), hint: Any = None
+    ) -> _Fill:
         """Register a load in progress (call with the lock held)."""
         self._fill_seq += 1
-        fill = _Fill(key, tags, self._fill_seq)
+        fill = _Fill(key, tags, self._fill_seq, heads, hint)
         self._fills.add(fill)
         return fill
 
@@ -745,6 +1119,21 @@ class Cache:
         for fill in self._fills:
             if match(fill):
                 fill.generation += 1
+
+    def _meta(self, opts: CacheOptions, *, delta: float, negative: bool) -> EntryMeta:
+        """The metadata of an entry written now (call with the lock held)."""
+        now = self._clock.now()
+        self._writes += 1
+        if negative:
+            return EntryMeta(stored_at=now, ttl=opts._neg, generation=self._writes)
+        return EntryMeta(
+            stored_at=now,
+            ttl=opts._ttl,
+            stale_while_revalidate=opts._swr,
+            stale_if_error=opts._sie,
+            delta=delta,
+            generation=self._writes,
+        )
 
     def _write(
         self,
@@ -756,31 +1145,30 @@ class Cache:
         delta: float,
         negative: bool,
     ) -> None:
-        """Store an entry (call with the lock held)."""
-        now = self._clock.now()
-        self._writes += 1
-        if negative:
-            meta = EntryMeta(stored_at=now, ttl=opts._neg, generation=self._writes)
-        else:
-            meta = EntryMeta(
-                stored_at=now,
-                ttl=opts._ttl,
-                stale_while_revalidate=opts._swr,
-                stale_if_error=opts._sie,
-                delta=delta,
-                generation=self._writes,
-            )
-        self.backend.set(key, value, meta, remaining_ttl(meta, now), tags)
+        """Store an entry in a local backend (call with the lock held)."""
+        meta = self._meta(opts, delta=delta, negative=negative)
+        self.backend.set(key, value, meta, remaining_ttl(meta, meta.stored_at), tags)
 
-    def _loaded(self, fill: _Fill, value: object, opts: CacheOptions, started: float) -> _Outcome:
+    def _loaded(
+        self, fill: _Fill, value: object, opts: CacheOptions, started: float
+    ) -> tuple[_Outcome, object]:
+        """Count a load; on a local backend store it. Returns the outcome and what a
+        remote backend must store (``_NOTHING``: nothing)."""
         elapsed = max(0.0, self._clock.now() - started)
+        store: object = _NOTHING
         with self._lock:
             self._loads += 1
             self._load_time += elapsed
             if fill.generation == 0 and (value is not None or opts.cache_none):
-                self._write(fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None)
+                if self._local:
+                    self._write(
+                        fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None
+                    )
+                else:
+                    store = value
+                    fill.delta = elapsed
                 self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
-        return _Outcome(value)
+        return _Outcome(value), store
 
     def _failed(
         self,
@@ -790,25 +1178,33 @@ class Cache:
         started: float,
         *,
         background: bool,
-    ) -> _Outcome:
+    ) -> tuple[_Outcome, object]:
         elapsed = max(0.0, self._clock.now() - started)
+        store: object = _NOTHING
+        negative = (
+            bool(opts.cache_exceptions)
+            and isinstance(exc, opts.cache_exceptions)
+            and fill.generation == 0
+        )
+        if negative and not self._local:
+            # a failure never replaces a value that may still be served stale
+            current = self._remote_get(fill.key, fill.hint)
+            if current is None or not plan_after_load_failure(current[1], self._clock.now()):
+                store = CachedError(exc)
+            negative = False
         with self._lock:
             self._loads += 1
             self._errors += 1
             self._load_time += elapsed
-            if (
-                opts.cache_exceptions
-                and isinstance(exc, opts.cache_exceptions)
-                and fill.generation == 0
-            ):
+            if negative:
                 current = self.backend.get(fill.key)
                 if current is None or not plan_after_load_failure(current[1], self._clock.now()):
                     self._write(
-                        fill.key, _CachedError(exc), fill.tags, opts, delta=0.0, negative=True
+                        fill.key, CachedError(exc), fill.tags, opts, delta=0.0, negative=True
                     )
         if background:
             log.debug("cache %r: background refresh of %r failed: %r", self.name, fill.key, exc)
-        return _Outcome(error=exc)
+        return _Outcome(error=exc), store
 
     def _resolve(self, outcome: _Outcome, stale: tuple[object, EntryMeta] | None) -> object:
         """The caller's answer: the loaded value, else the stale one if allowed."""
@@ -817,13 +1213,36 @@ class Cache:
             return outcome.value
         if (
             stale is not None
-            and not isinstance(stale[0], _CachedError)
+            and not isinstance(stale[0], CachedError)
             and plan_after_load_failure(stale[1], self._clock.now())
         ):
             with self._lock:
                 self._stale += 1
             return stale[0]
         raise error.with_traceback(outcome.tb)
+
+
+#: "nothing to store" (a load that must not be cached, or was voided)
+_NOTHING = object()
+#: polling a lease another process holds: first and longest pause (seconds)
+_POLL_FIRST = 0.001
+_POLL_MAX = 0.05
+
+
+def _materialize(
+    entry: tuple[object, EntryMeta], opts: CacheOptions
+) -> tuple[object, EntryMeta] | None:
+    """A negative entry read from a remote backend, as an exception of one of
+    ``opts.cache_exceptions`` (matched by module and qualified name; nothing is
+    imported), or None (a miss) if none matches or it cannot be rebuilt."""
+    remote = cast(RemoteError, entry[0])
+    for cls in opts.cache_exceptions:
+        if cls.__module__ == remote.module and cls.__qualname__ == remote.qualname:
+            try:
+                return CachedError(cls(*remote.args)), entry[1]
+            except Exception:
+                return None
+    return None
 
 
 def _counted(counter: itertools.count[int]) -> int:
@@ -837,7 +1256,7 @@ def _no_draw() -> float:  # pragma: no cover - never called with beta 0
 
 
 def _unwrap(value: object) -> object:
-    if isinstance(value, _CachedError):
+    if isinstance(value, CachedError):
         value.reraise()
     return value
 

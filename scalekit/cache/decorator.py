@@ -26,15 +26,16 @@ from __future__ import annotations
 
 import functools
 import inspect
+import typing
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit._keys import escape
+from scalekit.cache.backend import CachedError
 from scalekit.cache.core import (
     Cache,
     CacheOptions,
-    _CachedError,
     _check_tags,
     default_cache,
 )
@@ -133,6 +134,12 @@ def cached(
         def entry_tags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
             return static_tags if tag_fn is None else _check_tags(tag_fn(*args, **kwargs))
 
+        # what a remote backend needs: the namespace heads its fills are fenced by
+        # (invalidate_namespace) and the type values decode to (the return annotation)
+        ns_head = f"{c.prefix}:{escape(builder.namespace)}:"
+        heads = (ns_head, f"{ns_head}v{escape(str(builder.version))}:")
+        hint = _return_hint(fn)
+
         # The hit path: key, read, classify; a plain FRESH hit is answered here (a
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
@@ -141,19 +148,31 @@ def cached(
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
+            alookup = c._alookup
+            local = c._local
 
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 k = make_key(*args, **kwargs)
-                entry, state = lookup(k, opts)
+                if local:
+                    entry, state = lookup(k, opts)
+                else:
+                    entry, state = await alookup(k, opts, hint)
                 if state is _FRESH and entry is not None:
                     next(hits)
                     value = entry[0]
-                    if type(value) is _CachedError:
+                    if type(value) is CachedError:
                         value.reraise()
                     return value
                 return await c._aserve_or_load(
-                    k, lambda: afn(*args, **kwargs), entry_tags(args, kwargs), opts, entry, state
+                    k,
+                    lambda: afn(*args, **kwargs),
+                    entry_tags(args, kwargs),
+                    opts,
+                    entry,
+                    state,
+                    heads,
+                    hint,
                 )
 
             setattr(async_wrapper, _ATTR, _Binding(c, make_key))
@@ -162,21 +181,39 @@ def cached(
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             k = make_key(*args, **kwargs)
-            entry, state = lookup(k, opts)
+            entry, state = lookup(k, opts, hint)
             if state is _FRESH and entry is not None:
                 next(hits)
                 value = entry[0]
-                if type(value) is _CachedError:
+                if type(value) is CachedError:
                     value.reraise()
                 return cast(R, value)
             return c._serve_or_load(
-                k, lambda: fn(*args, **kwargs), entry_tags(args, kwargs), opts, entry, state
+                k,
+                lambda: fn(*args, **kwargs),
+                entry_tags(args, kwargs),
+                opts,
+                entry,
+                state,
+                heads,
+                hint,
             )
 
         setattr(sync_wrapper, _ATTR, _Binding(c, make_key))
         return sync_wrapper
 
     return decorate
+
+
+def _return_hint(fn: Callable[..., object]) -> Any:
+    """The return annotation values decode to on a remote backend (``None``: none,
+    or unresolvable at decoration, e.g. a forward reference: plain JSON values)."""
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:
+        return None
+    hint = hints.get("return")
+    return None if hint is type(None) else hint
 
 
 def _binding(fn: Callable[..., object]) -> _Binding:

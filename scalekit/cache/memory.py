@@ -65,6 +65,11 @@ class MemoryCacheBackend:
 
     __slots__ = ("_clock", "_data", "_lock", "_tags", "evictions", "max_entries")
 
+    #: no I/O: the cache calls it under its lock and straight from async code
+    local = True
+    #: values are Python objects here, never decoded
+    decode_errors = 0
+
     def __init__(
         self,
         *,
@@ -89,8 +94,9 @@ class MemoryCacheBackend:
 
     # --- the backend protocol ------------------------------------------------------
 
-    def get(self, key: str) -> tuple[object, EntryMeta] | None:
-        """The value and metadata stored under ``key``, or None (missing or dropped)."""
+    def get(self, key: str, hint: object = None) -> tuple[object, EntryMeta] | None:
+        """The value and metadata stored under ``key``, or None (missing or dropped).
+        ``hint`` (the type a remote backend decodes to) is not needed here."""
         with self._lock:
             entry = self._data.get(key)
             if entry is None:

@@ -1,0 +1,117 @@
+"""The cache backend protocol and the markers every backend stores.
+
+:class:`~scalekit.cache.core.Cache` drives a backend through :class:`CacheBackend`.
+There are two kinds:
+
+- *local* backends (``local = True``: :class:`~scalekit.cache.memory.MemoryCacheBackend`)
+  hold Python objects in this process and never do I/O. The cache calls them under
+  its own lock and directly from async code; fills are fenced by the cache's own
+  bookkeeping.
+- *remote* backends (``local = False``: :class:`~scalekit.cache.redis.RedisCacheBackend`,
+  :class:`~scalekit.cache.tiered.TieredCacheBackend`) are shared by a fleet. They
+  serialize, have async twins of every method (``aget``, ``aset``, …), a
+  ``clock`` that every process of the fleet agrees on, and a fill protocol:
+
+  ``begin_fill(key, tags, heads, now, lease)`` -> :class:`FillTicket`
+      on a miss only: answers the entry if it became fresh meanwhile, else tries
+      to take the key's lease (``acquired``, or ``held`` by another process) and
+      reads the *fences* of the key, its tags, its namespace heads and the
+      backend; never called on a hit.
+  ``commit_fill(ticket, value, meta, ttl)`` -> bool
+      stores the loaded value only if no fence moved since ``begin_fill``
+      (atomically, on the server), and releases the lease.
+
+  Every invalidation moves the fences it covers, so a load that began before an
+  invalidation never stores its value after the invalidation returned, whichever
+  process ran either of them.
+
+A value that cannot be decoded is a miss (counted in ``decode_errors``), never an
+exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+
+from scalekit.cache.freshness import EntryMeta
+
+__all__ = ["CacheBackend", "CachedError", "FillTicket", "RemoteError"]
+
+Entry = tuple[object, EntryMeta]
+
+
+class CachedError:
+    """A negative entry: the exception a loader raised, re-raised on reads."""
+
+    __slots__ = ("error", "tb")
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.tb = error.__traceback__
+
+    def reraise(self) -> NoReturn:
+        # from the loader's traceback each time: re-raising one instance would
+        # otherwise grow its traceback on every read
+        raise self.error.with_traceback(self.tb)
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteError:
+    """A negative entry read back from a remote backend: the exception's class by
+    name and its arguments. The cache turns it back into an exception only if the
+    class is one of the reader's ``cache_exceptions`` (no import by name, ever);
+    otherwise the entry is a miss."""
+
+    module: str
+    qualname: str
+    args: tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class FillTicket:
+    """What :meth:`CacheBackend.begin_fill` answers (see the module docstring).
+
+    ``state``: ``"fresh"`` (``entry`` holds the fresh entry: no load needed),
+    ``"acquired"`` (this caller holds the lease: load and commit), ``"held"``
+    (another process is loading: wait, or load without the lease after the
+    timeout). ``fences`` / ``seen``: the fence keys and the values read;
+    ``started``: the backend clock at the read; ``token``: this caller's lease token.
+    """
+
+    state: Literal["fresh", "acquired", "held"]
+    key: str
+    tags: frozenset[str] = frozenset()
+    entry: Entry | None = None
+    token: str = ""
+    fences: tuple[str, ...] = ()
+    seen: tuple[str, ...] = ()
+    started: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class CacheBackend(Protocol):
+    """What :class:`~scalekit.cache.core.Cache` needs from every store.
+
+    Remote backends (``local = False``) also implement ``clock``, the fill protocol
+    and the ``a``-prefixed async twins; see the module docstring.
+    """
+
+    local: bool
+    evictions: int
+
+    def get(self, key: str, hint: Any = None) -> Entry | None: ...
+
+    def set(
+        self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
+    ) -> None: ...
+
+    def delete(self, key: str) -> bool: ...
+
+    def delete_tags(self, tags: Iterable[str]) -> int: ...
+
+    def delete_prefix(self, prefix: str) -> int: ...
+
+    def clear(self) -> None: ...
