@@ -80,6 +80,7 @@ _BEGIN = load_script("scalekit.cache", "fill_begin")
 _COMMIT = load_script("scalekit.cache", "fill_commit")
 _INVALIDATE = load_script("scalekit.cache", "invalidate")
 _SCAN_BATCH = 500
+_META_MEMO = 1024
 
 
 def _glob(text: str) -> str:
@@ -207,6 +208,7 @@ class RedisCacheBackend:
         self.evictions = 0  # Redis evicts by its own maxmemory policy; not seen here
         self.decode_errors = 0
         self._errors = redis._failures
+        self._metas: dict[bytes, tuple[EntryMeta, int]] = {}
 
     def __repr__(self) -> str:
         return f"RedisCacheBackend({self.redis!r}, namespace={self.namespace!r})"
@@ -257,26 +259,40 @@ class RedisCacheBackend:
         try:
             if not data.startswith(_MAGIC):
                 raise SerializationError("not a scalekit cache entry")
-            bar = data.index(b"|", len(_MAGIC))
-            stored_at, ttl, swr, sie, delta, generation, kind = _HEAD.unpack_from(data, bar + 1)
-            meta = EntryMeta(
-                stored_at=stored_at,
-                ttl=ttl,
-                stale_while_revalidate=swr,
-                stale_if_error=sie,
-                delta=delta,
-                generation=generation,
-            )
-            body = data[bar + 1 + _HEAD.size :]
+            start = data.index(b"|", 4) + 1
+            end = start + _HEAD.size
+            head = data[start:end]
+            # a hot key's header repeats on every read: decode it once (bounded memo)
+            cached = self._metas.get(head)
+            if cached is None:
+                cached = self._meta_of(head)
+            meta, kind = cached
+            body = data[end:]
+            if kind == _VALUE:
+                return self.serializer.loads(body, hint), meta
             if kind == _ERROR:
                 module, qualname, args = json.loads(body)
                 return RemoteError(str(module), str(qualname), tuple(args)), meta
-            if kind != _VALUE:
-                raise SerializationError(f"unknown entry kind {kind}")
-            return self.serializer.loads(body, hint), meta
+            raise SerializationError(f"unknown entry kind {kind}")
         except (SerializationError, ValueError, TypeError, struct.error, ConfigurationError):
             self.decode_errors += 1
             return None
+
+    def _meta_of(self, head: bytes) -> tuple[EntryMeta, int]:
+        stored_at, ttl, swr, sie, delta, generation, kind = _HEAD.unpack(head)
+        meta = EntryMeta(
+            stored_at=stored_at,
+            ttl=ttl,
+            stale_while_revalidate=swr,
+            stale_if_error=sie,
+            delta=delta,
+            generation=generation,
+        )
+        metas = self._metas
+        if len(metas) >= _META_MEMO:
+            metas.clear()
+        metas[head] = (meta, kind)
+        return meta, kind
 
     # --- plain operations ----------------------------------------------------------------
 
