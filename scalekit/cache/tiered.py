@@ -541,7 +541,8 @@ class TieredCacheBackend:
     ) -> FillTicket:
         epoch = self._epoch
         if margin:  # a refresh ahead of expiry (see RedisCacheBackend.begin_fill)
-            ticket = self.l2.begin_fill(key, tags, heads, now, hint, margin=margin)
+            l2: Any = self.l2
+            ticket = l2.begin_fill(key, tags, heads, now, hint, margin=margin)
         else:
             ticket = self.l2.begin_fill(key, tags, heads, now, hint)
         return self._began(ticket, hint, epoch)
@@ -557,7 +558,8 @@ class TieredCacheBackend:
     ) -> FillTicket:
         epoch = self._epoch
         if margin:  # a refresh ahead of expiry (see RedisCacheBackend.begin_fill)
-            ticket = await self.l2.abegin_fill(key, tags, heads, now, hint, margin=margin)
+            l2: Any = self.l2
+            ticket = await l2.abegin_fill(key, tags, heads, now, hint, margin=margin)
         else:
             ticket = await self.l2.abegin_fill(key, tags, heads, now, hint)
         return self._began(ticket, hint, epoch)
