@@ -1,18 +1,22 @@
-"""TTL query cache: ``@cached``, ``Cache`` and the in-memory backend.
+"""TTL query cache: ``@cached``, ``Cache``, and the memory, Redis and tiered backends.
 
-Work in progress (issue 3): the memory backend, single-flight, freshness windows,
-tags and invalidation are here; the Redis and tiered backends come next, and the
-names are re-exported from ``scalekit`` when the issue is complete. See
-:mod:`scalekit.cache.core` for the semantics.
+See :mod:`scalekit.cache.core` for the semantics (freshness, single-flight,
+invalidation, negative caching, metrics), :mod:`scalekit.cache.redis` for the
+fleet-shared backend (leases, fences, serialization, time) and
+:mod:`scalekit.cache.tiered` for the in-process L1 in front of it.
 """
 
 from __future__ import annotations
 
-from scalekit.cache.core import Cache, CacheBackend, CacheOptions, CacheStats, default_cache
+from scalekit.cache.backend import CacheBackend
+from scalekit.cache.core import Cache, CacheOptions, CacheStats, default_cache
 from scalekit.cache.decorator import cache_key, cache_of, cached, invalidate
 from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.cache.memory import MemoryCacheBackend
+from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache.refresh import RefreshAhead
+from scalekit.cache.tiered import TieredCacheBackend
 
 __all__ = [
     "Cache",
@@ -23,6 +27,9 @@ __all__ = [
     "Freshness",
     "KeyBuilder",
     "MemoryCacheBackend",
+    "RedisCacheBackend",
+    "RefreshAhead",
+    "TieredCacheBackend",
     "cache_key",
     "cache_of",
     "cached",

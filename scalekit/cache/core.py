@@ -291,17 +291,27 @@ def _backend_from(
             )
         return backend
     parts = urlsplit(backend)
-    if parts.scheme in _REDIS_SCHEMES:
+    scheme = parts.scheme
+    tiered = scheme.startswith("tiered+")
+    if scheme.removeprefix("tiered+") in _REDIS_SCHEMES:
         from scalekit.cache.redis import RedisCacheBackend
 
-        return RedisCacheBackend(
-            backend, serializer=serializer, clock=clock if clock_given else None
+        l2 = RedisCacheBackend(
+            backend.removeprefix("tiered+"),
+            serializer=serializer,
+            clock=clock if clock_given else None,
         )
+        if not tiered:
+            return l2
+        from scalekit.cache.tiered import TieredCacheBackend
+
+        return TieredCacheBackend(l2)
     if parts.scheme != "memory":
         raise ConfigurationError(
             f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not supported; "
             f"supported: 'memory://' (optionally 'memory://?max_entries=N'), "
-            f"'redis://', 'rediss://', 'unix://'"
+            f"'redis://', 'rediss://', 'unix://' (each with a 'tiered+' prefix for a "
+            f"memory L1 in front of Redis)"
         )
     query = parse_qs(parts.query)
     n = max_entries
@@ -322,7 +332,8 @@ class Cache:
     :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``), a
         Redis URL (``redis://``, ``rediss://``, ``unix://``: a
         :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
-        (:class:`~scalekit.cache.backend.CacheBackend`).
+        (:class:`~scalekit.cache.backend.CacheBackend`); ``"tiered+redis://..."``
+        puts a :class:`~scalekit.cache.tiered.TieredCacheBackend` (memory L1) in front.
     :param name: names the cache in :meth:`stats` and logs.
     :param clock: time source (monotonic by default). A remote backend brings the
         clock its fleet agrees on, which the cache then uses; ``clock=`` given with
@@ -621,6 +632,13 @@ class Cache:
         guard.success()
         return cast("tuple[object, EntryMeta] | None", entry)
 
+    def _peek(self, key: str, hint: Any = None) -> tuple[object, EntryMeta] | None:
+        """The stored entry, not counted (refresh scheduling)."""
+        return self.backend.get(key) if self._local else self._remote_get(key, hint)
+
+    async def _apeek(self, key: str, hint: Any = None) -> tuple[object, EntryMeta] | None:
+        return self.backend.get(key) if self._local else await self._aremote_get(key, hint)
+
     # --- loading: sync -------------------------------------------------------------
 
     def get_or_load(
@@ -771,6 +789,131 @@ class Cache:
         for t in threads:
             t.join(timeout)
         return not any(t.is_alive() for t in threads)
+
+    # --- refresh ahead -----------------------------------------------------------------
+
+    def refresh(
+        self,
+        key: str,
+        loader: Callable[[], object],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+        type_hint: Any = None,
+        margin: float | None = None,
+    ) -> bool:
+        """Load ``key`` now and store it, for values computed ahead of readers.
+
+        With ``margin`` (seconds), nothing happens while the stored value stays fresh
+        for more than ``margin`` seconds; on a remote backend nothing happens either
+        while another process holds the key's lease, so a fleet refreshes once.
+        Returns True if ``loader`` ran. Its exception propagates (nothing is stored).
+        A remote backend that is down or cooling down: False (nothing ran).
+        See :class:`~scalekit.cache.refresh.RefreshAhead` for the scheduled job.
+        """
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        gap = _margin(margin)
+        with self._lock:
+            fill = self._new_fill(key, tagset, (), type_hint)
+        ticket: FillTicket | None = None
+        try:
+            if self._local:
+                if gap != math.inf and self._fresh_for(self.backend.get(key), gap):
+                    return False
+            else:
+                ticket = self._refresh_ticket(fill, gap)
+                if ticket is None:
+                    return False
+            started = self._clock.now()
+            try:
+                value = loader()
+            except Exception as exc:
+                self._failed(fill, exc, opts, started, background=True)
+                if ticket is not None:
+                    self._finish(fill, ticket, _NOTHING, _Outcome(error=exc), opts)
+                raise
+            outcome, store = self._loaded(fill, value, opts, started)
+            if ticket is not None:
+                self._finish(fill, ticket, store, outcome, opts)
+            return True
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
+    async def arefresh(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[object]],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+        type_hint: Any = None,
+        margin: float | None = None,
+    ) -> bool:
+        """:meth:`refresh` for async code (``loader`` returns an awaitable)."""
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        gap = _margin(margin)
+        with self._lock:
+            fill = self._new_fill(key, tagset, (), type_hint)
+        ticket: FillTicket | None = None
+        try:
+            if self._local:
+                if gap != math.inf and self._fresh_for(self.backend.get(key), gap):
+                    return False
+            else:
+                ticket = await self._arefresh_ticket(fill, gap)
+                if ticket is None:
+                    return False
+            started = self._clock.now()
+            try:
+                value = await loader()
+            except Exception as exc:
+                self._failed(fill, exc, opts, started, background=True)
+                if ticket is not None:
+                    await self._afinish(fill, ticket, _NOTHING, _Outcome(error=exc), opts)
+                raise
+            outcome, store = self._loaded(fill, value, opts, started)
+            if ticket is not None:
+                await self._afinish(fill, ticket, store, outcome, opts)
+            return True
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
+    def _fresh_for(self, entry: tuple[object, EntryMeta] | None, gap: float) -> bool:
+        """Whether ``entry`` stays fresh for more than ``gap`` seconds from now."""
+        if entry is None:
+            return False
+        meta = entry[1]
+        return self._clock.now() + gap < meta.stored_at + meta.ttl
+
+    def _refresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
+        if self._guard.skip():
+            return None
+        try:
+            ticket: FillTicket = self.backend.begin_fill(  # type: ignore[attr-defined]
+                fill.key, fill.tags, (), self._clock.now(), fill.hint, margin=min(gap, _FAR)
+            )
+        except BackendError as exc:
+            self._guard.failure(exc)
+            return None
+        self._guard.success()
+        return ticket if ticket.state == "acquired" else None
+
+    async def _arefresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
+        if self._guard.skip():
+            return None
+        try:
+            ticket: FillTicket = await self.backend.abegin_fill(  # type: ignore[attr-defined]
+                fill.key, fill.tags, (), self._clock.now(), fill.hint, margin=min(gap, _FAR)
+            )
+        except BackendError as exc:
+            self._guard.failure(exc)
+            return None
+        self._guard.success()
+        return ticket if ticket.state == "acquired" else None
 
     # --- loading: async ------------------------------------------------------------
 
@@ -1227,6 +1370,18 @@ _NOTHING = object()
 #: polling a lease another process holds: first and longest pause (seconds)
 _POLL_FIRST = 0.001
 _POLL_MAX = 0.05
+
+
+#: a margin no stored value outlives (a refresh without ``margin`` always loads)
+_FAR = 1e12
+
+
+def _margin(margin: float | None) -> float:
+    if margin is None:
+        return math.inf
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 0:
+        raise ConfigurationError(f"margin must be a number of seconds >= 0 or None, got {margin!r}")
+    return float(margin)
 
 
 def _materialize(

@@ -461,11 +461,11 @@ class RedisCacheBackend:
     # --- fills ---------------------------------------------------------------------------
 
     def _begin_args(
-        self, key: str, tags: frozenset[str], heads: Sequence[str], now: float, token: str
+        self, key: str, tags: frozenset[str], heads: Sequence[str], fresh: float, token: str
     ) -> tuple[list[str], list[Any]]:
         rk = self._rk(key)
         fences = self._fences(rk, tags, heads)
-        return [rk, self._lease + rk, *fences], [token, _ms(self.lease_ttl), repr(now)]
+        return [rk, self._lease + rk, *fences], [token, _ms(self.lease_ttl), repr(fresh)]
 
     def _ticket(
         self,
@@ -504,9 +504,13 @@ class RedisCacheBackend:
         heads: Sequence[str],
         now: float,
         hint: Any = None,
+        margin: float = 0.0,
     ) -> FillTicket:
+        """On a miss (``margin`` 0) or a refresh ahead of expiry: the value if it stays
+        fresh for more than ``margin`` seconds from ``now``, else this caller's lease
+        (or "held"), with the fences read."""
         token = secrets.token_hex(8)
-        keys, args = self._begin_args(key, tags, heads, now, token)
+        keys, args = self._begin_args(key, tags, heads, now + margin, token)
         reply = self.redis.evalsha(_BEGIN, keys, args)
         return self._ticket(reply, key, tags, keys, token, now, hint)
 
@@ -517,9 +521,13 @@ class RedisCacheBackend:
         heads: Sequence[str],
         now: float,
         hint: Any = None,
+        margin: float = 0.0,
     ) -> FillTicket:
+        """On a miss (``margin`` 0) or a refresh ahead of expiry: the value if it stays
+        fresh for more than ``margin`` seconds from ``now``, else this caller's lease
+        (or "held"), with the fences read."""
         token = secrets.token_hex(8)
-        keys, args = self._begin_args(key, tags, heads, now, token)
+        keys, args = self._begin_args(key, tags, heads, now + margin, token)
         reply = await self.redis.aevalsha(_BEGIN, keys, args)
         return self._ticket(reply, key, tags, keys, token, now, hint)
 

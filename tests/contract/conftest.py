@@ -50,14 +50,13 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def backend(
-    backend_kind: str, clock: FakeClock, request: pytest.FixtureRequest
+def _backend(
+    kind: str, clock: FakeClock, request: pytest.FixtureRequest
 ) -> Iterator[MemoryBackend | RedisBackend]:
-    if backend_kind == "memory":
+    if kind == "memory":
         yield MemoryBackend()
         return
-    if backend_kind == "fakeredis":
+    if kind == "fakeredis":
         server = fakeredis.FakeServer()
         yield RedisBackend(
             "redis://fakeredis",
@@ -72,6 +71,40 @@ def backend(
         yield b
     finally:
         b.close()
+
+
+@pytest.fixture
+def backend(
+    backend_kind: str, clock: FakeClock, request: pytest.FixtureRequest
+) -> Iterator[MemoryBackend | RedisBackend]:
+    yield from _backend(backend_kind, clock, request)
+
+
+#: the cache's backends: memory, Redis alone, and tiered (memory L1 + Redis L2)
+CACHE_BACKENDS = ["memory", "fakeredis", "redis", "tiered+fakeredis", "tiered+redis"]
+
+
+@pytest.fixture(params=CACHE_BACKENDS)
+def cache_backend(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A cache backend on the test's FakeClock (Redis ones get it as their clock)."""
+    from scalekit.cache.memory import MemoryCacheBackend
+    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache.tiered import TieredCacheBackend
+
+    kind = str(request.param)
+    tiered = kind.startswith("tiered+")
+    for base in _backend(kind.removeprefix("tiered+"), clock, request):
+        if isinstance(base, MemoryBackend):
+            yield MemoryCacheBackend(clock=clock, max_entries=100)
+        elif not tiered:
+            yield RedisCacheBackend(base, clock=clock)
+        else:
+            t = TieredCacheBackend(RedisCacheBackend(base, clock=clock))
+            assert t.wait_subscribed(10.0)
+            try:
+                yield t
+            finally:
+                t.close()
 
 
 @pytest.fixture

@@ -325,3 +325,15 @@ def test_lease_holder_failure_lets_the_next_caller_load(fresh_redis_url: str) ->
     began = time.perf_counter()
     assert b.get_or_load("k", lambda: "ok", options=CacheOptions(ttl=60, lock_timeout=5)) == "ok"
     assert time.perf_counter() - began < 1.0
+
+
+def test_backends_by_url(fresh_redis_url: str) -> None:
+    from scalekit.cache import TieredCacheBackend
+
+    plain = Cache(fresh_redis_url)
+    assert isinstance(plain.backend, RedisCacheBackend)
+    tiered = Cache("tiered+" + fresh_redis_url)
+    assert isinstance(tiered.backend, TieredCacheBackend)
+    plain.set("k", [1])
+    assert tiered.get("k") == [1]
+    tiered.backend.close()
