@@ -100,7 +100,11 @@ class CacheBackend(Protocol):
     """
 
     local: bool
-    evictions: int
+
+    @property
+    def evictions(self) -> int:
+        """Entries dropped because a bound was reached (0 where unknown)."""
+        ...
 
     def get(self, key: str, hint: Any = None) -> Entry | None: ...
 
