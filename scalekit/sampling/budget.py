@@ -54,7 +54,7 @@ def budget_probability(
     elapsed: float,
     period: float,
     expected: float | None = None,
-    warmup: float = 0.05,
+    warmup: float = 0.01,
 ) -> float:
     """The probability for the next item of a window.
 
@@ -227,7 +227,7 @@ class Budget(Generic[T]):
         hash: HashName = "crc32",
         rng: Rng | None = None,
         expected: float | None = None,
-        warmup: float = 0.05,
+        warmup: float = 0.01,
         clock: Clock | Callable[[], float] | None = None,
         on_backend_error: BudgetFailurePolicy = "skip",
         fallback_instances: int = 1,
