@@ -64,9 +64,7 @@ def test_weighted_probability_follows_the_ramp() -> None:
             d = p.decide(Msg(f"m{i}", f"u{i}", LONG, turns))
             seen.setdefault(turns, set()).add(round(d.probability, 9))
     assert seen == {3: {0.2}, 16: {round(0.2 + 0.1 * 13 / 27, 9)}, 30: {0.3}, 100: {0.3}}
-    d = next(
-        d for i in range(1000) if (d := p.decide(Msg(f"n{i}", f"v{i}", LONG, 30))).sampled
-    )
+    d = next(d for i in range(1000) if (d := p.decide(Msg(f"n{i}", f"v{i}", LONG, 30))).sampled)
     assert d.stage == "cap" and d.kind == "cap" and d.probability == pytest.approx(0.3)
     assert d.explain() == "sampled after cap 'cap' (p=0.3)"
 
