@@ -133,6 +133,13 @@ class _MemoryBudgetStore:
                 st[1] += 1
             return ok, p, st[0], st[1]
 
+    def refund(self, scope: str, period: float) -> None:
+        with self._lock:
+            if self._idx == math.floor(self._now() / period):
+                st = self._cur.get(scope)
+                if st is not None and st[1] > 0:
+                    st[1] -= 1
+
 
 class _RedisBudgetStore:
     """Budget counters on Redis: one key per scope, one EVALSHA per decision."""
@@ -142,6 +149,7 @@ class _RedisBudgetStore:
     def __init__(self, backend: RedisBackend, prefix: str, name: str, rate: Rate) -> None:
         self.backend = backend
         self._script = load_script("scalekit.sampling", "budget")
+        self._refund = load_script("scalekit.sampling", "budget_refund")
         self._prefix = prefix
         self._parts = (name, str(rate).replace(" ", ""))
 
@@ -191,6 +199,16 @@ class _RedisBudgetStore:
     ) -> Outcome:
         args = self._args(u, period, target, expected, warmup)
         return self._outcome(await self.backend.aevalsha(self._script, [self.key(scope)], args))
+
+    def _refund_args(self, period: float) -> list[str]:
+        now = self.backend.server_now
+        return [repr(now()) if now else "", repr(period)]
+
+    def refund(self, scope: str, period: float) -> None:
+        self.backend.evalsha(self._refund, [self.key(scope)], self._refund_args(period))
+
+    async def arefund(self, scope: str, period: float) -> None:
+        await self.backend.aevalsha(self._refund, [self.key(scope)], self._refund_args(period))
 
 
 _GLOBAL = "*"
@@ -359,6 +377,32 @@ class Budget(Generic[T]):
             return self._degraded(scope, u)
         self._guard.success()
         return o[0], o[1], self._detail(o, scope)
+
+    def refund(self, item: T) -> None:
+        """Give back the unit counted for ``item`` (a later stage refused it).
+
+        The pipeline calls this; a failure is only counted (the unit stays spent)."""
+        scope = self._scope(item)
+        store = self._store
+        if not store.local and self._guard.skip():
+            store = self._fallback  # type: ignore[assignment]
+        if store is None:
+            return
+        try:
+            store.refund(scope, self.period)
+        except BackendError as exc:
+            self._guard.failure(exc)
+
+    async def arefund(self, item: T) -> None:
+        store = self._store
+        if store.local or self._guard.skip():
+            self.refund(item)
+            return
+        assert isinstance(store, _RedisBudgetStore)
+        try:
+            await store.arefund(self._scope(item), self.period)
+        except BackendError as exc:
+            self._guard.failure(exc)
 
     def _degraded(self, scope: str, u: float) -> tuple[bool, float, str]:
         self.degraded += 1

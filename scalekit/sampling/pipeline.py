@@ -3,7 +3,9 @@
 Order is enforced: the pure stages (gates and local samplers) first, then the
 stages that count in a store (budgets and caps), because those consume their
 budget for every item they let through and should only see items the rest of the
-pipeline has already accepted.
+pipeline has already accepted. When a later budget or cap refuses an item, the
+budgets before it give their unit back (:meth:`Budget.refund`); a rate limiter
+cannot, so put caps after budgets.
 """
 
 from __future__ import annotations
@@ -178,12 +180,17 @@ class Pipeline(Generic[T]):
             return r
         prob = r
         detail = ""
-        for st in self._remote:
-            ok, p, detail = st.decide(item)
+        for i, st in enumerate(self._remote):
+            ok, p, said = st.decide(item)
             prob = prob * p if ok or st.kind == "budget" else 0.0
             if not ok:
+                for earlier in self._remote[:i]:
+                    if isinstance(earlier, Budget):
+                        earlier.refund(item)
                 next(self._skips[st.name])
-                return _new(SampleDecision, (False, st.name, st.kind, prob, detail))
+                return _new(SampleDecision, (False, st.name, st.kind, prob, said))
+            if said:
+                detail = said
         next(self._sampled)
         return _new(SampleDecision, (True, self._last[0], self._last[1], prob, detail))
 
@@ -200,12 +207,17 @@ class Pipeline(Generic[T]):
             return r
         prob = r
         detail = ""
-        for st in self._remote:
-            ok, p, detail = await st.adecide(item)
+        for i, st in enumerate(self._remote):
+            ok, p, said = await st.adecide(item)
             prob = prob * p if ok or st.kind == "budget" else 0.0
             if not ok:
+                for earlier in self._remote[:i]:
+                    if isinstance(earlier, Budget):
+                        await earlier.arefund(item)
                 next(self._skips[st.name])
-                return _new(SampleDecision, (False, st.name, st.kind, prob, detail))
+                return _new(SampleDecision, (False, st.name, st.kind, prob, said))
+            if said:
+                detail = said
         next(self._sampled)
         return _new(SampleDecision, (True, self._last[0], self._last[1], prob, detail))
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import call
 
 from scalekit import MemoryBackend, RedisBackend
-from scalekit.sampling import Budget, Pipeline
+from scalekit.sampling import Budget, Cap, Pipeline
 from scalekit.testing import FakeClock
 
 DAY = 86400.0
@@ -172,3 +172,20 @@ async def test_redis_and_memory_make_identical_decisions(
         m = local.decide(f"id{i}")
         assert (r.sampled, r.detail) == (m.sampled, m.detail)
         assert r.probability == pytest.approx(m.probability, rel=1e-12, abs=1e-15)
+
+
+async def test_a_later_refusal_gives_the_budget_unit_back(
+    backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock
+) -> None:
+    """Budget then Cap: an item the cap refuses does not spend the budget."""
+    start_of_next_day(clock)
+    prefix = f"t{next(_names)}"
+    pipe = Pipeline(
+        Budget("5/day", backend=backend, rng=lambda: 0.0, clock=clock, prefix=prefix),
+        Cap("2/day", key=lambda m: m, backend=backend, clock=clock, prefix=prefix + "c"),
+    )
+    got = [(await call(decide(pipe, mode, "alice"))).sampled for _ in range(4)]
+    assert got == [True, True, False, False]
+    got = [(await call(decide(pipe, mode, user))) for user in ("bob", "bob", "carol", "dan")]
+    assert [d.sampled for d in got] == [True, True, True, False]
+    assert got[-1].stage == "budget" and got[2].detail.startswith("5/5 sampled")
