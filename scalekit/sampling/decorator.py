@@ -8,31 +8,46 @@ import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar, cast, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from scalekit.errors import ConfigurationError
 from scalekit.sampling.decision import SampleDecision
 from scalekit.sampling.pipeline import Pipeline
 
-__all__ = ["BackgroundTasks", "sampled"]
+__all__ = ["BackgroundTasks", "SampledDecorator", "sampled"]
 
 log = logging.getLogger("scalekit.sampling")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 D = TypeVar("D")
+D_co = TypeVar("D_co", covariant=True)
+
+
+class SampledDecorator(Protocol[D_co]):
+    """What ``sampled(...)`` returns: a skipped call returns the declared value, so an
+    ``async def`` returning ``R`` becomes one returning ``R | D`` (awaited), and a
+    plain function returning ``R`` one returning ``R | D``."""
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R | D_co]]: ...
+
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R | D_co]: ...
 
 
 @overload
 def sampled(
     pipeline: Pipeline[Any], *, item: Callable[..., Any] | None = None
-) -> Callable[[Callable[P, R]], Callable[P, R | None]]: ...
+) -> SampledDecorator[None]: ...
 
 
 @overload
 def sampled(
     pipeline: Pipeline[Any], *, item: Callable[..., Any] | None = None, skipped: D
-) -> Callable[[Callable[P, R]], Callable[P, R | D]]: ...
+) -> SampledDecorator[D]: ...
 
 
 def sampled(
@@ -40,7 +55,7 @@ def sampled(
     *,
     item: Callable[..., Any] | None = None,
     skipped: Any = None,
-) -> Callable[[Callable[P, R]], Callable[P, Any]]:
+) -> SampledDecorator[Any]:
     """Run the function only for the calls ``pipeline`` samples.
 
     ``item`` builds what the pipeline decides on from the call's arguments
@@ -94,7 +109,7 @@ def sampled(
         sync_wrapper.pipeline = pipeline  # type: ignore[attr-defined]
         return sync_wrapper
 
-    return decorate
+    return cast(SampledDecorator[Any], decorate)
 
 
 class BackgroundTasks:
