@@ -329,3 +329,35 @@ def test_the_compiled_pipeline_decides_as_the_sampler_does(hash_name: str) -> No
     ids += [i.encode() for i in ids[:100]] + list(range(100))  # type: ignore[union-attr]
     for i in ids:
         assert fast.decide(i).sampled == keyed.draw(i, 0.3) == slow.decide(i).sampled
+
+
+def test_memory_budget_and_counters_are_thread_safe() -> None:
+    import sys
+    import threading
+
+    clock = FakeClock()
+    pipe = Pipeline(
+        Gate("even", lambda i: i % 2 == 0),
+        Budget("500/day", clock=clock, rng=lambda: 0.0),
+        Cap("1000/day", key=lambda i: "all", clock=clock),
+    )
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        barrier = threading.Barrier(8)
+
+        def work(t: int) -> None:
+            barrier.wait()
+            for i in range(500):
+                pipe.decide(t * 1000 + i)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    st = pipe.stats()
+    assert st.considered == 4000 and st.skipped["even"] == 2000
+    assert st.sampled == 500 and st.skipped["budget"] == 1500
