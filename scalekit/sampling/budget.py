@@ -148,8 +148,8 @@ class _RedisBudgetStore:
 
     def __init__(self, backend: RedisBackend, prefix: str, name: str, rate: Rate) -> None:
         self.backend = backend
-        self._script = load_script("scalekit.sampling", "budget")
-        self._refund = load_script("scalekit.sampling", "budget_refund")
+        self._script = load_script("scalekit.sampling", "budget", header="_now")
+        self._refund = load_script("scalekit.sampling", "budget_refund", header="_now")
         self._prefix = prefix
         self._parts = (name, str(rate).replace(" ", ""))
 

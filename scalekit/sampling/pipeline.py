@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
 from scalekit.errors import ConfigurationError
@@ -28,6 +28,10 @@ T = TypeVar("T")
 Stage: TypeAlias = Gate[Any] | Fixed | Keyed[Any] | Weighted[Any] | Budget[Any] | Cap[Any]
 
 _new = tuple.__new__
+
+#: a budget's or cap's answer: (sampled, probability, detail)
+Outcome: TypeAlias = tuple[bool, float, str]
+_Step: TypeAlias = tuple[str, "Budget[Any] | Cap[Any]"]
 
 
 def _counted(counter: itertools.count[int]) -> int:
@@ -220,25 +224,45 @@ class Pipeline(Generic[T]):
 
         return decide
 
-    def _decide_remote(self, item: T) -> SampleDecision:
-        r = self._local_fn(item)
-        if isinstance(r, SampleDecision):
-            return r
-        prob = r
+    def _walk(self, prob: float) -> Generator[_Step, Outcome | None, SampleDecision]:
+        """The budgets and caps, as a decision engine without I/O: it yields what to
+        do next (``("decide", stage)`` or ``("refund", budget)``), receives the
+        stage's outcome, and returns the decision. The sync and async drivers below
+        only run the steps (tenacity's ``iter()`` shape)."""
         detail = ""
         for i, st in enumerate(self._remote):
-            ok, p, said = st.decide(item)
+            outcome = yield "decide", st
+            assert outcome is not None
+            ok, p, said = outcome
             prob = prob * p if ok or st.kind == "budget" else 0.0
             if not ok:
+                # the budgets before this stage counted the item: give the units back
                 for earlier in self._remote[:i]:
                     if isinstance(earlier, Budget):
-                        earlier.refund(item)
+                        yield "refund", earlier
                 next(self._skips[st.name])
                 return _new(SampleDecision, (False, st.name, st.kind, prob, said))
             if said:
                 detail = said
         next(self._sampled)
         return _new(SampleDecision, (True, self._last[0], self._last[1], prob, detail))
+
+    def _decide_remote(self, item: T) -> SampleDecision:
+        r = self._local_fn(item)
+        if isinstance(r, SampleDecision):
+            return r
+        walk = self._walk(r)
+        result: Outcome | None = None
+        try:
+            while True:
+                action, st = walk.send(result)
+                if action == "decide":
+                    result = st.decide(item)
+                else:
+                    result = None
+                    st.refund(item)  # type: ignore[union-attr]
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     def decide(self, item: T) -> SampleDecision:
         """Decide for ``item``: run the stages in order until one refuses it."""
@@ -251,21 +275,18 @@ class Pipeline(Generic[T]):
         r = self._local_fn(item)
         if isinstance(r, SampleDecision):
             return r
-        prob = r
-        detail = ""
-        for i, st in enumerate(self._remote):
-            ok, p, said = await st.adecide(item)
-            prob = prob * p if ok or st.kind == "budget" else 0.0
-            if not ok:
-                for earlier in self._remote[:i]:
-                    if isinstance(earlier, Budget):
-                        await earlier.arefund(item)
-                next(self._skips[st.name])
-                return _new(SampleDecision, (False, st.name, st.kind, prob, said))
-            if said:
-                detail = said
-        next(self._sampled)
-        return _new(SampleDecision, (True, self._last[0], self._last[1], prob, detail))
+        walk = self._walk(r)
+        result: Outcome | None = None
+        try:
+            while True:
+                action, st = walk.send(result)
+                if action == "decide":
+                    result = await st.adecide(item)
+                else:
+                    result = None
+                    await st.arefund(item)  # type: ignore[union-attr]
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
 
     # -- introspection -------------------------------------------------------------------
     def local_probability(self, item: T) -> float:

@@ -4,14 +4,7 @@
 --       [5] expected arrivals per period ('' = unknown), [6] warmup (fraction of a period).
 -- Reply: "sampled p considered sampled_count" (one bulk string, floats as %.17g).
 -- The arithmetic is scalekit.sampling.budget.budget_probability's, in the same order.
-if redis.replicate_commands then redis.replicate_commands() end
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+-- (now: see _now.lua, prepended)
 local period = tonumber(ARGV[2])
 local target = tonumber(ARGV[3])
 local u = tonumber(ARGV[4])

@@ -1,14 +1,7 @@
 -- Give one sampled unit back to a budget scope (a later stage refused the item).
 -- KEYS[1]: the scope's key. ARGV: [1] now ('' = Redis TIME), [2] period.
 -- Only the current window is touched; the key keeps its expiry. Reply: the new count.
-if redis.replicate_commands then redis.replicate_commands() end
-local now
-if ARGV[1] ~= '' then
-  now = tonumber(ARGV[1])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+-- (now: see _now.lua, prepended)
 local idx = math.floor(now / tonumber(ARGV[2]))
 local v = redis.call('GET', KEYS[1])
 if not v then return -1 end
