@@ -361,3 +361,23 @@ def test_memory_budget_and_counters_are_thread_safe() -> None:
     st = pipe.stats()
     assert st.considered == 4000 and st.skipped["even"] == 2000
     assert st.sampled == 500 and st.skipped["budget"] == 1500
+
+
+def test_global_and_per_user_budgets_together() -> None:
+    """A per-user budget refusing an item gives the global budget its unit back."""
+    clock = FakeClock()
+    pipe = Pipeline(
+        Budget("50/day", clock=clock, rng=lambda: 0.0, name="global"),
+        Budget("20/day", per=lambda m: m.user, clock=clock, rng=lambda: 0.0, name="per_user"),
+    )
+    got: dict[str, int] = {}
+    for i in range(60):
+        for user in ("alice", "bob"):
+            if pipe.decide(Msg(f"m{i}", user, LONG, 5)).sampled:
+                got[user] = got.get(user, 0) + 1
+    assert got == {"alice": 20, "bob": 20}
+    # 40 of the global 50 are spent: carol gets the last 10
+    carol = [pipe.decide(Msg(f"c{i}", "carol", LONG, 5)) for i in range(15)]
+    assert sum(d.sampled for d in carol) == 10
+    assert carol[-1].stage == "global" and carol[-1].detail.startswith("50/50 sampled")
+    assert pipe.stats().skipped == {"global": 5, "per_user": 80}
