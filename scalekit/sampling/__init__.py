@@ -1,0 +1,47 @@
+"""Sampling for expensive background work: gates, samplers, budgets, reservoirs.
+
+>>> from scalekit.sampling import Gate, Keyed, Pipeline
+>>> pipeline = Pipeline(
+...     Gate("long_enough", lambda text: len(text) >= 50),
+...     Keyed(0.25, key=lambda text: text),
+... )
+>>> pipeline.decide("too short").explain()
+"skipped by gate 'long_enough' (p=0)"
+"""
+
+from scalekit.sampling._hash import HASHES, HashName
+from scalekit.sampling.budget import Budget, BudgetFailurePolicy, Cap, budget_probability
+from scalekit.sampling.decision import SampleDecision
+from scalekit.sampling.decorator import BackgroundTasks, sampled
+from scalekit.sampling.estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
+from scalekit.sampling.pipeline import Pipeline, SamplingStats, Stage
+from scalekit.sampling.reservoir import AExpJ, ARes
+from scalekit.sampling.stages import Fixed, Gate, Keyed, Rng, Weighted, ramp
+
+__all__ = [
+    "AExpJ",
+    "ARes",
+    "BackgroundTasks",
+    "Budget",
+    "BudgetFailurePolicy",
+    "Cap",
+    "Estimate",
+    "Fixed",
+    "Gate",
+    "HASHES",
+    "HashName",
+    "Histogram",
+    "Keyed",
+    "Pipeline",
+    "Rng",
+    "SampleDecision",
+    "SamplingStats",
+    "Stage",
+    "StageEstimate",
+    "TrafficProfile",
+    "Weighted",
+    "budget_probability",
+    "estimate",
+    "ramp",
+    "sampled",
+]
