@@ -25,6 +25,7 @@ from scalekit.resilience.machine import ADMIT, PROBE, REJECT, BreakerMachine
 from scalekit.resilience.policy import BreakerPolicy, State
 
 if TYPE_CHECKING:
+    from scalekit.backends import BackendLike
     from scalekit.resilience.shared import SharedState
 
 __all__ = [
@@ -75,7 +76,7 @@ def _matcher(name: str, spec: ExceptionSpec | None) -> Callable[[BaseException],
         classes = spec
         return lambda exc: isinstance(exc, classes)
     if callable(spec):
-        return spec
+        return cast(Callable[[BaseException], bool], spec)
     raise ConfigurationError(
         f"{name} must be an exception class, a tuple of them, or a predicate, got {spec!r}"
     )
@@ -156,7 +157,7 @@ class CircuitBreaker:
         policy: BreakerPolicy | None = None,
         fallback: Callable[..., Any] | None = None,
         listeners: tuple[Callable[[BreakerEvent], None], ...] = (),
-        shared: SharedState | None = None,
+        shared: SharedState | BackendLike | None = None,
         registry: BreakerRegistry | None = None,
         clock: Clock | Callable[[], float] | None = None,
         rng: Callable[[], float] | None = None,
@@ -197,9 +198,13 @@ class CircuitBreaker:
         self._failures = itertools.count()
         self._ignored = itertools.count()
         self._rejected = itertools.count()
-        self._shared = shared
-        if shared is not None:
-            shared.attach(self)
+        if shared is not None and not hasattr(shared, "attach"):
+            from scalekit.resilience.shared import SharedState
+
+            shared = SharedState(shared)
+        self._shared = cast("SharedState | None", shared)
+        if self._shared is not None:
+            self._shared.attach(self)
         if registry is not None:
             registry.register(self)
 

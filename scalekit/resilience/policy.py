@@ -152,9 +152,9 @@ class BreakerPolicy:
         if isinstance(j, bool) or not isinstance(j, int | float) or not 0 <= j <= 1:
             raise ConfigurationError(f"jitter must be a fraction in [0, 1], got {j!r}")
         setattr_(self, "jitter", float(j))
-        if self.max_open_duration is not None and self.max_open_duration < self.open_s:
+        if self.max_open_s is not None and self.max_open_s < self.open_s:
             raise ConfigurationError(
-                f"max_open_duration ({self.max_open_duration!r}) must be >= open_duration "
+                f"max_open_duration ({self.max_open_s!r}) must be >= open_duration "
                 f"({self.open_s!r})"
             )
         if self.window_size is not None and self.window_duration is not None:

@@ -35,9 +35,13 @@ def fast_switching() -> Iterator[None]:
 
 def tripped(n: int, clock: FakeClock) -> CircuitBreaker:
     breaker = CircuitBreaker(
-        "probes", record=Boom, failure_threshold=1, open_duration=5, half_open_max_calls=n,
+        "probes",
+        record=Boom,
+        failure_threshold=1,
+        open_duration=5,
+        half_open_max_calls=n,
         clock=clock,
-    )  # fmt: skip
+    )
     breaker.open(5)
     clock.advance(5)  # half-open at the next call
     return breaker
