@@ -439,6 +439,7 @@ class CircuitBreaker:
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         m = self._m
+        lock = self._lock
         calls = self._calls
         is_ignored = self._is_ignored
         is_recorded = self._is_recorded
@@ -493,9 +494,17 @@ class CircuitBreaker:
             if bad_result is not None and bad_result(result):
                 finish(ADMIT, epoch, _FAILURE, 0.0, None)
                 return result
-            if m.consecutive or m.window is not None or self._listeners:
+            if self._listeners or m.consecutive:
                 finish(ADMIT, epoch, _SUCCESS, 0.0, None)
                 return result
+            if m.window is not None:
+                with lock:
+                    m.record(now_fn(), epoch, False)
+                    moved = m.transitions
+                    if moved:
+                        m.transitions = []
+                if moved:
+                    self._emit(moved)
             next(calls)
             return result
 
@@ -504,6 +513,7 @@ class CircuitBreaker:
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         m = self._m
+        lock = self._lock
         calls = self._calls
         is_ignored = self._is_ignored
         is_recorded = self._is_recorded
@@ -569,9 +579,17 @@ class CircuitBreaker:
             if bad_result is not None and bad_result(result):
                 finish(ADMIT, epoch, _FAILURE, 0.0, None)
                 return result
-            if m.consecutive or m.window is not None or self._listeners:
+            if self._listeners or m.consecutive:
                 finish(ADMIT, epoch, _SUCCESS, 0.0, None)
                 return result
+            if m.window is not None:
+                with lock:
+                    m.record(now_fn(), epoch, False)
+                    moved = m.transitions
+                    if moved:
+                        m.transitions = []
+                if moved:
+                    self._emit(moved)
             next(calls)
             return result
 

@@ -66,9 +66,10 @@ class RetryStats:
 
 
 class RetryBudget:
-    """Retries allowed: ``ratio`` of the calls of the last ``window`` seconds, plus
-    ``min_per_second`` per second. Share one budget between everything that calls
-    the same dependency.
+    """Retries allowed: ``ratio`` of the calls of the last ``window`` seconds, plus a
+    reserve of ``min_per_second * window`` retries per window (so a quiet service
+    can still retry). Share one budget between everything that calls the same
+    dependency.
 
     Counting a call is one atomic ``next()`` (no lock); the window is evaluated
     only when a retry asks for the budget.
@@ -142,9 +143,8 @@ class RetryBudget:
                 marks.insert(0, [start, t, int(c), t, int(c), 0])
             first = marks[0]
             window_calls = calls - int(first[2])
-            span = (idx - int(first[0]) + 1) * self._width
             retries = sum(int(m[5]) for m in marks)
-            allowed = self.ratio * window_calls + self.min_per_second * min(span, self.window)
+            allowed = self.ratio * window_calls + self.min_per_second * self.window
             if retries + 1 > allowed:
                 self._refused += 1
                 return False

@@ -133,11 +133,11 @@ def test_budget_caps_retries_across_calls() -> None:
 
 def test_budget_floor_per_second() -> None:
     clock = FakeClock()
-    budget = RetryBudget(0.0, window=10, min_per_second=1.0, clock=clock)
-    assert budget.try_retry()  # 1/s over the first bucket (1 s) allows one
-    assert not budget.try_retry()
-    clock.advance(1)
+    budget = RetryBudget(0.0, window=10, min_per_second=0.5, clock=clock)
+    assert [budget.try_retry() for _ in range(6)] == [True] * 5 + [False]  # 0.5/s x 10 s
+    clock.advance(10)  # the first five left the window
     assert budget.try_retry()
+    assert budget.stats().refused == 1
 
 
 def test_no_retry_while_the_breaker_is_open() -> None:
