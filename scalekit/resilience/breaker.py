@@ -416,6 +416,27 @@ class CircuitBreaker:
             )
             self._outcome_event(ev, duration, exc)
 
+    def _fast_exception(self, exc: BaseException, epoch: int) -> bool:
+        """Record an exception raised on the fast path; True for a recorded failure."""
+        outcome = self._classify(exc)
+        self._finish(ADMIT, epoch, outcome, 0.0, exc)
+        return outcome == _FAILURE
+
+    def _fast_result(self, result: Any, epoch: int) -> None:
+        """Record a fast-path result that needs more than the call counter."""
+        bad = self._failure_result
+        m = self._m
+        if bad is not None and bad(result):
+            self._finish(ADMIT, epoch, _FAILURE, 0.0, None)
+        elif self._listeners or m.consecutive:
+            self._finish(ADMIT, epoch, _SUCCESS, 0.0, None)
+        else:  # a window: record the success (it may complete the minimum and trip)
+            with self._lock:
+                m.record(self._now(), epoch, False)
+                moved = self._drain()
+            self._emit(moved)
+            next(self._calls)
+
     # -- calling -------------------------------------------------------------------------
     @overload
     def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
@@ -439,14 +460,16 @@ class CircuitBreaker:
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         m = self._m
-        lock = self._lock
         calls = self._calls
-        is_ignored = self._is_ignored
-        is_recorded = self._is_recorded
+        listeners = self._listeners
         bad_result = self._failure_result
         fallback = self._fallback
         now_fn = self._now
-        # the fast path: closed, nothing to time, no shared state
+        fast_exception = self._fast_exception
+        fast_result = self._fast_result
+        # the fast path: closed, nothing to time, no shared state; and on success
+        # just a counter unless a result predicate, a window or a failure run needs more
+        simple = bad_result is None and m.window is None
         fast = not self._timed and self._shared is None
         finish = self._finish
 
@@ -477,35 +500,14 @@ class CircuitBreaker:
             epoch = m.epoch
             try:
                 result = fn(*args, **kwargs)
-            except Exception as exc:
-                if is_ignored(exc):
-                    finish(ADMIT, epoch, _IGNORED, 0.0, exc)
-                    raise
-                if not is_recorded(exc):
-                    finish(ADMIT, epoch, _SUCCESS, 0.0, exc)
-                    raise
-                finish(ADMIT, epoch, _FAILURE, 0.0, exc)
-                if fallback is not None:
+            except BaseException as exc:
+                if fast_exception(exc, epoch) and fallback is not None:
                     return cast(R, fallback(exc, *args, **kwargs))
                 raise
-            except BaseException as exc:
-                finish(ADMIT, epoch, _IGNORED, 0.0, exc)
-                raise
-            if bad_result is not None and bad_result(result):
-                finish(ADMIT, epoch, _FAILURE, 0.0, None)
-                return result
-            if self._listeners or m.consecutive:
-                finish(ADMIT, epoch, _SUCCESS, 0.0, None)
-                return result
-            if m.window is not None:
-                with lock:
-                    m.record(now_fn(), epoch, False)
-                    moved = m.transitions
-                    if moved:
-                        m.transitions = []
-                if moved:
-                    self._emit(moved)
-            next(calls)
+            if simple and not m.consecutive and not listeners:
+                next(calls)
+            else:
+                fast_result(result, epoch)
             return result
 
         wrapper.breaker = self  # type: ignore[attr-defined]
@@ -513,15 +515,17 @@ class CircuitBreaker:
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         m = self._m
-        lock = self._lock
         calls = self._calls
-        is_ignored = self._is_ignored
-        is_recorded = self._is_recorded
+        listeners = self._listeners
         bad_result = self._failure_result
         fallback = self._fallback
         now_fn = self._now
+        fast_exception = self._fast_exception
+        fast_result = self._fast_result
+        # the fast path: closed, nothing to time, no shared state; and on success
+        # just a counter unless a result predicate, a window or a failure run needs more
+        simple = bad_result is None and m.window is None
         fast = not self._timed and self._shared is None
-        finish = self._finish
         afinish = self._afinish
 
         async def fall_back(exc: BaseException, args: Any, kwargs: Any) -> R:
@@ -562,35 +566,14 @@ class CircuitBreaker:
             epoch = m.epoch
             try:
                 result = await fn(*args, **kwargs)
-            except Exception as exc:
-                if is_ignored(exc):
-                    finish(ADMIT, epoch, _IGNORED, 0.0, exc)
-                    raise
-                if not is_recorded(exc):
-                    finish(ADMIT, epoch, _SUCCESS, 0.0, exc)
-                    raise
-                finish(ADMIT, epoch, _FAILURE, 0.0, exc)
-                if fallback is not None:
+            except BaseException as exc:
+                if fast_exception(exc, epoch) and fallback is not None:
                     return await fall_back(exc, args, kwargs)
                 raise
-            except BaseException as exc:
-                finish(ADMIT, epoch, _IGNORED, 0.0, exc)
-                raise
-            if bad_result is not None and bad_result(result):
-                finish(ADMIT, epoch, _FAILURE, 0.0, None)
-                return result
-            if self._listeners or m.consecutive:
-                finish(ADMIT, epoch, _SUCCESS, 0.0, None)
-                return result
-            if m.window is not None:
-                with lock:
-                    m.record(now_fn(), epoch, False)
-                    moved = m.transitions
-                    if moved:
-                        m.transitions = []
-                if moved:
-                    self._emit(moved)
-            next(calls)
+            if simple and not m.consecutive and not listeners:
+                next(calls)
+            else:
+                fast_result(result, epoch)
             return result
 
         wrapper.breaker = self  # type: ignore[attr-defined]

@@ -44,6 +44,19 @@ class _Waiter:
         self.future: asyncio.Future[None] | None = None
 
 
+def _thread_waiter() -> _Waiter:
+    w = _Waiter()
+    w.event = threading.Event()
+    return w
+
+
+def _task_waiter() -> _Waiter:
+    w = _Waiter()
+    w.loop = asyncio.get_running_loop()
+    w.future = w.loop.create_future()
+    return w
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -105,18 +118,25 @@ class Bulkhead:
         return BulkheadFull(self.name, self.max_concurrent, self.max_queued)
 
     # -- slots -----------------------------------------------------------------
-    def acquire(self) -> None:
-        """Take a slot, waiting in the queue if allowed (threads)."""
+    def _enter(self, waiter: Callable[[], _Waiter]) -> _Waiter | None:
+        """Take a free slot (None), or queue a new waiter, or raise BulkheadFull."""
         with self._lock:
             if self._running < self.max_concurrent:
                 self._running += 1
                 next(self._admitted)
-                return
+                return None
             if len(self._waiters) >= self.max_queued:
                 raise self._full()
-            w = _Waiter()
-            w.event = threading.Event()
+            w = waiter()
             self._waiters.append(w)
+            return w
+
+    def acquire(self) -> None:
+        """Take a slot, waiting in the queue if allowed (threads)."""
+        w = self._enter(_thread_waiter)
+        if w is None:
+            return
+        assert w.event is not None
         w.event.wait(self.queue_timeout)
         with self._lock:
             if w.granted:
@@ -127,17 +147,10 @@ class Bulkhead:
 
     async def aacquire(self) -> None:
         """Take a slot, waiting in the queue if allowed (asyncio)."""
-        with self._lock:
-            if self._running < self.max_concurrent:
-                self._running += 1
-                next(self._admitted)
-                return
-            if len(self._waiters) >= self.max_queued:
-                raise self._full()
-            w = _Waiter()
-            w.loop = asyncio.get_running_loop()
-            w.future = w.loop.create_future()
-            self._waiters.append(w)
+        w = self._enter(_task_waiter)
+        if w is None:
+            return
+        assert w.future is not None
         try:
             async with asyncio.timeout(self.queue_timeout):
                 await w.future

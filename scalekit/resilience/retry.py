@@ -338,30 +338,20 @@ def retry(
                 r = tenacity.AsyncRetrying(**build(tenacity, the_clock.asleep))
                 return await r(attempt, *args, **kwargs)
 
-            async def arun(*args: P.args, **kwargs: P.kwargs) -> Any:
+            @functools.wraps(fn)
+            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                if count_call is not None:
+                    count_call()
+                token = None if overall is None else _DEADLINE.set(_narrowed(overall, now))
                 try:
                     return await afn(*args, **kwargs)
                 except BaseException as exc:
                     if not should_retry(exc):
                         raise
                     return await aretrying(exc, args, kwargs)
-
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                if count_call is not None:
-                    count_call()
-                if overall is None:
-                    try:
-                        return await afn(*args, **kwargs)
-                    except BaseException as exc:
-                        if not should_retry(exc):
-                            raise
-                        return await aretrying(exc, args, kwargs)
-                token = _DEADLINE.set(_narrowed(overall, now))
-                try:
-                    return await arun(*args, **kwargs)
                 finally:
-                    _DEADLINE.reset(token)
+                    if token is not None:
+                        _DEADLINE.reset(token)
 
             async_wrapper.budget = the_budget  # type: ignore[attr-defined]
             return cast(Callable[P, R], async_wrapper)
@@ -382,23 +372,16 @@ def retry(
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             if count_call is not None:
                 count_call()
-            if overall is None:
-                try:
-                    return fn(*args, **kwargs)
-                except BaseException as exc:
-                    if not should_retry(exc):
-                        raise
-                    return retrying(exc, args, kwargs)
-            token = _DEADLINE.set(_narrowed(overall, now))
+            token = None if overall is None else _DEADLINE.set(_narrowed(overall, now))
             try:
-                try:
-                    return fn(*args, **kwargs)
-                except BaseException as exc:
-                    if not should_retry(exc):
-                        raise
-                    return retrying(exc, args, kwargs)
+                return fn(*args, **kwargs)
+            except BaseException as exc:
+                if not should_retry(exc):
+                    raise
+                return retrying(exc, args, kwargs)
             finally:
-                _DEADLINE.reset(token)
+                if token is not None:
+                    _DEADLINE.reset(token)
 
         sync_wrapper.budget = the_budget  # type: ignore[attr-defined]
         return sync_wrapper

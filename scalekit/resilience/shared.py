@@ -249,18 +249,23 @@ class SharedState:
             events = b._drain()
         b._emit(events)
 
-    # -- the driver's calls (sync) ------------------------------------------------------------
-    def admit(self) -> tuple[int, float]:
+    def _early(self) -> tuple[int, float] | None:
+        """The admission decided without Redis (outage or cached view), or None."""
         guard = self._guard
         if guard._until is not None and guard.skip():
             return self._local_admit()  # Redis is down: the outage policy decides
-        cached = self._cached()
-        if cached is not None:
-            return cached
+        return self._cached()
+
+    def _admit_args(self) -> list[str]:
+        return self._args(f"{self._owner}:{next(self._ids)}")
+
+    # -- the driver's calls (sync) ------------------------------------------------------------
+    def admit(self) -> tuple[int, float]:
+        early = self._early()
+        if early is not None:
+            return early
         try:
-            reply = self.backend.evalsha(
-                self._scripts["admit"], self._keys, self._args(self._owner + f":{next(self._ids)}")
-            )
+            reply = self.backend.evalsha(self._scripts["admit"], self._keys, self._admit_args())
         except BackendError as exc:
             self._down(exc)
             return self._local_admit()
@@ -310,15 +315,12 @@ class SharedState:
 
     # -- async ---------------------------------------------------------------------------------
     async def aadmit(self) -> tuple[int, float]:
-        guard = self._guard
-        if guard._until is not None and guard.skip():
-            return self._local_admit()  # Redis is down: the outage policy decides
-        cached = self._cached()
-        if cached is not None:
-            return cached
+        early = self._early()
+        if early is not None:
+            return early
         try:
             reply = await self.backend.aevalsha(
-                self._scripts["admit"], self._keys, self._args(self._owner + f":{next(self._ids)}")
+                self._scripts["admit"], self._keys, self._admit_args()
             )
         except BackendError as exc:
             self._down(exc)
