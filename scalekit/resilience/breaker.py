@@ -227,30 +227,32 @@ class CircuitBreaker:
             d = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
             if not d > 0:
                 raise ConfigurationError(f"duration must be positive, got {duration!r}")
-        if self._shared is not None:
-            self._shared.control("open", d)
-        with self._lock:
-            self._m.force_open(self._now(), d)
-            events = self._drain()
-        self._emit(events)
+        self._by_hand("open", d)
 
     def close(self) -> None:
         """Close now (also ends ``disable()``), forgetting failures and backoff."""
-        if self._shared is not None:
-            self._shared.control("close", None)
-        with self._lock:
-            self._m.close(self._now())
-            events = self._drain()
-        self._emit(events)
+        self._by_hand("close", None)
 
     def disable(self) -> None:
         """Let every call through and record nothing, until :meth:`close`."""
-        if self._shared is not None:
-            self._shared.control("disable", None)
+        self._by_hand("disable", None)
+
+    def _by_hand(self, action: str, duration: float | None) -> None:
+        shared = self._shared
+        if shared is not None:
+            shared.control(action, duration)  # the fleet's transition is emitted there
         with self._lock:
-            self._m.disable(self._now())
+            m = self._m
+            now = self._now()
+            if action == "open":
+                m.force_open(now, duration)
+            elif action == "close":
+                m.close(now)
+            else:
+                m.disable(now)
             events = self._drain()
-        self._emit(events)
+        if shared is None:
+            self._emit(events)
 
     def add_listener(self, listener: Callable[[BreakerEvent], None]) -> None:
         """Call ``listener(event)`` for every outcome and transition (outside the lock)."""

@@ -277,6 +277,12 @@ class BreakerMachine:
 
     def close(self, now: float) -> None:
         """Close now, forgetting the window and the backoff."""
+        if self.state is CLOSED:  # no transition: just forget
+            self.trips = 0
+            self.consecutive = 0
+            if self.window is not None:
+                self.window.reset()
+            return
         self._close(now)
 
     def disable(self, now: float) -> None:

@@ -197,6 +197,10 @@ def test_manual_open_close_disable() -> None:
     assert m.state is State.FORCED_OPEN and m.admit(1e9) == (REJECT, math.inf)
     m.close(1.0)
     assert m.state is State.CLOSED
+    m.record(1.0, m.epoch, failed=False)
+    transitions = len(m.transitions)
+    m.close(1.5)  # already closed: no transition, the run is forgotten
+    assert len(m.transitions) == transitions and m.consecutive == 0
     m.force_open(2.0, 3.0)
     assert m.state is State.OPEN and m.admit(4.0) == (REJECT, 1.0)
     assert m.admit(5.0)[0] == PROBE
