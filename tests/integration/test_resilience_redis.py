@@ -180,3 +180,41 @@ def test_redis_outage_follows_the_policy_and_recovers(redis_server: Any, policy:
     clock.advance(10)
     assert dep(False) == "ok"  # Redis answers again: the fleet state (closed) rules
     assert breaker._shared is not None and breaker._shared.refresh() is State.CLOSED
+
+
+@pytest.mark.cluster
+async def test_shared_breaker_on_a_cluster(redis_cluster_url: str) -> None:
+    clock = FakeClock()  # only counts down the cached retry_after; deadlines use TIME
+    breakers = [
+        CircuitBreaker(
+            "cluster-dep", record=Boom, failure_threshold=2, open_duration=0.2,
+            max_open_duration=60, backoff_multiplier=300,
+            shared=SharedState(redis_cluster_url), clock=clock,
+        )
+        for _ in range(2)
+    ]  # fmt: skip
+    hits = 0
+
+    async def fail() -> None:
+        nonlocal hits
+        hits += 1
+        raise Boom
+
+    f0, f1 = (b(fail) for b in breakers)
+    for f in (f0, f1):
+        with pytest.raises(Boom):
+            await f()
+    assert breakers[1].state is State.OPEN  # two failures from two "processes"
+    with pytest.raises(Boom):
+        await f0()  # its view was still closed: this outcome brings the news
+    assert breakers[0].state is State.OPEN
+    with pytest.raises(CircuitOpenError):
+        await f0()
+    await asyncio.sleep(0.25)  # Redis TIME has to pass the 0.2 s open period
+    clock.advance(1)  # and the cached views have to expire
+    with pytest.raises(Boom):
+        await f1()  # the fleet's probe
+    with pytest.raises(CircuitOpenError) as info:
+        await f0()
+    assert info.value.retry_after > 30  # reopened with backoff
+    assert hits == 4
