@@ -13,14 +13,16 @@
 - **A free first attempt**: the function is called directly; tenacity's state is
   built only after a failure.
 
-tenacity is an optional extra (``pip install 'scalekit-primitives[retry]'``),
-imported when a decorated function first fails.
+tenacity is an optional extra (``pip install 'scalekit-primitives[retry]'``): its
+presence is checked when ``@retry`` is applied, and it is imported when a decorated
+function first fails.
 """
 
 from __future__ import annotations
 
 import email.utils
 import functools
+import importlib.util
 import inspect
 import itertools
 import math
@@ -46,6 +48,12 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _BUCKETS = 10
+
+
+def _require_tenacity() -> None:
+    """Fail at decoration time, not at the first failure in production."""
+    if importlib.util.find_spec("tenacity") is None:
+        raise MissingDependency("scalekit.resilience.retry", "retry", "tenacity")
 
 
 def _import_tenacity() -> Any:
@@ -231,6 +239,7 @@ def retry(
 
     When the retries stop, the last exception is re-raised.
     """
+    _require_tenacity()
     is_retryable = _matcher("on", on)
     if attempts is not None and (
         isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1

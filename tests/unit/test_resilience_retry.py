@@ -307,3 +307,29 @@ async def test_async_deadline_is_per_task() -> None:
         inside = await asyncio.create_task(read())
     assert inside == 5.0
     assert await read() is None
+
+
+def test_import_is_light_and_a_missing_tenacity_fails_at_decoration() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import scalekit.resilience
+        assert "tenacity" not in sys.modules, "tenacity imported eagerly"
+        assert "redis" not in sys.modules, "redis imported eagerly"
+        sys.modules["tenacity"] = None  # as if the extra were not installed
+        import importlib.util
+        importlib.util.find_spec = lambda name, *a: None if name == "tenacity" else 1
+        from scalekit.errors import MissingDependency
+        try:
+            scalekit.resilience.retry(on=OSError)
+        except MissingDependency as exc:
+            assert "scalekit-primitives[retry]" in str(exc)
+        else:
+            raise AssertionError("no MissingDependency")
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
