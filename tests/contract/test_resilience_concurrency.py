@@ -42,3 +42,38 @@ def test_four_threads_of_slow_calls_overlap() -> None:
     assert results == ["ok"] * 4
     assert elapsed < 0.6, f"4 x 0.2 s calls took {elapsed:.3f}s: the calls were serialised"
     assert breaker.snapshot().window_calls == 4
+
+
+def test_bulkhead_never_exceeds_its_slots_under_threads() -> None:
+    import sys
+
+    from scalekit.resilience import Bulkhead
+
+    bh = Bulkhead("stress", max_concurrent=3, max_queued=100)
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    @bh
+    def work() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0)  # let the others in
+        with lock:
+            running -= 1
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=lambda: [work() for _ in range(50)]) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    stats = bh.stats()
+    assert peak <= 3
+    assert (stats.admitted, stats.rejected, stats.running, stats.queued) == (1000, 0, 0, 0)
