@@ -10,12 +10,16 @@ the same classes serve sync and async code::
     │                                            the driver's exception (``__cause__``)
     ├── SerializationError                       a value could not be encoded, or bytes
     │                                            (foreign, truncated, old schema) decoded
-    └── LimitExceeded                            something refused to run now
-        ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
-        └── ConcurrencyLimitExceeded             no slot free within the timeout
+    ├── LimitExceeded                            something refused to run now
+    │   ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
+    │   ├── ConcurrencyLimitExceeded             no slot free within the timeout
+    │   │   └── BulkheadFull                     a bulkhead's slots and queue are full
+    │   └── CircuitOpenError                     a circuit breaker refused the call;
+    │                                            carries ``retry_after`` and ``state``
+    └── DeadlineExceeded (also a TimeoutError)   a timeout or an overall deadline passed
 
-Later primitives add ``CircuitOpenError``, ``PoolExhausted``, ``CursorError`` and
-``MustRefetch`` to this module, under the same root.
+Later primitives add ``PoolExhausted``, ``CursorError`` and ``MustRefetch`` to this
+module, under the same root.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendError",
+    "BulkheadFull",
+    "CircuitOpenError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
+    "DeadlineExceeded",
     "LimitExceeded",
     "MissingDependency",
     "RateLimitExceeded",
@@ -108,3 +115,39 @@ class RateLimitExceeded(LimitExceeded):
 
 class ConcurrencyLimitExceeded(LimitExceeded):
     """No concurrency slot became free within the timeout."""
+
+
+class BulkheadFull(ConcurrencyLimitExceeded):
+    """A bulkhead had no free slot and no room in its queue (or the queue wait ran out).
+
+    ``retry_after`` is ``0.0``: there is no schedule to wait for, only load.
+    """
+
+    def __init__(self, name: str, max_concurrent: int, max_queued: int) -> None:
+        super().__init__(
+            f"bulkhead {name!r} is full ({max_concurrent} running, {max_queued} queued)",
+            retry_after=0.0,
+        )
+        self.name = name
+
+
+class CircuitOpenError(LimitExceeded):
+    """A circuit breaker refused the call without running it.
+
+    ``retry_after`` is the number of seconds until the breaker lets a probe call
+    through (``math.inf`` while it is held open by hand); ``state`` is the breaker's
+    state (``"open"``, ``"half_open"`` or ``"forced_open"``) and ``name`` its name.
+    """
+
+    def __init__(self, name: str, state: str, retry_after: float) -> None:
+        if math.isinf(retry_after):
+            when = "it is held open until closed by hand"
+        else:
+            when = f"retry after {retry_after:.3f}s"
+        super().__init__(f"circuit breaker {name!r} is {state}: {when}", retry_after=retry_after)
+        self.name = name
+        self.state = state
+
+
+class DeadlineExceeded(ScalekitError, TimeoutError):
+    """A per-attempt timeout or an overall deadline passed before the call finished."""

@@ -1,0 +1,50 @@
+"""Resilience: circuit breakers, retries, timeouts, deadlines and bulkheads.
+
+Compose them in this order, outermost first::
+
+    @retry(on=ConnectionError)            # 1. retries the whole guarded call
+    @breaker                              # 2. rejects fast while open; never retried
+    @timeout(2.0)                         # 3. each attempt has its own time limit
+    @bulkhead(max_concurrent=10)          # 4. each attempt holds a slot only while it runs
+    async def call_provider(...): ...
+
+See docs/explanation/resilience.md for why this order.
+"""
+
+from scalekit.resilience.breaker import (
+    BreakerEvent,
+    BreakerRegistry,
+    BreakerSnapshot,
+    CircuitBreaker,
+    ExceptionSpec,
+    circuit_breaker,
+    default_registry,
+)
+from scalekit.resilience.bulkhead import Bulkhead, BulkheadStats, bulkhead
+from scalekit.resilience.machine import BreakerMachine
+from scalekit.resilience.policy import BreakerPolicy, State
+from scalekit.resilience.retry import RetryBudget, RetryStats, retry, retry_after_from
+from scalekit.resilience.timeouts import deadline, remaining, timeout
+
+__all__ = [
+    "BreakerEvent",
+    "BreakerMachine",
+    "BreakerPolicy",
+    "BreakerRegistry",
+    "BreakerSnapshot",
+    "Bulkhead",
+    "BulkheadStats",
+    "CircuitBreaker",
+    "ExceptionSpec",
+    "RetryBudget",
+    "RetryStats",
+    "State",
+    "bulkhead",
+    "circuit_breaker",
+    "deadline",
+    "default_registry",
+    "remaining",
+    "retry",
+    "retry_after_from",
+    "timeout",
+]

@@ -1,0 +1,356 @@
+"""Breaker state shared by a fleet on Redis.
+
+``CircuitBreaker(..., shared="redis://host:6379/0")`` (or a :class:`SharedState`)
+keeps the state, the consecutive-failure count, the time-based window and the
+half-open probe leases in three Redis keys under one ``{hash tag}``:
+
+- **one round trip per outcome**: ``record.lua`` applies the outcome and answers
+  with the fleet's state, which the process caches; a process whose cached view is
+  *closed* admits calls without asking Redis;
+- **a fleet-wide probe lease**: once open, a process whose cached view says the
+  open time is up runs ``admit.lua``, which lets ``half_open_max_calls`` probes
+  through for the whole fleet and rejects the rest; a probe that does not report
+  within ``probe_timeout`` counts as failed;
+- **Redis TIME** decides every deadline (the local clock only counts down the
+  cached "retry after");
+- **when Redis is down**, ``on_backend_error`` decides: ``"local"`` (default)
+  continues on this process' own breaker, seeded with the last fleet state seen;
+  ``"fail_open"`` lets every call through; ``"fail_closed"`` rejects them. The
+  outage is logged once and Redis is tried again after ``backend_cooldown``.
+
+Count-based windows (``window_size``) are not shared: a fleet window is time-based
+(``window_duration``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Literal
+
+from scalekit._keys import build_key
+from scalekit.backends import BackendLike, as_backend
+from scalekit.backends._lua import load_script
+from scalekit.backends.redis import RedisBackend
+from scalekit.errors import BackendError, ConfigurationError
+from scalekit.ratelimit.limiter import _BackendGuard
+from scalekit.resilience.machine import ADMIT, PROBE, REJECT
+from scalekit.resilience.policy import State
+
+if TYPE_CHECKING:
+    from scalekit.resilience.breaker import CircuitBreaker
+
+__all__ = ["OnBackendError", "SharedState"]
+
+OnBackendError = Literal["local", "fail_open", "fail_closed"]
+_POLICIES = ("local", "fail_open", "fail_closed")
+_STATES = {s.value: s for s in State}
+_OUTCOME = ("s", "f", "i")  # indexed by the breaker's outcome codes
+# tickets: >= 0 from Redis (an epoch, or a probe id); <= -1 from the local breaker
+# during an outage (-(epoch or token) - 1); this one records nothing (fail_open)
+_UNRECORDED = -0.5
+
+
+class SharedState:
+    """A breaker's state on Redis (see the module documentation).
+
+    ``poll_interval``: while another process holds the half-open probe lease, this
+    process rejects calls from its cache for at most this long before asking again.
+    """
+
+    def __init__(
+        self,
+        backend: BackendLike,
+        *,
+        prefix: str = "scalekit",
+        on_backend_error: OnBackendError = "local",
+        backend_cooldown: float = 5.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        b = as_backend(backend)
+        if not isinstance(b, RedisBackend):
+            raise ConfigurationError(
+                f"shared breaker state needs a Redis backend (redis://, unix://, "
+                f"redis+cluster://), got {backend!r}"
+            )
+        if on_backend_error not in _POLICIES:
+            raise ConfigurationError(
+                f"on_backend_error must be one of {_POLICIES}, got {on_backend_error!r}"
+            )
+        for arg, value in (
+            ("backend_cooldown", backend_cooldown),
+            ("poll_interval", poll_interval),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(
+                    f"{arg} must be a positive number of seconds, got {value!r}"
+                )
+        self.backend = b
+        self.prefix = prefix
+        self.on_backend_error = on_backend_error
+        self.backend_cooldown = float(backend_cooldown)
+        self.poll_interval = float(poll_interval)
+        self._breaker: CircuitBreaker | None = None
+        self._lock = threading.Lock()
+        # the cached fleet view: state, local time until which it holds, fleet epoch
+        self._state: State | None = None
+        self._until = 0.0
+        self._epoch = 0
+        self._tokens: dict[int, str] = {}
+        self._ids = itertools.count(1)
+        self._owner = f"{os.getpid()}-{id(self):x}"
+        self._scripts = {
+            n: load_script("scalekit.resilience", n, header="_header")
+            for n in ("admit", "record", "control")
+        }
+
+    def attach(self, breaker: CircuitBreaker) -> None:
+        """Bind to the breaker that owns this state (called by CircuitBreaker)."""
+        if self._breaker is not None:
+            raise ConfigurationError(
+                "a SharedState serves one CircuitBreaker; build one per breaker"
+            )
+        p = breaker.policy
+        if p.window_size is not None:
+            raise ConfigurationError(
+                "a shared breaker's window is time-based: use window_duration=, not window_size="
+            )
+        self._breaker = breaker
+        base = build_key(self.prefix, "cb", tag=breaker.name)
+        self._keys = [f"{base}:s", f"{base}:w", f"{base}:p"]
+        ttl_s = max(86400.0, 2 * (p.max_open_s or p.open_s), 2 * (p.window_s or 0.0))
+        self._policy_args = [
+            str(p.failure_threshold or 0),
+            repr(p.failure_rate_threshold or 0.0),
+            repr(p.slow_call_rate_threshold or 0.0),
+            repr(p.window_s or 0.0),
+            str(p.minimum_calls),
+            repr(p.open_s),
+            repr(p.max_open_s or 0.0),
+            repr(p.backoff_multiplier),
+            repr(p.jitter),
+        ]
+        self._tail_args = [
+            str(p.half_open_max_calls),
+            repr(p.probe_timeout_s),
+            str(int(ttl_s * 1000)),
+        ]
+        self._rng = breaker._m._rng
+        self._now = breaker._now
+        self._guard = _BackendGuard(
+            breaker.name, self.backend_cooldown, self._now, "circuit breaker"
+        )
+
+    # -- plumbing ----------------------------------------------------------------------
+    @property
+    def _b(self) -> CircuitBreaker:
+        assert self._breaker is not None, "SharedState is not attached to a breaker"
+        return self._breaker
+
+    def _args(self, *extra: str) -> list[str]:
+        server_now = self.backend.server_now
+        return [
+            repr(server_now()) if server_now else "",
+            *self._policy_args,
+            repr(self._rng()),
+            *self._tail_args,
+            *extra,
+        ]
+
+    def _apply(self, reply: Any) -> tuple[State, float, str]:
+        """Cache the fleet view from a script reply; emit the transition seen."""
+        if isinstance(reply, bytes):
+            reply = reply.decode()
+        st, remaining, epoch, token = str(reply).split()
+        state = _STATES[st]
+        left = float(remaining)
+        if left < 0:
+            left = math.inf
+        now = self._now()
+        with self._lock:
+            previous = self._state
+            self._state = state
+            self._epoch = int(epoch)
+            if state is State.HALF_OPEN:
+                left = min(left, self.poll_interval)
+            self._until = now + left
+        if previous is not None and previous is not state:
+            self._b._emit([(previous, state, now)])
+        return state, left, token
+
+    def _decision(self, state: State, left: float, token: str) -> tuple[int, float]:
+        if token != "-":
+            n = next(self._ids)
+            self._tokens[n] = token
+            return PROBE, n
+        if state is State.CLOSED or state is State.DISABLED:
+            return ADMIT, self._epoch
+        return REJECT, left
+
+    def _cached(self) -> tuple[int, float] | None:
+        """Answer from the cached view, or None when Redis must be asked."""
+        state = self._state
+        if state is State.CLOSED or state is State.DISABLED:
+            return ADMIT, self._epoch
+        if state is None:
+            return None
+        left = self._until - self._now()
+        if state is State.FORCED_OPEN:
+            return REJECT, math.inf
+        if left > 0:
+            return REJECT, left
+        return None
+
+    # -- outage policy --------------------------------------------------------------------
+    def _down(self, exc: BackendError | None) -> None:
+        if exc is not None:
+            self._guard.failure(exc)
+            if self.on_backend_error == "local" and self._state is State.OPEN:
+                b = self._b
+                left = self._until - self._now()
+                if left > 0:
+                    with b._lock:
+                        if b._m.state is State.CLOSED:
+                            b._m.force_open(self._now(), left)
+                        b._m.transitions.clear()
+
+    def _local_admit(self) -> tuple[int, float]:
+        policy = self.on_backend_error
+        if policy == "fail_open":
+            return ADMIT, _UNRECORDED
+        if policy == "fail_closed":
+            return REJECT, self._guard.retry_in()
+        b = self._b
+        with b._lock:
+            kind, ticket = b._m.admit(self._now())
+            events = b._drain()
+        b._emit(events)
+        if kind == REJECT:
+            return kind, ticket
+        return kind, -ticket - 1  # negative: admitted by the local breaker
+
+    def _local_record(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
+        if ticket >= 0 or ticket == _UNRECORDED or self.on_backend_error != "local":
+            return
+        b = self._b
+        local = int(-ticket - 1)
+        now = self._now()
+        with b._lock:
+            m = b._m
+            if outcome == 2:
+                if kind == PROBE:
+                    m.release_probe(local)
+            elif kind == PROBE:
+                m.record_probe(now, local, outcome == 1, slow)
+            else:
+                m.record(now, local, outcome == 1, slow)
+            events = b._drain()
+        b._emit(events)
+
+    def _early(self) -> tuple[int, float] | None:
+        """The admission decided without Redis (outage or cached view), or None."""
+        guard = self._guard
+        if guard._until is not None and guard.skip():
+            return self._local_admit()  # Redis is down: the outage policy decides
+        return self._cached()
+
+    def _admit_args(self) -> list[str]:
+        return self._args(f"{self._owner}:{next(self._ids)}")
+
+    # -- the driver's calls (sync) ------------------------------------------------------------
+    def admit(self) -> tuple[int, float]:
+        early = self._early()
+        if early is not None:
+            return early
+        try:
+            reply = self.backend.evalsha(self._scripts["admit"], self._keys, self._admit_args())
+        except BackendError as exc:
+            self._down(exc)
+            return self._local_admit()
+        self._guard.success()
+        return self._decision(*self._apply(reply))
+
+    def record(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
+        if ticket < 0:
+            self._local_record(kind, ticket, outcome, slow)
+            return
+        args = self._record_args(kind, ticket, outcome, slow)
+        if self._guard.skip():
+            return
+        try:
+            reply = self.backend.evalsha(self._scripts["record"], self._keys, args)
+        except BackendError as exc:
+            self._down(exc)
+            return
+        self._guard.success()
+        self._apply(reply)
+
+    def control(self, action: str, duration: float | None) -> None:
+        """Open / close / disable the fleet's breaker (raises BackendError if Redis fails)."""
+        reply = self.backend.evalsha(
+            self._scripts["control"],
+            self._keys,
+            self._args(action, "" if duration is None else repr(duration)),
+        )
+        self._apply(reply)
+
+    def refresh(self) -> State:
+        """Read the fleet's state from Redis now."""
+        reply = self.backend.evalsha(self._scripts["control"], self._keys, self._args("read", ""))
+        return self._apply(reply)[0]
+
+    async def arefresh(self) -> State:
+        reply = await self.backend.aevalsha(
+            self._scripts["control"], self._keys, self._args("read", "")
+        )
+        return self._apply(reply)[0]
+
+    def _record_args(self, kind: int, ticket: float, outcome: int, slow: bool) -> list[str]:
+        if kind == PROBE:
+            token = self._tokens.pop(int(ticket), "-")
+            return self._args("p", token, _OUTCOME[outcome], "1" if slow else "0")
+        return self._args("c", str(int(ticket)), _OUTCOME[outcome], "1" if slow else "0")
+
+    # -- async ---------------------------------------------------------------------------------
+    async def aadmit(self) -> tuple[int, float]:
+        early = self._early()
+        if early is not None:
+            return early
+        try:
+            reply = await self.backend.aevalsha(
+                self._scripts["admit"], self._keys, self._admit_args()
+            )
+        except BackendError as exc:
+            self._down(exc)
+            return self._local_admit()
+        self._guard.success()
+        return self._decision(*self._apply(reply))
+
+    async def arecord(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
+        if ticket < 0:
+            self._local_record(kind, ticket, outcome, slow)
+            return
+        args = self._record_args(kind, ticket, outcome, slow)
+        if self._guard.skip():
+            return
+        try:
+            reply = await self.backend.aevalsha(self._scripts["record"], self._keys, args)
+        except BackendError as exc:
+            self._down(exc)
+            return
+        self._guard.success()
+        self._apply(reply)
+
+    # -- reading -------------------------------------------------------------------------------
+    def state(self) -> State:
+        """The cached fleet state (CLOSED before the first answer from Redis)."""
+        s = self._state
+        return s if s is not None else State.CLOSED
+
+    def view(self) -> tuple[State, float]:
+        state = self.state()
+        if state is State.FORCED_OPEN:
+            return state, math.inf
+        return state, max(0.0, self._until - self._now()) if state is not State.CLOSED else 0.0
