@@ -10,16 +10,19 @@ the same classes serve sync and async code::
     │                                            the driver's exception (``__cause__``)
     ├── SerializationError                       a value could not be encoded, or bytes
     │                                            (foreign, truncated, old schema) decoded
-    └── LimitExceeded                            something refused to run now
-        ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
-        └── ConcurrencyLimitExceeded             no slot free within the timeout
+    ├── LimitExceeded                            something refused to run now
+    │   ├── RateLimitExceeded                    carries ``retry_after`` and ``decision``
+    │   └── ConcurrencyLimitExceeded             no slot free within the timeout
+    └── PoolExhausted (also a TimeoutError)      no pooled connection within the acquire
+                                                 timeout; carries ``size`` and ``waiters``
 
-Later primitives add ``CircuitOpenError``, ``PoolExhausted``, ``CursorError`` and
-``MustRefetch`` to this module, under the same root.
+Later primitives add ``CircuitOpenError``, ``CursorError`` and ``MustRefetch`` to
+this module, under the same root.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -32,6 +35,7 @@ __all__ = [
     "ConfigurationError",
     "LimitExceeded",
     "MissingDependency",
+    "PoolExhausted",
     "RateLimitExceeded",
     "ScalekitError",
     "SerializationError",
@@ -108,3 +112,29 @@ class RateLimitExceeded(LimitExceeded):
 
 class ConcurrencyLimitExceeded(LimitExceeded):
     """No concurrency slot became free within the timeout."""
+
+
+class PoolExhausted(ScalekitError, TimeoutError):
+    """No connection of a pool became free within the acquire timeout.
+
+    ``size`` is the pool's maximum size, ``waiters`` how many callers (this one
+    included) were waiting when the timeout expired, ``timeout`` the seconds waited
+    and ``pool`` the pool's name. It is also a :class:`TimeoutError`, so code that
+    caught the driver's acquire timeout keeps working.
+    """
+
+    def __init__(self, pool: str, *, size: int, waiters: int, timeout: float) -> None:
+        super().__init__(
+            f"pool {pool!r} exhausted: all {size} connection(s) in use and none was "
+            f"released within {timeout:.3f}s ({waiters} caller(s) waiting)"
+        )
+        self.pool = pool
+        self.size = size
+        self.waiters = waiters
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # picklable across processes
+        rebuild = functools.partial(
+            type(self), self.pool, size=self.size, waiters=self.waiters, timeout=self.timeout
+        )
+        return rebuild, ()
