@@ -144,3 +144,42 @@ def test_pool_exhausted_is_in_the_tree_and_pickles() -> None:
     assert "all 10 connection(s)" in str(e) and "3 caller(s) waiting" in str(e)
     again = pickle.loads(pickle.dumps(e))
     assert (again.pool, again.size, again.waiters, again.timeout) == ("db", 10, 3, 0.5)
+
+
+def test_subpackage_all_is_importable() -> None:
+    from scalekit import batching, pools
+
+    for module in (pools, batching):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+
+
+def test_pools_and_batching_import_without_drivers() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        sys.modules["redis"] = None
+        sys.modules["asyncpg"] = None
+        sys.modules["pydantic_settings"] = None
+        import scalekit.pools, scalekit.batching
+        from scalekit import MissingDependency
+        for build, extra in [
+            (lambda: asyncio.run(scalekit.pools.PgPool("postgresql://h/db").open()), "postgres"),
+            (lambda: scalekit.pools.redis_client("redis://h"), "redis"),
+            (lambda: scalekit.pools.PoolSettings.from_env(), "settings"),
+        ]:
+            try:
+                build()
+            except MissingDependency as exc:
+                assert f"[{extra}]" in str(exc), exc
+            else:
+                raise AssertionError(extra)
+        print("ok")
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.stdout.strip() == "ok", out.stderr
