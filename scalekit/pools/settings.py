@@ -14,8 +14,9 @@ import math
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Any, Literal, Self, TypeAlias, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from scalekit.backends.redis import _redact as redact  # one copy of the redaction
 from scalekit.errors import ConfigurationError, MissingDependency
 from scalekit.pools._policy import POOLER_MODES, PoolerMode
 
@@ -40,15 +41,6 @@ _URL_OPTIONS: dict[str, type] = {
     "max_idle": float,
     "name": str,
 }
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for names, messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{netloc}"))
 
 
 def _seconds(value: Seconds | None, what: str, *, optional: bool) -> float | None:
