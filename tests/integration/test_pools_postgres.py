@@ -328,3 +328,27 @@ async def test_statement_cache_breaks_under_transaction_pooling(pgbouncer_dsn: s
     errors = [r for r in results if isinstance(r, Exception)]
     assert errors, "expected prepared-statement errors without the pooler mode"
     assert all("prepared statement" in str(e) for e in errors), errors[:3]
+
+
+async def test_session_pooler_mode_keeps_the_statement_cache(
+    postgres_dsn: str, tmp_path: Any
+) -> None:
+    """PgBouncer in pool_mode=session: one server connection per client connection, so
+    asyncpg's named prepared statements are safe and stay cached."""
+    from servers import PgBouncer
+
+    with PgBouncer(postgres_dsn, tmp_path, pool_mode="session", pool_size=4) as bouncer:
+        settings = PoolSettings(url=bouncer.dsn, max_size=4, pooler="pgbouncer-session")
+        async with PgPool(settings) as pool:
+
+            async def work(i: int) -> int:
+                async with pool.acquire() as con:
+                    n: int = await con.fetchval("SELECT $1::int + 1", i)
+                    return n
+
+            assert await asyncio.gather(*(work(i) for i in range(100))) == list(range(1, 101))
+            async with pool.acquire() as con:
+                named = await con.fetchval(
+                    "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '__asyncpg%'"
+                )
+            assert named >= 1  # the cache is on: statements were prepared by name
