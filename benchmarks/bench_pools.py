@@ -6,9 +6,11 @@
 What is measured (see benchmarks/README.md for the method), one event loop, one
 task, a warm pool of 10 connections (no connect inside the timing):
 
-1. ``pg-acquire``  ``async with pool.acquire(): pass`` on a raw ``asyncpg.Pool`` and
-   on a :class:`scalekit.pools.PgPool` (finite wait, metrics, lifetime check);
-   the same plus a ``SELECT 1`` round trip, for scale.
+1. ``pg-acquire``  ``async with pool.acquire(): pass`` on a raw ``asyncpg.Pool``
+   (without a timeout, and with ``timeout=5``) and on a :class:`scalekit.pools.PgPool`
+   (its finite wait, metrics, lifetime check); the same plus a ``SELECT 1`` round
+   trip, for scale. asyncpg's release runs a reset query (a server round trip), so
+   these rows are dominated by I/O.
 2. ``pg-wrapper``  the same acquire/release on a stand-in pool that does no I/O: the
    CPU cost of PgPool's own bookkeeping, without the server round trip asyncpg's
    release makes (its ``RESET ALL``/``UNLISTEN`` reset query) blurring it.
@@ -89,6 +91,19 @@ def pg_cases(dsn: str) -> tuple[list[Case], list[Callable[[], Any]]]:
 
         return setup
 
+    def acquire_timeout(make: Callable[[], Any]) -> Callable[[], Callable[[int], Any]]:
+        def setup() -> Callable[[int], Any]:
+            pool = make()
+
+            async def many(n: int) -> None:
+                for _ in range(n):
+                    async with pool.acquire(timeout=5.0):
+                        pass
+
+            return lambda n: LOOP.run_until_complete(many(n))
+
+        return setup
+
     def with_query(make: Callable[[], Any]) -> Callable[[], Callable[[int], Any]]:
         def setup() -> Callable[[int], Any]:
             pool = make()
@@ -103,8 +118,9 @@ def pg_cases(dsn: str) -> tuple[list[Case], list[Callable[[], Any]]]:
         return setup
 
     cases = [
-        Case("asyncpg Pool: acquire+release", acquire_only(raw_pool)),
-        Case("scalekit PgPool: acquire+release", acquire_only(sk_pool), peer=False),
+        Case("asyncpg Pool: acquire+release (no timeout)", acquire_only(raw_pool)),
+        Case("asyncpg Pool: acquire(timeout=5)+release", acquire_timeout(raw_pool)),
+        Case("scalekit PgPool: acquire+release (5 s limit)", acquire_only(sk_pool), peer=False),
         Case("asyncpg Pool: acquire+SELECT 1+release", with_query(raw_pool)),
         Case("scalekit PgPool: acquire+SELECT 1+release", with_query(sk_pool), peer=False),
     ]
@@ -125,7 +141,7 @@ class _StubPool:
     async def acquire(self, *, timeout: float | None = None) -> Any:
         return self.con
 
-    async def release(self, con: Any) -> None:
+    async def release(self, con: Any, *, timeout: float | None = None) -> None:
         return None
 
     def get_size(self) -> int:
@@ -279,7 +295,7 @@ def main() -> None:
                     results,
                 )
                 print(table.render() + "\n")
-                print(overhead(results, [(1, 0), (3, 2)]) + "\n", flush=True)
+                print(overhead(results, [(2, 0), (2, 1), (4, 3)]) + "\n", flush=True)
                 payload["tables"]["pg-acquire"] = table.as_json()
             if "pg-wrapper" in sections:
                 print("[pg-wrapper]", file=sys.stderr, flush=True)

@@ -156,6 +156,8 @@ class PgPool:
         self._lifetime = settings.seconds("max_lifetime")
         self._ping_after = settings.seconds("pre_ping_after")
         self._acquire_timeout = settings.acquire_seconds
+        self._release_timeout = settings.connect_seconds
+        self._max_size = settings.max_size
         self._stale_errors: tuple[type[BaseException], ...] = ()
         self._connect_errors: tuple[type[BaseException], ...] = ()
 
@@ -278,67 +280,112 @@ class PgPool:
         wait = self._acquire_timeout if timeout is None else timeout
         start = now()
         deadline = start + wait
+        while True:
+            if c.waiters == 0 and c.in_use < self._max_size:
+                # Fast path: nobody waits and a slot is free, so asyncpg's queue holds a
+                # free holder and hands it over at once: no timer needed. (``in_use``
+                # counts a connection until asyncpg has taken it back, and is reserved
+                # here before the await.) Opening a connection, if the holder has none,
+                # is bounded by ``connect_timeout``.
+                c.in_use += 1
+                try:
+                    con = await pool.acquire()
+                except BaseException as exc:
+                    c.in_use -= 1
+                    error = self._open_error(exc, self.settings.connect_seconds)
+                    if error is exc:
+                        raise
+                    raise error from exc
+            else:
+                con = await self._wait(pool, start, deadline, wait)
+            t = now()
+            if t >= con._sk_expires:
+                c.recycled += 1
+                await self._discard(con, graceful=True)
+                continue
+            ping_after = self._ping_after
+            if ping_after is not None and t - con._sk_last_used >= ping_after:
+                try:
+                    await con.execute("SELECT 1", timeout=max(deadline - t, 0.001))
+                except Exception:
+                    c.ping_failures += 1
+                    await self._discard(con, graceful=False)
+                    continue
+                except BaseException:  # cancelled mid-ping: give the connection back
+                    await self.release(con)
+                    raise
+            c.waited(t - start)
+            c.acquired += 1
+            return con
+
+    async def _wait(self, pool: Any, start: float, deadline: float, wait: float) -> Any:
+        """Queue for a connection until ``deadline``; then PoolExhausted."""
+        now = self._now
+        c = self._counters
         c.waiters += 1
         try:
-            while True:
-                remaining = deadline - now()
-                try:
-                    if remaining <= 0:
-                        raise TimeoutError
-                    con = await pool.acquire(timeout=remaining)
-                except TimeoutError:
-                    c.waited(now() - start)
-                    if pool.get_size() < self.settings.max_size and pool.get_idle_size() == 0:
-                        # a free slot existed: the time went into opening a connection
-                        raise BackendError(
-                            f"pool {self.name!r}: could not open a connection within {wait:.3f}s"
-                        ) from None
-                    c.timeouts += 1
-                    raise PoolExhausted(
-                        self.name, size=self.settings.max_size, waiters=c.waiters, timeout=wait
+            remaining = deadline - now()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                # asyncio.timeout, not acquire(timeout=): on Python 3.11 asyncpg's
+                # timeout is wait_for, which runs every acquire in a new task
+                async with asyncio.timeout(remaining):
+                    con = await pool.acquire()
+            except TimeoutError:
+                c.waited(now() - start)
+                if c.in_use < self._max_size:
+                    # a slot was free: the time went into opening a connection
+                    raise BackendError(
+                        f"pool {self.name!r}: could not open a connection within {wait:.3f}s"
                     ) from None
-                except self._connect_errors as exc:
-                    raise BackendError(f"pool {self.name!r}: {exc!r}") from exc
-                t = now()
-                if t >= con._sk_expires:
-                    c.recycled += 1
-                    await self._discard(con, graceful=True)
-                    continue
-                ping_after = self._ping_after
-                if ping_after is not None and t - con._sk_last_used >= ping_after:
-                    try:
-                        await con.execute("SELECT 1", timeout=max(deadline - t, 0.001))
-                    except Exception:
-                        c.ping_failures += 1
-                        await self._discard(con, graceful=False)
-                        continue
-                    except BaseException:  # cancelled mid-ping: give the connection back
-                        await pool.release(con)
-                        raise
-                c.waited(t - start)
-                c.acquired += 1
-                c.in_use += 1
-                return con
+                c.timeouts += 1
+                raise PoolExhausted(
+                    self.name, size=self._max_size, waiters=c.waiters, timeout=wait
+                ) from None
+            except self._connect_errors as exc:
+                raise self._open_error(exc, wait) from exc
+            c.in_use += 1
+            return con
         finally:
             c.waiters -= 1
+
+    def _open_error(self, exc: BaseException, seconds: float) -> BaseException:
+        """A driver error while opening a connection, as a BackendError (others as is)."""
+        if isinstance(exc, TimeoutError):
+            return BackendError(
+                f"pool {self.name!r}: could not open a connection within {seconds:.3f}s"
+            )
+        if isinstance(exc, self._connect_errors):
+            return BackendError(f"pool {self.name!r}: {exc!r}")
+        return exc
 
     async def _discard(self, con: Any, *, graceful: bool) -> None:
         """Close an acquired connection; asyncpg hands its slot back to the pool."""
         try:
-            if graceful:
-                await con.close(timeout=self.settings.connect_seconds)
-            else:
+            try:
+                if graceful:
+                    await con.close(timeout=self.settings.connect_seconds)
+                else:
+                    con.terminate()
+            except Exception:
                 con.terminate()
-        except Exception:
-            con.terminate()
-        await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
+            await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
+        finally:
+            self._counters.in_use -= 1
 
     async def release(self, con: Any) -> None:
-        """Give back a connection from ``await pool.acquire()``."""
-        self._counters.in_use -= 1
+        """Give back a connection from ``await pool.acquire()``.
+
+        asyncpg resets the connection (a round trip) before it is free again; that
+        is bounded by ``connect_timeout``, after which the connection is closed.
+        """
         if self._ping_after is not None:
             con._sk_touch(self._now())
-        await self._pool.release(con)
+        try:
+            await self._pool.release(con, timeout=self._release_timeout)
+        finally:
+            self._counters.in_use -= 1
 
     # -- one-statement helpers ---------------------------------------------------
     async def _run(

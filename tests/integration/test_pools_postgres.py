@@ -199,6 +199,14 @@ async def test_health_check_and_unreachable_server(postgres_dsn: str) -> None:
     with pytest.raises(BackendError) as info:
         await dead.open()
     assert isinstance(info.value.__cause__, OSError)
+    # min_size=0 opens nothing up front: the first acquire fails the same way
+    lazy = await create_pg_pool(dead.settings.with_options(min_size=0))
+    with pytest.raises(BackendError) as info:
+        async with lazy.acquire():
+            pass
+    assert isinstance(info.value.__cause__, OSError)
+    assert lazy.stats().in_use == 0 and lazy.stats().waiters == 0
+    await lazy.close()
 
 
 async def test_startup_capacity_check_reads_the_server(postgres_dsn: str) -> None:
