@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -38,6 +39,11 @@ __all__ = ["HealthReport", "PgPool", "create_pg_pool"]
 log = logging.getLogger("scalekit.pools")
 
 _CONNECTION_CLASS: Any = None
+_LIVE: weakref.WeakSet[PgPool] = weakref.WeakSet()
+# The parent's pools, kept referenced forever in a forked child: collecting them would
+# run asyncpg's cleanup (aborting transports, unregistering sockets from the epoll
+# instance the child shares with the parent), which would disturb the parent.
+FORK_ORPHANS: list[object] = []
 
 
 def _import_asyncpg() -> Any:
@@ -119,7 +125,9 @@ class PgPool:
     pings and the measured waits (tests pass a FakeClock).
 
     The pool belongs to the event loop that opened it. Use one per loop and
-    process; :class:`~scalekit.pools.PoolRegistry` keeps that bookkeeping.
+    process; :class:`~scalekit.pools.PoolRegistry` keeps that bookkeeping. In a
+    process forked after it was opened, the parent's connections are dropped
+    (never used or closed there) and the next acquire opens new ones.
     """
 
     def __init__(
@@ -160,6 +168,17 @@ class PgPool:
         self._max_size = settings.max_size
         self._stale_errors: tuple[type[BaseException], ...] = ()
         self._connect_errors: tuple[type[BaseException], ...] = ()
+        _LIVE.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's pool (its sockets and loop) unused and
+        unclosed; the next acquire opens a pool of this process."""
+        if self._pool is not None:
+            FORK_ORPHANS.append(self._pool)
+        self._pool = None
+        self._opening = None
+        self._counters = PoolCounters()
+        self._pid = os.getpid()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("open" if self._pool is not None else "not opened")
@@ -226,9 +245,8 @@ class PgPool:
     async def close(self, *, timeout: float | None = 10.0) -> None:
         """Close every connection: gracefully within ``timeout``, then abruptly.
 
-        In a process forked after the pool was opened this only forgets the pool:
-        its sockets are the parent's, and closing them would end the parent's
-        sessions.
+        A forked child never closes the parent's connections (closing them would end
+        the parent's sessions): they were dropped at fork.
         """
         pool, self._pool = self._pool, None
         self._closed = True
@@ -483,6 +501,15 @@ class PgPool:
             log.warning("%s", message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
         return report
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_LIVE):
+        pool._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 async def create_pg_pool(settings: PoolSettings | str, **options: Any) -> PgPool:

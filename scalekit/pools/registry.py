@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
-from scalekit.pools.postgres import PgPool
+from scalekit.pools.postgres import FORK_ORPHANS, PgPool
 from scalekit.pools.redis import async_redis_client, redis_client
 from scalekit.pools.settings import PoolSettings
 
@@ -55,6 +55,8 @@ class PoolRegistry:
         _REGISTRIES.add(self)
 
     def _forget(self) -> None:
+        if hasattr(self, "_pg"):  # forked: keep the parent's objects, never collect them
+            FORK_ORPHANS.append((self._pg, self._aredis, self._redis))
         self._pid = os.getpid()
         self._pg: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[PoolSettings, asyncio.Future[PgPool]]
@@ -77,23 +79,38 @@ class PoolRegistry:
         settings = _settings(target, overrides)
         loop = asyncio.get_running_loop()
         pools = self._pg.setdefault(loop, {})
-        future = pools.get(settings)
-        if future is None:
-            future = loop.create_future()
-            pools[settings] = future
+        while True:
+            future = pools.get(settings)
+            if future is None:
+                return await self._create(pools, settings, loop)
             try:
-                pool = await PgPool(settings, **self._pg_options).open()
-            except BaseException as exc:
-                del pools[settings]  # a failed creation is not remembered
-                if isinstance(exc, asyncio.CancelledError):
-                    future.cancel()
-                else:
-                    future.set_exception(exc)
-                    future.exception()  # mark retrieved: the error is raised below
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if future.cancelled() and task is not None and not task.cancelling():
+                    continue  # the creating task was cancelled, not us: create it here
                 raise
-            future.set_result(pool)
-            return pool
-        return await asyncio.shield(future)
+
+    async def _create(
+        self,
+        pools: dict[PoolSettings, asyncio.Future[PgPool]],
+        settings: PoolSettings,
+        loop: asyncio.AbstractEventLoop,
+    ) -> PgPool:
+        future: asyncio.Future[PgPool] = loop.create_future()
+        pools[settings] = future
+        try:
+            pool = await PgPool(settings, **self._pg_options).open()
+        except BaseException as exc:
+            del pools[settings]  # a failed creation is not remembered
+            if isinstance(exc, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: the error is raised below
+            raise
+        future.set_result(pool)
+        return pool
 
     def redis(self, target: PoolSettings | str, **overrides: Any) -> Any:
         """The ``redis.Redis`` client for ``target`` in this process (thread-safe)."""

@@ -242,6 +242,20 @@ async def test_registry_one_pool_per_settings_and_loop(postgres_dsn: str) -> Non
         assert again is not pools[0]
 
 
+async def test_registry_survives_a_cancelled_creator(postgres_dsn: str) -> None:
+    registry = PoolRegistry()
+    async with registry:
+        creator = asyncio.create_task(registry.postgres(postgres_dsn))
+        follower = asyncio.create_task(registry.postgres(postgres_dsn))
+        await asyncio.sleep(0)  # the creator has started opening; the follower waits on it
+        creator.cancel()
+        pool = await follower  # not cancelled itself: it creates the pool instead
+        assert await pool.fetchval("SELECT 1") == 1
+        with pytest.raises(asyncio.CancelledError):
+            await creator
+        assert await registry.postgres(postgres_dsn) is pool
+
+
 def test_registry_keys_by_event_loop(postgres_dsn: str) -> None:
     registry = PoolRegistry()
 
@@ -265,35 +279,53 @@ async def test_registry_forgets_a_failed_creation() -> None:
     assert registry.stats() == []
 
 
+_DIRECT: list[PgPool] = []  # a pool opened by the parent, reached by the forked child
+
+
 def _child(url: str, queue: Any) -> None:
-    async def main() -> tuple[int, int]:
+    async def main() -> tuple[int, int, int, int]:
         inherited = len(default_registry.stats())
         pool = await default_registry.postgres(url)
         value: int = await pool.fetchval("SELECT 41 + 1")
         await default_registry.aclose()
-        return inherited, value
+        # the parent's own PgPool object reopens in this process on first use
+        direct = _DIRECT[0]
+        direct_value: int = await direct.fetchval("SELECT 7")
+        acquired = direct.stats().acquired
+        await direct.close()
+        return inherited, value, direct_value, acquired
 
     queue.put(asyncio.run(main()))
 
 
 def test_registry_is_safe_after_fork(postgres_dsn: str) -> None:
     loop = asyncio.new_event_loop()
+    direct: PgPool | None = None
     try:
         parent = loop.run_until_complete(default_registry.postgres(postgres_dsn))
         pid_before = loop.run_until_complete(parent.fetchval("SELECT pg_backend_pid()"))
+        direct = loop.run_until_complete(create_pg_pool(PoolSettings(url=postgres_dsn)))
+        direct_pid = loop.run_until_complete(direct.fetchval("SELECT pg_backend_pid()"))
+        _DIRECT.append(direct)
         ctx = multiprocessing.get_context("fork")
         queue = ctx.Queue()
         child = ctx.Process(target=_child, args=(postgres_dsn, queue))
         child.start()
-        inherited, value = queue.get(timeout=60)
+        inherited, value, direct_value, acquired = queue.get(timeout=60)
         child.join(60)
         assert child.exitcode == 0
         assert inherited == 0  # the child starts with an empty registry
         assert value == 42  # and opens its own pool
-        # the parent's pool and its server session survived the child
+        assert direct_value == 7 and acquired == 1  # fresh pool and counters in the child
+        # the parent's pools and their server sessions survived the child (which
+        # even closed its copy of ``direct``)
         assert loop.run_until_complete(parent.fetchval("SELECT pg_backend_pid()")) == pid_before
+        assert loop.run_until_complete(direct.fetchval("SELECT pg_backend_pid()")) == direct_pid
         assert loop.run_until_complete(default_registry.postgres(postgres_dsn)) is parent
     finally:
+        _DIRECT.clear()
+        if direct is not None:
+            loop.run_until_complete(direct.close())
         loop.run_until_complete(default_registry.aclose())
         loop.close()
 
