@@ -149,6 +149,11 @@ class PgPool:
                 f"PgPool needs a postgresql:// URL, got {settings.label!r}; "
                 "use redis_client()/async_redis_client() for Redis"
             )
+        if "connection_class" in pool_options:
+            raise ConfigurationError(
+                "PgPool brings its own asyncpg connection class (it stamps lifetimes on "
+                "it); connection_class cannot be given"
+            )
         self.settings = settings
         self.name = settings.label
         self._now = as_clock(clock).now

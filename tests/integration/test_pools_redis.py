@@ -164,3 +164,22 @@ async def test_registry_redis_clients(redis_url: str) -> None:
         assert {s.kind for s in registry.stats()} == {"redis"}
     assert registry.redis(redis_url) is not sync  # closed and forgotten on exit
     registry.redis(redis_url).close()
+
+
+def test_redis_pre_ping_after_idle(redis_url: str) -> None:
+    admin = redis.Redis.from_url(redis_url)
+
+    def pings() -> int:
+        stats = admin.info("commandstats").get("cmdstat_ping", {})
+        return int(stats.get("calls", 0))
+
+    client = redis_client(PoolSettings(url=redis_url, max_size=1, pre_ping_after=0.2))
+    client.set("sk-ping", 1)
+    before = pings()
+    client.get("sk-ping")  # used just now: no ping
+    assert pings() == before
+    time.sleep(0.3)  # the idleness under test, not a wait for an event
+    client.get("sk-ping")
+    assert pings() == before + 1  # idle past pre_ping_after: PING first
+    client.close()
+    admin.close()

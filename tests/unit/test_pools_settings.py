@@ -183,3 +183,14 @@ def test_pools_and_batching_import_without_drivers() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_pgpool_rejects_bad_arguments() -> None:
+    from scalekit.pools import PgPool
+
+    with pytest.raises(ConfigurationError, match="connection_class"):
+        PgPool("postgresql://h/db", connection_class=object)
+    with pytest.raises(ConfigurationError, match="needs a postgresql:// URL"):
+        PgPool("redis://h/0")
+    with pytest.raises(ConfigurationError, match="timeout must be a positive"):
+        PgPool("postgresql://h/db").acquire(timeout=0)
