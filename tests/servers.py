@@ -9,6 +9,8 @@ The fixtures in ``tests/conftest.py`` wrap it; they use an external server when
 * Redis Cluster: N such servers with cluster mode on, joined with redis-py (no redis-cli).
 * PostgreSQL: ``initdb`` + ``pg_ctl`` from PATH, else the ``pgserver`` wheel
   (``SCALEKIT_TEST_POSTGRES_METHOD=pgserver`` or ``=pg_ctl`` forces one way).
+* PgBouncer: ``pgbouncer`` from PATH or /usr/sbin (Debian's package; ``dev.py test``
+  installs it with apt-get when run as root), in front of a PostgreSQL DSN.
 
 Every wait is a poll with a deadline; a failure to start raises with the server log.
 """
@@ -39,10 +41,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CLUSTER_SLOTS",
     "PostgresMethod",
+    "PgBouncer",
     "PostgresServer",
     "RedisCluster",
     "RedisServer",
     "ServerUnavailable",
+    "find_pgbouncer",
     "find_redis_server",
     "free_port",
     "start_postgres",
@@ -186,7 +190,7 @@ def _redis_pid(port: int, host: str = HOST, timeout: float = 0.5) -> int | None:
 
 
 # Servers still running at interpreter exit (a test crashed, ^C, ...) are stopped here.
-_LIVE: set[RedisServer | PostgresServer] = set()
+_LIVE: set[RedisServer | PostgresServer | PgBouncer] = set()
 
 
 @atexit.register
@@ -863,3 +867,184 @@ def start_postgres(
         + "\n  ".join(failures)
         + f"\nTo provide one, {_POSTGRES_HELP}."
     )
+
+
+# --------------------------------------------------------------------------- PgBouncer
+
+_PGBOUNCER_HELP = (
+    "set SCALEKIT_TEST_PGBOUNCER_DSN to a PgBouncer in pool_mode=transaction in front of "
+    "the test PostgreSQL, or install pgbouncer (apt-get install pgbouncer; `python3 dev.py "
+    "test` does that itself when it runs as root on Debian/Ubuntu; brew install pgbouncer)"
+)
+
+
+def find_pgbouncer() -> str:
+    """Path of a ``pgbouncer`` binary: PATH, then /usr/sbin and /usr/local/sbin."""
+    found = shutil.which("pgbouncer")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    raise ServerUnavailable(f"no pgbouncer binary found: {_PGBOUNCER_HELP}")
+
+
+def _dsn_target(dsn: str) -> tuple[str, int, str, str]:
+    """(host or socket dir, port, user, dbname) of a ``postgresql://`` DSN."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(dsn)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = query.get("host") or parts.hostname or HOST
+    port = int(query.get("port") or parts.port or 5432)
+    user = parts.username or "postgres"
+    dbname = parts.path.lstrip("/") or "postgres"
+    return host, port, user, dbname
+
+
+class PgBouncer:
+    """A ``pgbouncer`` process on a free loopback port in front of ``postgres_dsn``.
+
+    ``pool_mode`` defaults to ``transaction``; ``pool_size`` is PgBouncer's
+    ``default_pool_size`` (server connections per user and database). Trust auth
+    (the user must still be listed in the auth file, which this writes). As root the
+    binary runs as the ``postgres`` user (or ``nobody``): PgBouncer refuses root.
+    ``dsn`` is the client DSN for asyncpg.
+    """
+
+    def __init__(
+        self,
+        postgres_dsn: str,
+        directory: str | os.PathLike[str] | None = None,
+        *,
+        pool_mode: str = "transaction",
+        pool_size: int = 5,
+        max_client_conn: int = 500,
+        start_timeout: float = 15.0,
+    ) -> None:
+        self.binary = find_pgbouncer()
+        self._owns_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="scalekit-pgb-")).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.server_host, self.server_port, self.user, self.dbname = _dsn_target(postgres_dsn)
+        self.pool_mode = pool_mode
+        self.pool_size = pool_size
+        self.max_client_conn = max_client_conn
+        self.start_timeout = start_timeout
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self._run_as = _unprivileged_user() if os.geteuid() == 0 else None
+        self._log_offset = 0
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{self.dbname}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "pgbouncer.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self) -> str:
+        return _tail(self.log_path, self._log_offset)
+
+    def _write_config(self) -> Path:
+        (self.directory / "userlist.txt").write_text(f'"{self.user}" ""\n')
+        ini = self.directory / "pgbouncer.ini"
+        ini.write_text(
+            "[databases]\n"
+            f"* = host={self.server_host} port={self.server_port}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = {HOST}\n"
+            f"listen_port = {self.port}\n"
+            "unix_socket_dir =\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.directory / 'userlist.txt'}\n"
+            f"pool_mode = {self.pool_mode}\n"
+            f"default_pool_size = {self.pool_size}\n"
+            "min_pool_size = 0\n"
+            f"max_client_conn = {self.max_client_conn}\n"
+            f"logfile = {self.log_path}\n"
+            f"pidfile = {self.directory / 'pgbouncer.pid'}\n"
+            f"admin_users = {self.user}\n"
+            f"stats_users = {self.user}\n"
+            "ignore_startup_parameters = extra_float_digits\n"
+        )
+        if self._run_as is not None:
+            _make_traversable(self.directory)
+            for path in (self.directory, *self.directory.iterdir()):
+                os.chown(path, self._run_as.pw_uid, self._run_as.pw_gid)
+        return ini
+
+    def start(self) -> Self:
+        if self.running:
+            return self
+        for attempt in range(4):
+            ini = self._write_config()
+            self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            cmd = [self.binary, str(ini)]
+            if self._run_as is not None:
+                cmd = ["runuser", "-u", self._run_as.pw_name, "--", *cmd]
+            with (self.directory / "stderr.log").open("ab") as err:
+                self.process = subprocess.Popen(
+                    cmd, cwd=self.directory, stdin=subprocess.DEVNULL, stdout=err, stderr=err
+                )
+            _LIVE.add(self)
+            process = self.process
+
+            def exited(process: subprocess.Popen[bytes] = process) -> str | None:
+                code = process.poll()
+                return None if code is None else f"pgbouncer exited with code {code}"
+
+            try:
+                _wait_for(
+                    functools.partial(_tcp_connectable, self.port),
+                    timeout=self.start_timeout,
+                    what=f"pgbouncer on {HOST}:{self.port} did not accept connections",
+                    abort=exited,
+                    describe=lambda: self.log_tail() + "\n" + _tail(self.directory / "stderr.log"),
+                )
+            except RuntimeError:
+                in_use = "Address already in use" in self.log_tail()
+                self.stop()
+                if in_use and attempt < 3:
+                    self.port = free_port()
+                    continue
+                raise
+            return self
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        _LIVE.discard(self)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()  # runuser forwards SIGTERM to pgbouncer
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        if self._owns_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        target = f"{self.server_host}:{self.server_port}"
+        return f"<PgBouncer {self.dsn} pool_mode={self.pool_mode} -> {target}>"

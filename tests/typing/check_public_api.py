@@ -49,3 +49,28 @@ async def use_fetch() -> None:
 cc = ConcurrencyLimiter("memory://", 2)
 with cc.hold("k") as lease:
     assert_type(lease, Lease)
+
+
+# --- scalekit.pools / scalekit.batching
+
+from scalekit.batching import DataLoader, LoaderStats  # noqa: E402
+from scalekit.pools import PgPool, PoolSettings, PoolStats  # noqa: E402
+
+
+async def author_names(ids: list[int]) -> list[str | BaseException]:
+    return [str(i) for i in ids]
+
+
+authors_loader = DataLoader(author_names, max_batch_size=100)
+
+
+async def use_loader() -> None:
+    assert_type(await authors_loader.load(1), str)
+    await authors_loader.load("one")  # E: arg-type
+    assert_type(authors_loader.stats(), LoaderStats)
+
+
+PoolSettings(url="postgresql://h/db", pooler="pgbouncer-transaction")
+PoolSettings(url="postgresql://h/db", pooler="pgpool")  # E: arg-type
+PoolSettings("postgresql://h/db")  # E: call-arg
+assert_type(PgPool("postgresql://h/db").stats(), PoolStats)
