@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 import traceback
+import types
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
@@ -65,11 +66,19 @@ def _run_block(lang: str, code: str, ns: dict[str, object], name: str, line: int
         raise DoctestFailed(f"{runner.failures} doctest example(s) failed")
 
 
+def _fresh_namespace() -> dict[str, object]:
+    """A new module's namespace, registered in ``sys.modules`` as ``__docs__`` so that
+    what inspects a class' module (dataclasses, pydantic, typing) finds it."""
+    module = types.ModuleType("__docs__")
+    sys.modules["__docs__"] = module
+    return module.__dict__
+
+
 def check(page: Path, redis_url: str | None) -> tuple[int, int, int]:
     text = page.read_text(encoding="utf-8")
     name = str(page.relative_to(DOCS))
     ran = skipped = failed = 0
-    ns: dict[str, object] = {"__name__": "__docs__"}
+    ns = _fresh_namespace()
     for m in FENCE.finditer(text):
         if m["run"] is not None:  # an invisible statement, e.g. calling a test shown above
             lang, code, mark = "python", m["run"] + "\n", None
@@ -90,7 +99,7 @@ def check(page: Path, redis_url: str | None) -> tuple[int, int, int]:
             redis.Redis.from_url(redis_url).flushdb()
             code = code.replace(REDIS + "/0", redis_url).replace(REDIS, redis_url)
         if mark == "fresh":
-            ns = {"__name__": "__docs__"}
+            ns = _fresh_namespace()
         error: list[BaseException] = []
 
         def target(lang: str = lang, code: str = code, line: int = line) -> None:

@@ -25,6 +25,7 @@ Count-based windows (``window_size``) are not shared: a fleet window is time-bas
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import os
 import threading
@@ -32,10 +33,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from scalekit._keys import build_key
 from scalekit.backends import BackendLike, as_backend
+from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.errors import BackendError, ConfigurationError
-from scalekit.ratelimit.limiter import _BackendGuard
 from scalekit.resilience.machine import ADMIT, PROBE, REJECT
 from scalekit.resilience.policy import State
 
@@ -140,7 +141,11 @@ class SharedState:
         self._rng = breaker._m._rng
         self._now = breaker._now
         self._guard = _BackendGuard(
-            breaker.name, self.backend_cooldown, self._now, "circuit breaker"
+            breaker.name,
+            self.backend_cooldown,
+            self._now,
+            "circuit breaker",
+            logger=logging.getLogger("scalekit.resilience"),
         )
 
     # -- plumbing ----------------------------------------------------------------------

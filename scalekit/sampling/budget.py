@@ -16,6 +16,7 @@ day.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
@@ -24,12 +25,12 @@ from typing import Any, Generic, Literal, TypeAlias, TypeVar
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import build_key
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
+from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.errors import BackendError, ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
 from scalekit.ratelimit.algorithms import Algorithm
-from scalekit.ratelimit.limiter import _BackendGuard
 from scalekit.ratelimit.policy import PolicyLike, Rate
 from scalekit.sampling._hash import HashName, Id, hash_bits, hash_function
 from scalekit.sampling.stages import Rng, _as_rng, _check_key, _check_name
@@ -320,7 +321,13 @@ class Budget(Generic[T]):
         else:
             self._store = _RedisBudgetStore(self.backend, prefix, self.name, rate)
         self._fallback: _MemoryBudgetStore | None = None
-        self._guard = _BackendGuard(self.name, float(backend_cooldown), self.clock.now, "budget")
+        self._guard = _BackendGuard(
+            self.name,
+            float(backend_cooldown),
+            self.clock.now,
+            "budget",
+            logger=logging.getLogger("scalekit.sampling"),
+        )
         self.degraded = 0
 
     # -- the pipeline's interface ---------------------------------------------------
