@@ -366,7 +366,7 @@ def breakdown(n: int) -> list[tuple[str, float]]:
     """Time the pieces of scalekit's sync hit path alone (best of 5, wall, one key)."""
     from scalekit.cache import Cache, CacheOptions, cache_key, cached
     from scalekit.cache import core as sk_core
-    from scalekit.cache.freshness import classify
+    from scalekit.cache.freshness import classify_unchecked
     from scalekit.cache.keys import KeyBuilder
 
     cache = Cache("memory://", name="breakdown")
@@ -376,7 +376,7 @@ def breakdown(n: int) -> list[tuple[str, float]]:
     f(HOT_KEY)
     key = cache_key(f, HOT_KEY)
     opts = CacheOptions(ttl=TTL)
-    builder = KeyBuilder(sync_fn(c), prefix=cache.prefix)
+    builder = KeyBuilder(sync_fn(c), prefix=cache.prefix).function()
     meta = cache.backend.get(key)
     assert meta is not None
     entry_meta = meta[1]
@@ -400,22 +400,9 @@ def breakdown(n: int) -> list[tuple[str, float]]:
         for _ in rep(None, n):
             builder(HOT_KEY)
 
-    def t_lambda() -> None:
-        k = HOT_KEY
-        for _ in rep(None, n):
-            lambda: bare(k)
-
-    def t_tags() -> None:
-        for _ in rep(None, n):
-            check_tags(())
-
     def t_backend_get() -> None:
         for _ in rep(None, n):
             backend.get(key)
-
-    def t_rng() -> None:
-        for _ in rep(None, n):
-            1.0 - rng.random()
 
     def t_now() -> None:
         for _ in rep(None, n):
@@ -423,8 +410,9 @@ def breakdown(n: int) -> list[tuple[str, float]]:
 
     def t_classify() -> None:
         t = now()
+        draw = cache._draw
         for _ in rep(None, n):
-            classify(entry_meta, t, beta=1.0, rand=0.5)
+            classify_unchecked(entry_meta, t, 1.0, draw)
 
     def t_lock() -> None:
         for _ in rep(None, n):
@@ -432,13 +420,13 @@ def breakdown(n: int) -> list[tuple[str, float]]:
                 pass
 
     def t_count() -> None:
-        state = sk_core.Freshness.FRESH
+        hits = cache._hit_count
         for _ in rep(None, n):
-            cache._count_served(state)
+            next(hits)
 
     def t_read() -> None:
         for _ in rep(None, n):
-            cache._read(key, opts)
+            cache._lookup(key, opts)
 
     def t_get_or_load() -> None:
         for _ in rep(None, n):
@@ -451,19 +439,16 @@ def breakdown(n: int) -> list[tuple[str, float]]:
     loop_ns = _best_ns(t_loop, n)
     rows = [
         ("bare f(k)", t_bare),
-        ("KeyBuilder(k) -> key string", t_key),
-        ("lambda: fn(*args, **kwargs) creation (loader closure)", t_lambda),
-        ("_check_tags(())", t_tags),
+        ("KeyBuilder(...).function()(k) -> key string", t_key),
         (
-            "MemoryCacheBackend.get(key) (lock, OrderedDict get, monotonic, move_to_end)",
+            "MemoryCacheBackend.get(key) (lock-free: OrderedDict get, monotonic, move_to_end)",
             t_backend_get,
         ),
         ("  of which time.monotonic()", t_now),
-        ("  of which uncontended `with threading.Lock()`", t_lock),
-        ("1.0 - rng.random()", t_rng),
-        ("classify(meta, now, beta, rand)", t_classify),
-        ("Cache._count_served (lock + counter)", t_count),
-        ("Cache._read (backend.get + rng + monotonic + classify + count)", t_read),
+        ("for reference: uncontended `with threading.Lock()`", t_lock),
+        ("classify_unchecked(meta, now, beta, draw) (no draw far from expiry)", t_classify),
+        ("next(hit counter)", t_count),
+        ("Cache._lookup (backend.get + monotonic + classify_unchecked)", t_read),
         ("Cache.get_or_load(key, loader) hit, key and loader prebuilt", t_get_or_load),
         ("@cached wrapper f(k) hit (everything)", t_wrapper),
     ]

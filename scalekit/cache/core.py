@@ -1056,6 +1056,27 @@ class Cache:
             return None, None
         return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
 
+    def _reader(
+        self, opts: CacheOptions, hint: Any = None
+    ) -> Callable[[str], tuple[tuple[object, EntryMeta] | None, Freshness | None]]:
+        """:meth:`_lookup` for one set of options, as a closure over prebound locals:
+        the ``@cached`` hit path (a local backend's read costs no method lookups)."""
+        if not self._local:
+            lookup = self._lookup
+            return lambda key: lookup(key, opts, hint)
+        get = self.backend.get
+        now = self._clock.now
+        beta = opts.beta
+        draw = self._draw
+
+        def read(key: str) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
+            entry = get(key)
+            if entry is None:
+                return None, None
+            return entry, classify_unchecked(entry[1], now(), beta, draw)
+
+        return read
+
     async def _alookup(
         self, key: str, opts: CacheOptions, hint: Any = None
     ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:

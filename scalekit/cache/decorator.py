@@ -118,7 +118,7 @@ def cached(
         )
         make_key: Callable[..., str]
         if key is None:
-            make_key = builder
+            make_key = builder.function()
         else:
             head = f"{c.prefix}:{escape(builder.namespace)}:v{escape(str(builder.version))}:"
             custom = key
@@ -143,7 +143,7 @@ def cached(
         # The hit path: key, read, classify; a plain FRESH hit is answered here (a
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
-        lookup = c._lookup
+        read = c._reader(opts, hint)
         hits = c._hit_count
 
         if inspect.iscoroutinefunction(fn):
@@ -155,7 +155,7 @@ def cached(
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 k = make_key(*args, **kwargs)
                 if local:
-                    entry, state = lookup(k, opts)
+                    entry, state = read(k)
                 else:
                     entry, state = await alookup(k, opts, hint)
                 if state is _FRESH and entry is not None:
@@ -181,7 +181,7 @@ def cached(
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             k = make_key(*args, **kwargs)
-            entry, state = lookup(k, opts, hint)
+            entry, state = read(k)
             if state is _FRESH and entry is not None:
                 next(hits)
                 value = entry[0]

@@ -523,6 +523,29 @@ class KeyBuilder(Generic[P]):
     def __repr__(self) -> str:
         return f"KeyBuilder(namespace={self._namespace!r}, version={self._version!r})"
 
+    def function(self) -> Callable[P, str]:
+        """The key function to call on a hot path: this builder itself, or for a
+        function of one parameter a closure that encodes a plain scalar argument
+        (int, float, bool, None, UUID) without the generic path (same keys)."""
+        if not self._one:
+            return self
+        head = self._head + "{"
+        limit = self._max_length
+        plain_of = _plain
+        general = self.__call__
+
+        def key(*args: P.args, **kwargs: P.kwargs) -> str:
+            if len(args) == 1 and not kwargs:
+                v = args[0]
+                plain = plain_of(type(v))
+                if plain is not None:
+                    tag = plain(v)
+                    if len(tag) <= limit:
+                        return head + tag + "}"
+            return general(*args, **kwargs)
+
+        return key
+
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> str:
         n = len(args)
         if n == 1 and self._one and not kwargs:

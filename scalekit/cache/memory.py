@@ -26,8 +26,9 @@ Decisions
   storage TTL is dropped on read (lazily) and is not counted as an eviction.
 - Time comes from ``clock=`` (monotonic by default); a :class:`Cache` built from
   ``"memory://"`` passes its own clock, so both read the same time.
-- Thread-safe: one :class:`threading.Lock` around each operation (no I/O, no
-  awaits, so the async API uses it directly without blocking the loop for long).
+- Thread-safe: writes take one :class:`threading.Lock` (no I/O, no awaits, so the
+  async API uses it directly without blocking the loop for long); reads are
+  lock-free (see :meth:`MemoryCacheBackend.get`).
 """
 
 from __future__ import annotations
@@ -96,16 +97,26 @@ class MemoryCacheBackend:
 
     def get(self, key: str, hint: object = None) -> tuple[object, EntryMeta] | None:
         """The value and metadata stored under ``key``, or None (missing or dropped).
-        ``hint`` (the type a remote backend decodes to) is not needed here."""
-        with self._lock:
-            entry = self._data.get(key)
-            if entry is None:
-                return None
-            if self._clock.now() >= entry.drop_at:
-                self._remove(key, entry)
-                return None
+        ``hint`` (the type a remote backend decodes to) is not needed here.
+
+        Lock-free: a read is a dict lookup and an ``OrderedDict.move_to_end``, each
+        one C call, atomic under the GIL; writers hold the lock. A read racing a
+        write returns the entry it found (valid when it was read) or nothing. Only
+        dropping an entry past its storage TTL takes the lock.
+        """
+        entry = self._data.get(key)
+        if entry is None:
+            return None
+        if self._clock.now() >= entry.drop_at:
+            with self._lock:
+                if self._data.get(key) is entry:
+                    self._remove(key, entry)
+            return None
+        try:
             self._data.move_to_end(key)
-            return entry.pair
+        except KeyError:  # dropped or replaced meanwhile: what was read stays valid
+            pass
+        return entry.pair
 
     def set(
         self,
@@ -154,7 +165,8 @@ class MemoryCacheBackend:
     def delete_prefix(self, prefix: str) -> int:
         """Drop every key starting with ``prefix``; returns how many were dropped."""
         with self._lock:
-            victims = [(k, e) for k, e in self._data.items() if k.startswith(prefix)]
+            # a snapshot (one C call): lock-free readers reorder the dict meanwhile
+            victims = [(k, e) for k, e in list(self._data.items()) if k.startswith(prefix)]
             for key, entry in victims:
                 self._remove(key, entry)
         return len(victims)

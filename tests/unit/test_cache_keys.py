@@ -890,3 +890,27 @@ def test_keys_are_the_same_in_other_processes() -> None:
     assert here[-1].split("{")[1].startswith("#")
     assert _keys_in_subprocess("1") == here
     assert _keys_in_subprocess("4242") == here
+
+
+@given(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=True),
+        st.uuids(),
+        st.text(max_size=300),
+        st.binary(max_size=20),
+        st.tuples(st.integers()),
+    )
+)
+def test_the_hot_path_key_function_gives_the_same_keys(value: object) -> None:
+    def f(x: object) -> None: ...
+
+    def g(x: object, y: int = 2) -> None: ...
+
+    for fn in (f, g):
+        builder = KeyBuilder(fn, namespace="ns", max_length=64)
+        fast = builder.function()
+        assert fast(value) == builder(value)
+        assert fast(x=value) == builder(x=value)
