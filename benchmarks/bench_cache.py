@@ -365,7 +365,6 @@ def _best_ns(fn: Callable[[], Any], n: int, rounds: int = 5) -> float:
 def breakdown(n: int) -> list[tuple[str, float]]:
     """Time the pieces of scalekit's sync hit path alone (best of 5, wall, one key)."""
     from scalekit.cache import Cache, CacheOptions, cache_key, cached
-    from scalekit.cache import core as sk_core
     from scalekit.cache.freshness import classify_unchecked
     from scalekit.cache.keys import KeyBuilder
 
@@ -382,10 +381,8 @@ def breakdown(n: int) -> list[tuple[str, float]]:
     entry_meta = meta[1]
     backend = cache.backend
     now = time.monotonic
-    rng = cache._rng
     lock = threading.Lock()
     loader = lambda: bare(HOT_KEY)  # noqa: E731
-    check_tags = sk_core._check_tags
     rep = itertools.repeat
 
     def t_loop() -> None:
