@@ -59,6 +59,11 @@ class RedisBackend:
     ``client`` / ``async_client_factory``: bring your own redis-py clients (an
     existing ``Redis`` and a zero-argument callable returning an asyncio client for
     the running loop) instead of having them built from ``url``.
+
+    ``max_connections`` / ``pool_timeout``: each client (the sync one, and one per
+    event loop) holds at most this many connections; a caller finding all of them
+    busy waits up to ``pool_timeout`` seconds for one (then the primitive's failure
+    policy applies). Not applied to Redis Cluster clients.
     """
 
     def __init__(
@@ -70,6 +75,8 @@ class RedisBackend:
         clock: Clock | Callable[[], float] | None = None,
         client: Any = None,
         async_client_factory: Callable[[], Any] | None = None,
+        max_connections: int = 100,
+        pool_timeout: float = 1.0,
         **client_options: Any,
     ) -> None:
         scheme = urlsplit(url).scheme
@@ -86,6 +93,20 @@ class RedisBackend:
                 raise ConfigurationError(
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int):
+            raise ConfigurationError(
+                f"max_connections must be an int >= 1, got {max_connections!r}"
+            )
+        if max_connections < 1:
+            raise ConfigurationError(
+                f"max_connections must be an int >= 1, got {max_connections!r}"
+            )
+        if not isinstance(pool_timeout, int | float) or not pool_timeout > 0:
+            raise ConfigurationError(
+                f"pool_timeout must be a positive number of seconds, got {pool_timeout!r}"
+            )
+        self.max_connections = max_connections
+        self.pool_timeout = float(pool_timeout)
         self.url = url
         self.cluster = scheme.endswith("+cluster")
         self._client_url = url.replace("+cluster", "", 1) if self.cluster else url
@@ -136,6 +157,15 @@ class RedisBackend:
         kw.update(self._options)
         return kw
 
+    def _pool_kwargs(self) -> dict[str, Any]:
+        """A bounded pool: at most ``max_connections`` per client, and a caller that
+        finds them all busy waits up to ``pool_timeout`` (redis-py's default pool
+        raises "Too many connections" at once, which a burst of concurrent tasks
+        would turn into a backend failure)."""
+        kw = {"max_connections": self.max_connections, "timeout": self.pool_timeout}
+        kw.update(self._kwargs())
+        return kw
+
     def _strip_query(self) -> str:
         """The URL for redis-py, without the options this backend applies itself.
 
@@ -162,8 +192,16 @@ class RedisBackend:
             with self._lock:
                 if self._sync is None:
                     redis = _import_redis()
-                    cls = redis.cluster.RedisCluster if self.cluster else redis.Redis
-                    self._sync = cls.from_url(self._strip_query(), **self._kwargs())
+                    if self.cluster:
+                        self._sync = redis.cluster.RedisCluster.from_url(
+                            self._strip_query(), **self._kwargs()
+                        )
+                    else:
+                        self._sync = redis.Redis.from_pool(
+                            redis.BlockingConnectionPool.from_url(
+                                self._strip_query(), **self._pool_kwargs()
+                            )
+                        )
                 client = self._sync
         return client
 
@@ -176,8 +214,16 @@ class RedisBackend:
                 client = self._async_factory()
             else:
                 redis = _import_redis()
-                cls = redis.asyncio.cluster.RedisCluster if self.cluster else redis.asyncio.Redis
-                client = cls.from_url(self._strip_query(), **self._kwargs())
+                if self.cluster:
+                    client = redis.asyncio.cluster.RedisCluster.from_url(
+                        self._strip_query(), **self._kwargs()
+                    )
+                else:
+                    client = redis.asyncio.Redis.from_pool(
+                        redis.asyncio.BlockingConnectionPool.from_url(
+                            self._strip_query(), **self._pool_kwargs()
+                        )
+                    )
             self._async[loop] = client
         return client
 

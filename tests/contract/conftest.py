@@ -61,7 +61,10 @@ def _backend(
         yield RedisBackend(
             "redis://fakeredis",
             client=fakeredis.FakeRedis(server=server),
-            async_client_factory=lambda: fakeredis.aioredis.FakeRedis(server=server),
+            # no real sockets: a pool as large as any test burst (1,000 tasks)
+            async_client_factory=lambda: fakeredis.aioredis.FakeRedis(
+                server=server, max_connections=10_000
+            ),
             clock=clock.now,
         )
         return

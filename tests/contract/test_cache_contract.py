@@ -290,6 +290,32 @@ async def test_async_stale_while_revalidate(cache: Cache, clock: FakeClock) -> N
     assert cache.stats().loads == 2
 
 
+async def test_hot_key_expiring_under_1000_callers_nobody_waits(
+    cache: Cache, clock: FakeClock
+) -> None:
+    """Stale-while-revalidate: 1,000 callers of an expired hot key all get the stale
+    value while the one refresh is still blocked (it is released only afterwards)."""
+    release = asyncio.Event()
+    loads = 0
+
+    @cached(ttl=10, stale_while_revalidate=60, cache=cache)
+    async def trending() -> list[int]:
+        nonlocal loads
+        loads += 1
+        if loads > 1:
+            await release.wait()  # the refresh cannot finish while the callers run
+        return [loads]
+
+    assert await trending() == [1]
+    clock.advance(11)
+    answers = await asyncio.gather(*(trending() for _ in range(1000)))
+    assert answers == [[1]] * 1000  # nobody waited for the blocked refresh
+    assert loads == 2  # and exactly one refresh started
+    release.set()
+    await cache.adrain()
+    assert await trending() == [2]
+
+
 def test_sync_stale_while_revalidate(cache: Cache, clock: FakeClock) -> None:
     release = threading.Event()
     refreshing = threading.Event()
