@@ -1,7 +1,11 @@
 """scalekit: reusable scaling primitives for Python services.
 
 The public API is what ``__all__`` lists (a test keeps it honest); everything
-else, including modules whose name starts with ``_``, is private.
+else, including modules whose name starts with ``_``, is private. Here: the rate
+limiters, backends, clocks and the whole error tree. The other primitives are
+imported from their subpackages (``scalekit.cache``, ``scalekit.resilience``,
+``scalekit.sampling``, ``scalekit.pools``, ``scalekit.batching``), so that
+``import scalekit`` stays cheap and loads none of them.
 """
 
 from scalekit._clock import Clock, MonotonicClock
@@ -9,13 +13,17 @@ from scalekit._version import __version__
 from scalekit.backends import MemoryBackend, RedisBackend, backend_from_url
 from scalekit.errors import (
     BackendError,
+    BulkheadFull,
+    CircuitOpenError,
     ConcurrencyLimitExceeded,
     ConfigurationError,
+    DeadlineExceeded,
     LimitExceeded,
     MissingDependency,
     PoolExhausted,
     RateLimitExceeded,
     ScalekitError,
+    SerializationError,
 )
 from scalekit.ratelimit import (
     AsyncConcurrencyLimiter,
@@ -33,10 +41,13 @@ __all__ = [
     "AsyncConcurrencyLimiter",
     "AsyncRateLimiter",
     "BackendError",
+    "BulkheadFull",
+    "CircuitOpenError",
     "Clock",
     "ConcurrencyLimitExceeded",
     "ConcurrencyLimiter",
     "ConfigurationError",
+    "DeadlineExceeded",
     "Decision",
     "Lease",
     "LimitExceeded",
@@ -50,6 +61,7 @@ __all__ = [
     "RateLimiter",
     "RedisBackend",
     "ScalekitError",
+    "SerializationError",
     "__version__",
     "backend_from_url",
     "rate_limited",
