@@ -1,4 +1,5 @@
-"""``python -m scalekit demo``: a short, self-explaining tour on the memory backend.
+"""``python -m scalekit demo``: a short, self-explaining tour on the memory backend:
+rate limits, the query cache, circuit breakers and retries, and sampling.
 
 Time in the demo is simulated with :class:`scalekit.testing.FakeClock`, so an hour
 of traffic runs in milliseconds; the speed figure at the end is measured for real.
@@ -85,6 +86,105 @@ def demo_cost_and_concurrency() -> None:
     )
 
 
+def demo_cache() -> None:
+    import asyncio
+
+    from scalekit.cache import Cache, cached
+
+    _title("A query cache: @cached(ttl=300), one load per cold key, stale-while-revalidate")
+    clock = FakeClock()
+    cache = Cache("memory://", name="demo", clock=clock)
+    queries: list[int] = []
+
+    @cached(ttl=300, stale_while_revalidate=60, cache=cache)
+    async def conversation_meta(conversation_id: int) -> dict[str, int]:
+        queries.append(conversation_id)
+        await asyncio.sleep(0.01)  # the database query
+        return {"id": conversation_id, "messages": 40 + len(queries)}
+
+    async def run() -> None:
+        burst = await asyncio.gather(*(conversation_meta(7) for _ in range(1000)))
+        print(
+            f"1,000 concurrent requests on a cold key: {len(queries)} query, {len(burst)} answers"
+        )
+        clock.advance(310)  # expired 10 s ago, inside the 60 s stale window
+        stale = await conversation_meta(7)
+        print(f"after expiry the next caller gets the stale value at once: {stale}")
+        await cache.adrain()  # the one background refresh
+        print(f"...while one refresh ran in the background: {await conversation_meta(7)}")
+
+    asyncio.run(run())
+    s = cache.stats()
+    print(
+        f"stats: misses={s.misses} (callers that found nothing; they shared "
+        f"{s.loads - 1} load), stale_served={s.stale_served}, hits={s.hits}, loads={s.loads}"
+    )
+    print("same code shared by a fleet: Cache('redis://localhost:6379/0') or 'tiered+redis://'")
+
+
+def demo_resilience() -> None:
+    from scalekit.errors import CircuitOpenError
+    from scalekit.resilience import CircuitBreaker
+
+    _title("A circuit breaker around a flaky LLM provider (3 failures open it for 30 s)")
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        "llm", record=ConnectionError, failure_threshold=3, open_duration=30.0, clock=clock
+    )
+    calls = {"n": 0, "up": False}
+
+    @breaker
+    def complete(prompt: str) -> str:
+        calls["n"] += 1
+        if not calls["up"]:
+            raise ConnectionError("503 from the provider")
+        return prompt.upper()
+
+    outcomes = []
+    for _ in range(6):
+        try:
+            outcomes.append(complete("hi"))
+        except ConnectionError:
+            outcomes.append("failed")
+        except CircuitOpenError as exc:
+            outcomes.append(f"rejected (retry in {exc.retry_after:.0f}s)")
+    print(f"6 calls: {outcomes}")
+    print(f"the provider saw {calls['n']} of them; the rest failed fast without waiting")
+    clock.advance(30)
+    calls["up"] = True
+    print(f"30 s later one probe goes through and closes it: {complete('hi')!r}")
+
+
+def demo_sampling() -> None:
+    from typing import NamedTuple
+
+    from scalekit.sampling import Gate, Pipeline, Weighted, ramp
+
+    class Message(NamedTuple):
+        id: str
+        text: str
+        conversation_length: int
+
+    _title("Sampling expensive background work: skip short and young, keep 20-30 %")
+    extraction: Pipeline[Message] = Pipeline(
+        Gate("long_enough", lambda m: len(m.text) >= 50),
+        Gate("mature", lambda m: m.conversation_length >= 3),
+        Weighted(
+            ramp(lambda m: m.conversation_length, (3, 0.20), (30, 0.30)),
+            key=lambda m: m.id,
+            name="by_maturity",
+        ),
+        name="memory_extraction",
+    )
+    long_text = "x" * 80
+    messages = [Message(f"m{i}", long_text if i % 4 else "ok", i % 40) for i in range(20_000)]
+    kept = sum(bool(extraction.decide(m)) for m in messages)
+    st = extraction.stats()
+    print(f"20,000 messages -> {kept} extractions ({kept / 200:.1f} %); skipped: {st.skipped}")
+    print(f"why: {extraction.decide(messages[5]).explain()}")
+    print("the same message always gets the same decision (a stable hash of its id)")
+
+
 def demo_speed(quick: bool) -> None:
     _title("Speed (measured now, real clock)")
     n = 50_000 if quick else 300_000
@@ -103,13 +203,16 @@ def demo_speed(quick: bool) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"scalekit {__version__} demo: rate limiting on the in-memory backend")
+    print(f"scalekit {__version__} demo: the primitives on the in-memory backend")
     print("(time is simulated with FakeClock, so an hour passes instantly)")
     demo_chat()
     demo_tiers()
     demo_multi_window()
     demo_boundary_burst()
     demo_cost_and_concurrency()
+    demo_cache()
+    demo_resilience()
+    demo_sampling()
     demo_speed(args.quick)
     print("\nSame code on Redis: RateLimiter('redis://localhost:6379/0', '60/hour')")
     return 0

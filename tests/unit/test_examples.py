@@ -31,3 +31,7 @@ def test_demo_runs() -> None:
     assert "60 allowed, 5 refused" in out
     assert "fixed_window: 10 + 10 = 20" in out
     assert "sliding_log: 10 + 0 = 10" in out
+    assert "1,000 concurrent requests on a cold key: 1 query, 1000 answers" in out
+    assert "the provider saw 3 of them" in out
+    assert "probe goes through and closes it: 'HI'" in out
+    assert "20,000 messages -> " in out
