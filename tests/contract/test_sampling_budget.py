@@ -140,12 +140,11 @@ async def test_keyed_draws_make_retries_decide_alike(
             assert a == r
 
 
+@pytest.mark.parametrize("backend_kind", ["fakeredis", "redis"])  # Redis only
 async def test_two_instances_share_one_budget(
     backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock, backend_kind: str
 ) -> None:
     """Two Budget objects (two processes of a fleet) on one Redis share the counts."""
-    if backend_kind == "memory":
-        pytest.skip("memory budgets are per process by design")
     start_of_next_day(clock)
     prefix = f"t{next(_names)}"
     a = Pipeline(Budget("10/day", backend=backend, rng=lambda: 0.0, prefix=prefix))
@@ -154,12 +153,11 @@ async def test_two_instances_share_one_budget(
     assert sum(got) == 10 and got[:10] == [True] * 10
 
 
+@pytest.mark.parametrize("backend_kind", ["fakeredis", "redis"])  # Redis only
 async def test_redis_and_memory_make_identical_decisions(
     backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock, backend_kind: str
 ) -> None:
     """The Lua script and budget_probability are the same arithmetic."""
-    if backend_kind == "memory":
-        pytest.skip("compares a Redis backend with memory")
     start = start_of_next_day(clock)
     remote = Pipeline(Budget("40/hour", backend=backend, key=lambda m: m, prefix="parity"))
     local = Pipeline(Budget("40/hour", key=lambda m: m, clock=clock))
