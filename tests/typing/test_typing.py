@@ -1,4 +1,9 @@
-"""The public signatures under ``mypy --strict``: decorators keep the wrapped types."""
+"""The public signatures under ``mypy --strict``: decorators keep the wrapped types.
+
+Each ``check_*.py`` file here uses the API as users would and marks the lines where
+mypy must report an error with ``# E: <code>``; the test runs mypy on it and wants
+exactly those errors, no more and no fewer.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
+CHECKS = sorted(p.name for p in HERE.glob("check_*.py"))
 
 
-def test_public_api_types() -> None:
-    target = HERE / "check_public_api.py"
+def test_every_check_file_is_collected() -> None:
+    assert {"check_public_api.py", "check_resilience.py", "check_sampling.py"} <= set(CHECKS)
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_public_api_types(name: str) -> None:
+    target = HERE / name
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
          "--hide-error-context", "--no-error-summary", str(target)],
@@ -21,7 +34,7 @@ def test_public_api_types() -> None:
     for line in out.stdout.splitlines():
         if ": note: " in line:
             continue
-        m = re.match(r".*check_public_api\.py:(\d+): error: .*\[([\w-]+)\]$", line)
+        m = re.match(rf".*{re.escape(name)}:(\d+): error: .*\[([\w-]+)\]$", line)
         assert m, f"unexpected mypy output: {line}"
         got.add((int(m[1]), m[2]))
     expected = {
@@ -29,5 +42,5 @@ def test_public_api_types() -> None:
         for n, text in enumerate(target.read_text().splitlines(), 1)
         if (m := re.search(r"# E: ([\w-]+)$", text))
     }
-    assert expected, "the check file lost its expected errors"
+    assert expected, f"{name} lost its expected errors"
     assert got == expected, out.stdout
