@@ -957,7 +957,10 @@ class Cache:
             outcome = await asyncio.shield(task)
         else:
             try:
-                outcome = await asyncio.wait_for(asyncio.shield(task), opts._wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                # this caller's cancellation when the load ends at the same moment
+                async with asyncio.timeout(opts._wait):
+                    outcome = await asyncio.shield(task)
             except TimeoutError:
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
