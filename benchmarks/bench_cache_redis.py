@@ -10,7 +10,8 @@ loopback port unless ``--redis-url`` is given (that server gets written to).
 Rows (one hot key, every op a hit, value: a 10-item list of small dicts):
 
 - sync: a bare ``GET`` of the stored entry on the same redis-py client (the
-  baseline), scalekit ``@cached`` on a ``RedisCacheBackend``, dogpile.cache's redis
+  baseline), scalekit ``@cached`` on a ``RedisCacheBackend`` and on a
+  ``TieredCacheBackend`` (an L1 hit: no round trip at all), dogpile.cache's redis
   backend (``cache_on_arguments``);
 - async: a bare ``await GET`` on the same asyncio client, scalekit's async
   ``@cached``, cashews (``redis://``) and aiocache (``RedisCache``).
@@ -98,6 +99,21 @@ def sync_cases(url: str) -> list[Case]:
 
         return run
 
+    def tiered() -> Callable[[int], None]:
+        from scalekit.cache import TieredCacheBackend
+
+        backend = TieredCacheBackend(RedisCacheBackend(url))
+        assert backend.wait_subscribed(10.0)
+        c = Cache(backend, name="bench-tiered")
+        f = cached(ttl=TTL, cache=c, namespace="tiered")(load)
+        f(42)
+
+        def run(n: int) -> None:
+            for _ in range(n):
+                f(42)
+
+        return run
+
     def dogpile() -> Callable[[int], None]:
         from dogpile.cache import make_region
 
@@ -120,6 +136,7 @@ def sync_cases(url: str) -> list[Case]:
     return [
         Case("bare GET (the same redis-py client)", bare),
         Case("scalekit @cached (RedisCacheBackend, json)", scalekit, peer=False),
+        Case("scalekit @cached (TieredCacheBackend: L1 hit, no round trip)", tiered, peer=False),
         Case("dogpile.cache redis backend (pickle)", dogpile),
     ]
 
