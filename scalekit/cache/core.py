@@ -1075,7 +1075,7 @@ class Cache:
         def read(key: str) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
             entry = get(key)
             if entry is None:
-                return None, None
+                return _MISSING
             return entry, classify_unchecked(entry[1], now(), beta, draw)
 
         return read
@@ -1388,6 +1388,9 @@ class Cache:
             return stale[0]
         raise error.with_traceback(outcome.tb)
 
+
+#: a read that found nothing (one shared tuple, not a new one per miss)
+_MISSING: tuple[None, None] = (None, None)
 
 #: "nothing to store" (a load that must not be cached, or was voided)
 _NOTHING = object()

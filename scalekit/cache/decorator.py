@@ -39,7 +39,7 @@ from scalekit.cache.core import (
     _check_tags,
     default_cache,
 )
-from scalekit.cache.freshness import Freshness
+from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
 
@@ -148,22 +148,14 @@ def cached(
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
-            alookup = c._alookup
-            local = c._local
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
-                k = make_key(*args, **kwargs)
-                if local:
-                    entry, state = read(k)
-                else:
-                    entry, state = await alookup(k, opts, hint)
-                if state is _FRESH and entry is not None:
-                    next(hits)
-                    value = entry[0]
-                    if type(value) is CachedError:
-                        value.reraise()
-                    return value
+            async def amiss(
+                k: str,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                entry: tuple[object, EntryMeta] | None,
+                state: Freshness | None,
+            ) -> Any:
                 return await c._aserve_or_load(
                     k,
                     lambda: afn(*args, **kwargs),
@@ -174,6 +166,35 @@ def cached(
                     heads,
                     hint,
                 )
+
+            if c._local:  # the read is a plain call: nothing to await on a hit
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    k = make_key(*args, **kwargs)
+                    entry, state = read(k)
+                    if state is _FRESH and entry is not None:
+                        next(hits)
+                        value = entry[0]
+                        if type(value) is CachedError:
+                            value.reraise()
+                        return value
+                    return await amiss(k, args, kwargs, entry, state)
+
+            else:
+                alookup = c._alookup
+
+                @functools.wraps(fn)
+                async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    k = make_key(*args, **kwargs)
+                    entry, state = await alookup(k, opts, hint)
+                    if state is _FRESH and entry is not None:
+                        next(hits)
+                        value = entry[0]
+                        if type(value) is CachedError:
+                            value.reraise()
+                        return value
+                    return await amiss(k, args, kwargs, entry, state)
 
             setattr(async_wrapper, _ATTR, _Binding(c, make_key))
             return cast(Callable[P, R], async_wrapper)

@@ -541,7 +541,7 @@ class KeyBuilder(Generic[P]):
                 if plain is not None:
                     tag = plain(v)
                     if len(tag) <= limit:
-                        return head + tag + "}"
+                        return f"{head}{tag}}}"
             return general(*args, **kwargs)
 
         return key
