@@ -180,7 +180,11 @@ def demo_sampling() -> None:
     messages = [Message(f"m{i}", long_text if i % 4 else "ok", i % 40) for i in range(20_000)]
     kept = sum(bool(extraction.decide(m)) for m in messages)
     st = extraction.stats()
-    print(f"20,000 messages -> {kept} extractions ({kept / 200:.1f} %); skipped: {st.skipped}")
+    gated = len(messages) - st.skipped["long_enough"] - st.skipped["mature"]
+    print(
+        f"20,000 messages -> {kept} extractions: {kept / gated:.1%} of the {gated:,} "
+        f"that pass the gates; skipped: {st.skipped}"
+    )
     print(f"why: {extraction.decide(messages[5]).explain()}")
     print("the same message always gets the same decision (a stable hash of its id)")
 
