@@ -607,30 +607,42 @@ class Cache:
         self._guard.success()
         return result
 
+    def _degrade(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A remote call that degrades: ``_DOWN`` if the backend is cooling down or
+        fails (counted by the guard), else its answer. Reads and fills use it;
+        writes and invalidations use :meth:`_remote`, which raises."""
+        guard = self._guard
+        if guard.skip():
+            return _DOWN
+        try:
+            result = fn(*args, **kwargs)
+        except BackendError as exc:
+            guard.failure(exc)
+            return _DOWN
+        guard.success()
+        return result
+
+    async def _adegrade(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
+        guard = self._guard
+        if guard.skip():
+            return _DOWN
+        try:
+            result = await fn(*args, **kwargs)
+        except BackendError as exc:
+            guard.failure(exc)
+            return _DOWN
+        guard.success()
+        return result
+
     def _remote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
         """A read that degrades: a failing or cooling-down backend is a miss."""
-        guard = self._guard
-        if guard.skip():
-            return None
-        try:
-            entry = self.backend.get(key, hint)
-        except BackendError as exc:
-            guard.failure(exc)
-            return None
-        guard.success()
-        return entry
+        entry = self._degrade(self.backend.get, key, hint)
+        return None if entry is _DOWN else cast("tuple[object, EntryMeta] | None", entry)
 
     async def _aremote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
-        guard = self._guard
-        if guard.skip():
-            return None
-        try:
-            entry = await self.backend.aget(key, hint)  # type: ignore[attr-defined]
-        except BackendError as exc:
-            guard.failure(exc)
-            return None
-        guard.success()
-        return cast("tuple[object, EntryMeta] | None", entry)
+        backend: Any = self.backend
+        entry = await self._adegrade(backend.aget, key, hint)
+        return None if entry is _DOWN else cast("tuple[object, EntryMeta] | None", entry)
 
     def _peek(self, key: str, hint: Any = None) -> tuple[object, EntryMeta] | None:
         """The stored entry, not counted (refresh scheduling)."""
@@ -747,7 +759,7 @@ class Cache:
             else:
                 outcome, store = self._loaded(fill, value, opts, started)
             if not self._local:
-                self._finish(fill, ticket, store, outcome, opts)
+                self._finish(fill, ticket, store, opts)
             return outcome
         finally:
             with self._lock:
@@ -829,13 +841,11 @@ class Cache:
             try:
                 value = loader()
             except Exception as exc:
-                self._failed(fill, exc, opts, started, background=True)
-                if ticket is not None:
-                    self._finish(fill, ticket, _NOTHING, _Outcome(error=exc), opts)
+                _, store = self._failed(fill, exc, opts, started, background=True)
+                self._finish(fill, ticket, store, opts)  # a negative entry, if asked for
                 raise
-            outcome, store = self._loaded(fill, value, opts, started)
-            if ticket is not None:
-                self._finish(fill, ticket, store, outcome, opts)
+            _, store = self._loaded(fill, value, opts, started)
+            self._finish(fill, ticket, store, opts)
             return True
         finally:
             with self._lock:
@@ -870,13 +880,11 @@ class Cache:
             try:
                 value = await loader()
             except Exception as exc:
-                self._failed(fill, exc, opts, started, background=True)
-                if ticket is not None:
-                    await self._afinish(fill, ticket, _NOTHING, _Outcome(error=exc), opts)
+                _, store = self._failed(fill, exc, opts, started, background=True)
+                await self._afinish(fill, ticket, store, opts)  # a negative entry, if asked for
                 raise
-            outcome, store = self._loaded(fill, value, opts, started)
-            if ticket is not None:
-                await self._afinish(fill, ticket, store, outcome, opts)
+            _, store = self._loaded(fill, value, opts, started)
+            await self._afinish(fill, ticket, store, opts)
             return True
         finally:
             with self._lock:
@@ -890,30 +898,30 @@ class Cache:
         return self._clock.now() + gap < meta.stored_at + meta.ttl
 
     def _refresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
-        if self._guard.skip():
-            return None
-        try:
-            ticket: FillTicket = self.backend.begin_fill(  # type: ignore[attr-defined]
-                fill.key, fill.tags, (), self._clock.now(), fill.hint, margin=min(gap, _FAR)
-            )
-        except BackendError as exc:
-            self._guard.failure(exc)
-            return None
-        self._guard.success()
-        return ticket if ticket.state == "acquired" else None
+        backend: Any = self.backend
+        ticket = self._degrade(
+            backend.begin_fill,
+            fill.key,
+            fill.tags,
+            (),
+            self._clock.now(),
+            fill.hint,
+            margin=min(gap, _FAR),
+        )
+        return _acquired(ticket)
 
     async def _arefresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
-        if self._guard.skip():
-            return None
-        try:
-            ticket: FillTicket = await self.backend.abegin_fill(  # type: ignore[attr-defined]
-                fill.key, fill.tags, (), self._clock.now(), fill.hint, margin=min(gap, _FAR)
-            )
-        except BackendError as exc:
-            self._guard.failure(exc)
-            return None
-        self._guard.success()
-        return ticket if ticket.state == "acquired" else None
+        backend: Any = self.backend
+        ticket = await self._adegrade(
+            backend.abegin_fill,
+            fill.key,
+            fill.tags,
+            (),
+            self._clock.now(),
+            fill.hint,
+            margin=min(gap, _FAR),
+        )
+        return _acquired(ticket)
 
     # --- loading: async ------------------------------------------------------------
 
@@ -1027,7 +1035,7 @@ class Cache:
             else:
                 outcome, store = self._loaded(fill, value, opts, started)
             if not self._local:
-                await self._afinish(fill, ticket, store, outcome, opts)
+                await self._afinish(fill, ticket, store, opts)
             return outcome
         finally:
             with self._lock:
@@ -1136,34 +1144,39 @@ class Cache:
         ready = None if entry is None else self._fresh_outcome(entry)
         return None, ready
 
+    def _begin_step(
+        self, ticket: Any, opts: CacheOptions, *, lease: bool, deadline: float | None
+    ) -> tuple[FillTicket | None, _Outcome | None] | float:
+        """What one ``begin_fill`` answer means, for the sync and async loops: the
+        final ``(ticket, ready)`` pair, or how long at most to wait before asking
+        again (another process holds the lease and ``lock_timeout`` has not passed).
+        ``(None, None)``: the backend is down; load without storing."""
+        if ticket is _DOWN:
+            return None, None
+        if ticket.state == "fresh":
+            return self._ticket_outcome(ticket, opts)
+        if ticket.state == "acquired" or not lease:
+            return ticket, None
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        return (ticket, None) if left <= 0 else left
+
     def _begin(
         self, fill: _Fill, opts: CacheOptions, *, lease: bool
     ) -> tuple[FillTicket | None, _Outcome | None]:
         """Before a load on a remote backend: the fresh value if another process
         stored it, else a ticket (this caller's lease, or none after waiting
-        ``lock_timeout`` for another process' load). ``(None, None)``: the backend
-        is down; load without storing."""
+        ``lock_timeout`` for another process' load); see :meth:`_begin_step`."""
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
+        backend: Any = self.backend
         while True:
-            if self._guard.skip():
-                return None, None
-            try:
-                ticket: FillTicket = self.backend.begin_fill(  # type: ignore[attr-defined]
-                    fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
-                )
-            except BackendError as exc:
-                self._guard.failure(exc)
-                return None, None
-            self._guard.success()
-            if ticket.state == "fresh":
-                return self._ticket_outcome(ticket, opts)
-            if ticket.state == "acquired" or not lease:
-                return ticket, None
-            left = math.inf if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return ticket, None
-            time.sleep(min(delay, left))
+            ticket = self._degrade(
+                backend.begin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+            )
+            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            if not isinstance(step, float):
+                return step
+            time.sleep(min(delay, step))
             delay = min(delay * 2, _POLL_MAX)
 
     async def _abegin(
@@ -1171,54 +1184,54 @@ class Cache:
     ) -> tuple[FillTicket | None, _Outcome | None]:
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
+        backend: Any = self.backend
         while True:
-            if self._guard.skip():
-                return None, None
-            try:
-                ticket: FillTicket = await self.backend.abegin_fill(  # type: ignore[attr-defined]
-                    fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
-                )
-            except BackendError as exc:
-                self._guard.failure(exc)
-                return None, None
-            self._guard.success()
-            if ticket.state == "fresh":
-                return self._ticket_outcome(ticket, opts)
-            if ticket.state == "acquired" or not lease:
-                return ticket, None
-            left = math.inf if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return ticket, None
-            await asyncio.sleep(min(delay, left))
+            ticket = await self._adegrade(
+                backend.abegin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+            )
+            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            if not isinstance(step, float):
+                return step
+            await asyncio.sleep(min(delay, step))
             delay = min(delay * 2, _POLL_MAX)
 
     def _commit_plan(
-        self, fill: _Fill, store: object, opts: CacheOptions
+        self,
+        fill: _Fill,
+        store: object,
+        opts: CacheOptions,
+        current: tuple[object, EntryMeta] | None,
     ) -> tuple[object, EntryMeta, float] | None:
-        """(value, meta, storage ttl) to commit for a finished load, or None."""
+        """(value, meta, storage ttl) to commit for a finished load, or None. A
+        negative entry never replaces a value that ``current`` (read after the
+        failure) still allows serving stale."""
         if store is _NOTHING:
             return None
+        if (
+            isinstance(store, CachedError)
+            and current is not None
+            and plan_after_load_failure(current[1], self._clock.now())
+        ):
+            return None
+        negative = store is None or isinstance(store, CachedError)
         with self._lock:
             if fill.generation != 0:
                 return None
-            negative = store is None or isinstance(store, CachedError)
             meta = self._meta(opts, delta=fill.delta, negative=negative)
         return store, meta, remaining_ttl(meta, meta.stored_at)
 
     def _finish(
-        self,
-        fill: _Fill,
-        ticket: FillTicket | None,
-        store: object,
-        outcome: _Outcome,
-        opts: CacheOptions,
+        self, fill: _Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
     ) -> None:
         """After a load on a remote backend: commit (fenced) or release the lease."""
         if ticket is None:
             return
         backend: Any = self.backend
+        current = None
+        if isinstance(store, CachedError):
+            current = self._remote_get(fill.key, fill.hint)
         try:
-            plan = self._commit_plan(fill, store, opts)
+            plan = self._commit_plan(fill, store, opts, current)
             if plan is None:
                 backend.release(ticket)
             else:
@@ -1227,24 +1240,19 @@ class Cache:
             self._guard.failure(exc)
         except SerializationError as exc:
             self._store_failed(fill, exc)
-            try:
-                backend.release(ticket)
-            except BackendError as exc2:
-                self._guard.failure(exc2)
+            self._degrade(backend.release, ticket)
 
     async def _afinish(
-        self,
-        fill: _Fill,
-        ticket: FillTicket | None,
-        store: object,
-        outcome: _Outcome,
-        opts: CacheOptions,
+        self, fill: _Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
     ) -> None:
         if ticket is None:
             return
         backend: Any = self.backend
+        current = None
+        if isinstance(store, CachedError):
+            current = await self._aremote_get(fill.key, fill.hint)
         try:
-            plan = self._commit_plan(fill, store, opts)
+            plan = self._commit_plan(fill, store, opts, current)
             if plan is None:
                 await backend.arelease(ticket)
             else:
@@ -1253,10 +1261,7 @@ class Cache:
             self._guard.failure(exc)
         except SerializationError as exc:
             self._store_failed(fill, exc)
-            try:
-                await backend.arelease(ticket)
-            except BackendError as exc2:
-                self._guard.failure(exc2)
+            await self._adegrade(backend.arelease, ticket)
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
         with self._lock:
@@ -1354,10 +1359,10 @@ class Cache:
             and fill.generation == 0
         )
         if negative and not self._local:
-            # a failure never replaces a value that may still be served stale
-            current = self._remote_get(fill.key, fill.hint)
-            if current is None or not plan_after_load_failure(current[1], self._clock.now()):
-                store = CachedError(exc)
+            # stored by _finish / _afinish, which first check (with a read of the
+            # right kind: awaited in async code) that no value that may still be
+            # served stale would be replaced
+            store = CachedError(exc)
             negative = False
         with self._lock:
             self._loads += 1
@@ -1391,6 +1396,18 @@ class Cache:
 
 #: a read that found nothing (one shared tuple, not a new one per miss)
 _MISSING: tuple[None, None] = (None, None)
+
+#: a remote backend that failed or is cooling down (see Cache._degrade)
+_DOWN = object()
+
+
+def _acquired(ticket: Any) -> FillTicket | None:
+    """A refresh's ticket if this caller holds the lease, else None (down, fresh
+    enough, or another process is loading)."""
+    if ticket is _DOWN or ticket.state != "acquired":
+        return None
+    return cast(FillTicket, ticket)
+
 
 #: "nothing to store" (a load that must not be cached, or was voided)
 _NOTHING = object()
