@@ -540,11 +540,7 @@ class TieredCacheBackend:
         margin: float = 0.0,
     ) -> FillTicket:
         epoch = self._epoch
-        if margin:  # a refresh ahead of expiry (see RedisCacheBackend.begin_fill)
-            l2: Any = self.l2
-            ticket = l2.begin_fill(key, tags, heads, now, hint, margin=margin)
-        else:
-            ticket = self.l2.begin_fill(key, tags, heads, now, hint)
+        ticket = self.l2.begin_fill(key, tags, heads, now, hint, margin=margin)
         return self._began(ticket, hint, epoch)
 
     async def abegin_fill(
@@ -557,11 +553,7 @@ class TieredCacheBackend:
         margin: float = 0.0,
     ) -> FillTicket:
         epoch = self._epoch
-        if margin:  # a refresh ahead of expiry (see RedisCacheBackend.begin_fill)
-            l2: Any = self.l2
-            ticket = await l2.abegin_fill(key, tags, heads, now, hint, margin=margin)
-        else:
-            ticket = await self.l2.abegin_fill(key, tags, heads, now, hint)
+        ticket = await self.l2.abegin_fill(key, tags, heads, now, hint, margin=margin)
         return self._began(ticket, hint, epoch)
 
     def _began(self, ticket: FillTicket, hint: Any, epoch: int) -> FillTicket:
