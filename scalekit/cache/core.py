@@ -119,6 +119,7 @@ from scalekit.cache.backend import CacheBackend, CachedError, FillTicket, Remote
 from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
+    _duration,
     classify,
     classify_unchecked,
     plan_after_load_failure,
@@ -142,16 +143,10 @@ T = TypeVar("T")
 
 
 def _seconds(value: float | timedelta | None, what: str, *, allow_none: bool = False) -> float:
+    """:func:`~scalekit.cache.freshness._duration`, with ``None`` meaning forever."""
     if value is None and allow_none:
         return math.inf
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ConfigurationError(
-            f"{what} must be a duration in seconds (int, float) or a timedelta, got {value!r}"
-        )
-    if not (0.0 <= seconds < math.inf):
-        raise ConfigurationError(f"{what} must be a finite duration >= 0 seconds, got {value!r}")
-    return float(seconds)
+    return _duration(value, what)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

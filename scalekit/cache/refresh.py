@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
@@ -37,6 +36,7 @@ from typing import Any
 
 from scalekit._clock import MonotonicClock
 from scalekit.cache.core import Cache, CacheOptions
+from scalekit.cache.freshness import _duration
 from scalekit.errors import ConfigurationError
 
 __all__ = ["RefreshAhead"]
@@ -45,14 +45,11 @@ log = logging.getLogger("scalekit.cache")
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ConfigurationError(
-            f"{what} must be seconds (int, float) or a timedelta, got {value!r}"
-        )
-    if not 0 < seconds < math.inf:
+    """A duration (see :func:`~scalekit.cache.freshness._duration`) that must be > 0."""
+    seconds = _duration(value, what)
+    if seconds == 0:
         raise ConfigurationError(f"{what} must be a finite duration > 0 seconds, got {value!r}")
-    return float(seconds)
+    return seconds
 
 
 class RefreshAhead:
