@@ -79,6 +79,7 @@ _VALUE, _ERROR = 0, 1
 _BEGIN = load_script("scalekit.cache", "fill_begin")
 _COMMIT = load_script("scalekit.cache", "fill_commit")
 _INVALIDATE = load_script("scalekit.cache", "invalidate")
+_RELEASE = load_script("scalekit.cache", "release")
 _SCAN_BATCH = 500
 _META_MEMO = 1024
 
@@ -568,25 +569,13 @@ class RedisCacheBackend:
         return bool(await self.redis.aevalsha(_COMMIT, *plan))
 
     def _release_args(self, ticket: FillTicket) -> tuple[list[str], list[Any]]:
-        # a commit that always fails its fence check (fill age >= fence ttl) and so
-        # only releases the lease if it is still ours
-        rk = self._rk(ticket.key)
-        return [rk, self._lease + rk, self._kfence + rk], [
-            "fill",
-            ticket.token,
-            b"",
-            1,
-            1,
-            _ms(self.fence_ttl),
-            _ms(self.fence_ttl),
-            "",
-        ]
+        return [self._lease + self._rk(ticket.key)], [ticket.token]
 
     def release(self, ticket: FillTicket) -> None:
         """Give the lease back without storing (the load failed)."""
         if ticket.state == "acquired":
-            self.redis.evalsha(_COMMIT, *self._release_args(ticket))
+            self.redis.evalsha(_RELEASE, *self._release_args(ticket))
 
     async def arelease(self, ticket: FillTicket) -> None:
         if ticket.state == "acquired":
-            await self.redis.aevalsha(_COMMIT, *self._release_args(ticket))
+            await self.redis.aevalsha(_RELEASE, *self._release_args(ticket))
