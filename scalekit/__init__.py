@@ -12,6 +12,7 @@ from scalekit._clock import Clock, MonotonicClock
 from scalekit._version import __version__
 from scalekit.backends import MemoryBackend, RedisBackend, backend_from_url
 from scalekit.errors import (
+    BackendDataError,
     BackendError,
     BulkheadFull,
     CircuitOpenError,
@@ -40,6 +41,7 @@ from scalekit.ratelimit import (
 __all__ = [
     "AsyncConcurrencyLimiter",
     "AsyncRateLimiter",
+    "BackendDataError",
     "BackendError",
     "BulkheadFull",
     "CircuitOpenError",

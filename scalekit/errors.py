@@ -8,6 +8,10 @@ the same classes serve sync and async code::
     │   └── MissingDependency (also ImportError) an optional extra is not installed
     ├── BackendError                             Redis/PostgreSQL failed; chained from
     │                                            the driver's exception (``__cause__``)
+    ├── BackendDataError                         the backend answered, but its reply is an
+    │                                            error about one key's data (WRONGTYPE, a
+    │                                            script error on a corrupt value): that
+    │                                            key's problem, never a backend outage
     ├── SerializationError                       a value could not be encoded, or bytes
     │                                            (foreign, truncated, old schema) decoded
     ├── LimitExceeded                            something refused to run now
@@ -34,6 +38,7 @@ if TYPE_CHECKING:
     from scalekit.ratelimit.decision import Decision
 
 __all__ = [
+    "BackendDataError",
     "BackendError",
     "BulkheadFull",
     "CircuitOpenError",
@@ -73,6 +78,18 @@ class BackendError(ScalekitError):
     """A storage backend (Redis, PostgreSQL) failed or timed out.
 
     The driver's exception is chained as ``__cause__``.
+    """
+
+
+class BackendDataError(ScalekitError):
+    """The backend answered, but with an error about the data of the key(s) involved.
+
+    A value of the wrong type (``WRONGTYPE``), a Lua script failing on a corrupt or
+    foreign value, a reply that does not parse. It is deliberately *not* a
+    :class:`BackendError`: it says nothing about the backend's health, so it never
+    trips a primitive's failure policy. Primitives handle it per key (a limiter
+    resets the key's state, a cache treats the entry as a miss) and count it. The
+    driver's exception is chained as ``__cause__``.
     """
 
 

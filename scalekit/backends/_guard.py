@@ -1,18 +1,30 @@
 """Backend health shared by every primitive: a cooldown after a failure, one probe at a time.
 
-A primitive that talks to Redis (rate limiter, cache, breaker state) wraps each
-backend call: ``if guard.skip(): <degrade>``; on error ``guard.failure(exc)`` then
-degrade; on success ``guard.success()``. An outage therefore costs one short socket
-timeout, not one per call, and is logged once when it starts and once when it ends.
+A primitive that talks to Redis (rate limiter, cache, breaker state, budget) runs
+each backend call through :meth:`BackendGuard.call` / :meth:`BackendGuard.acall`
+with the degraded answer to give instead: while cooling down the backend is not
+called at all; a :class:`~scalekit.errors.BackendError` (a connection failure,
+timeout, server outage) starts or extends a cooldown. An outage therefore costs one
+short socket timeout, not one per call, and is logged once when it starts and once
+when it ends.
+
+A :class:`~scalekit.errors.BackendDataError` (the server answered, with an error
+about one key's data) proves the backend healthy: it passes through the guard to
+the primitive, which resets or misses that key, and never trips the guard.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from scalekit.errors import BackendDataError, BackendError
 
 __all__ = ["BackendGuard"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("scalekit.backends")
 
@@ -94,3 +106,42 @@ class BackendGuard:
                 if self._until is not None:
                     self._until = None
                     self._log.warning("%s %r: backend recovered", self.kind, self.name)
+
+    # -- the one guarded call -----------------------------------------------------------
+    def call(self, fn: Callable[[], T], degrade: Callable[[BackendError | None], T]) -> T:
+        """``fn()``; or ``degrade(exc)`` if it raises :class:`BackendError`, or
+        ``degrade(None)`` without calling it while cooling down.
+
+        A :class:`BackendDataError` marks the backend healthy and propagates.
+        """
+        if self._until is not None and self.skip():
+            return degrade(None)
+        try:
+            result = fn()
+        except BackendError as exc:
+            self.failure(exc)
+            return degrade(exc)
+        except BackendDataError:
+            self.success()
+            raise
+        if self._until is not None:
+            self.success()
+        return result
+
+    async def acall(
+        self, fn: Callable[[], Awaitable[T]], degrade: Callable[[BackendError | None], T]
+    ) -> T:
+        """The async twin of :meth:`call` (``fn`` returns an awaitable)."""
+        if self._until is not None and self.skip():
+            return degrade(None)
+        try:
+            result = await fn()
+        except BackendError as exc:
+            self.failure(exc)
+            return degrade(exc)
+        except BackendDataError:
+            self.success()
+            raise
+        if self._until is not None:
+            self.success()
+        return result

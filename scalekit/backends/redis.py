@@ -18,8 +18,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from scalekit._clock import Clock, as_clock
+from scalekit.backends._errors import map_redis_errors
 from scalekit.backends._lua import LuaScript
-from scalekit.errors import BackendError, ConfigurationError, MissingDependency
+from scalekit.errors import ConfigurationError, MissingDependency
 
 __all__ = ["DEFAULT_TIMEOUT", "RedisBackend"]
 
@@ -126,6 +127,8 @@ class RedisBackend:
         )
         redis = _import_redis()
         self._noscript: type[Exception] = redis.exceptions.NoScriptError
+        self._where = _redact(url)
+        # the cache's own Redis calls still catch these; they move to map_redis_errors
         self._failures: tuple[type[Exception], ...] = (redis.exceptions.RedisError, OSError)
 
     @classmethod
@@ -147,16 +150,20 @@ class RedisBackend:
         return f"RedisBackend({_redact(self.url)!r})"
 
     # -- clients -------------------------------------------------------------
-    def _kwargs(self) -> dict[str, Any]:
-        redis = _import_redis()
+    def _kwargs(self, asynchronous: bool = False) -> dict[str, Any]:
         from redis.backoff import NoBackoff
+
+        if asynchronous:
+            from redis.asyncio.retry import Retry
+        else:
+            from redis.retry import Retry  # type: ignore[assignment]
 
         kw: dict[str, Any] = {
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.connect_timeout,
         }
         if not self.cluster:
-            kw["retry"] = redis.retry.Retry(NoBackoff(), 0)
+            kw["retry"] = Retry(NoBackoff(), 0)
             kw["retry_on_timeout"] = False
         kw.update(self._options)
         return kw
@@ -219,12 +226,15 @@ class RedisBackend:
                 redis = _import_redis()
                 if self.cluster:
                     client = redis.asyncio.cluster.RedisCluster.from_url(
-                        self._strip_query(), **self._kwargs()
+                        self._strip_query(), **self._kwargs(asynchronous=True)
                     )
                 else:
                     client = redis.asyncio.Redis.from_url(
                         self._strip_query(),
-                        **{**self._kwargs(), "max_connections": self.max_connections},
+                        **{
+                            **self._kwargs(asynchronous=True),
+                            "max_connections": self.max_connections,
+                        },
                     )
             self._async[loop] = client
         return client
@@ -246,45 +256,35 @@ class RedisBackend:
     def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` in one round trip (loading it once on NOSCRIPT)."""
         client = self.sync_client
-        try:
+        with map_redis_errors(self._where):
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
             except self._noscript:
                 client.script_load(script.source)
                 return client.evalsha(script.sha, len(keys), *keys, *args)
-        except self._failures as exc:
-            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
 
     async def aevalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         client = self.async_client()
-        try:
+        with map_redis_errors(self._where):
             try:
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
             except self._noscript:
                 await client.script_load(script.source)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
-        except self._failures as exc:
-            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
 
     def delete(self, keys: Sequence[str]) -> None:
-        redis = _import_redis()
-        try:
+        with map_redis_errors(self._where):
             if self.cluster:
                 for k in keys:  # same hash tag, but RedisCluster.delete splits anyway
                     self.sync_client.delete(k)
             else:
                 self.sync_client.delete(*keys)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
 
     async def adelete(self, keys: Sequence[str]) -> None:
-        redis = _import_redis()
         client = self.async_client()
-        try:
+        with map_redis_errors(self._where):
             if self.cluster:
                 for k in keys:
                     await client.delete(k)
             else:
                 await client.delete(*keys)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise BackendError(f"Redis at {_redact(self.url)} failed: {exc}") from exc
