@@ -272,6 +272,17 @@ class RedisBackend:
                 await client.script_load(script.source)
                 return await client.evalsha(script.sha, len(keys), *keys, *args)
 
+    def execute(self, *command: Any) -> Any:
+        """Run one Redis command (``execute("GET", key)``); driver errors mapped."""
+        with map_redis_errors(self._where):
+            return self.sync_client.execute_command(*command)
+
+    async def aexecute(self, *command: Any) -> Any:
+        """The async twin of :meth:`execute`; never blocks the event loop."""
+        client = self.async_client()
+        with map_redis_errors(self._where):
+            return await client.execute_command(*command)
+
     def delete(self, keys: Sequence[str]) -> None:
         with map_redis_errors(self._where):
             if self.cluster:

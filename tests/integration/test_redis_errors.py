@@ -146,3 +146,22 @@ def test_guard_acall() -> None:
         assert await guard.acall(ok, lambda e: 0) == 1
 
     asyncio.run(main())
+
+
+def test_execute_maps_errors(fresh_redis_url: str) -> None:
+    backend = RedisBackend(fresh_redis_url)
+    try:
+        assert backend.execute("SET", "k:s", "v") in (True, b"OK")
+        assert backend.execute("GET", "k:s") == b"v"
+        with pytest.raises(BackendDataError):
+            backend.execute("LPUSH", "k:s", "x")
+
+        async def main() -> None:
+            assert await backend.aexecute("GET", "k:s") == b"v"
+            with pytest.raises(BackendDataError):
+                await backend.aexecute("INCR", "k:s")
+            await backend.aclose()
+
+        asyncio.run(main())
+    finally:
+        backend.close()
