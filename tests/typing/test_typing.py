@@ -22,25 +22,38 @@ def test_every_check_file_is_collected() -> None:
     assert {"check_public_api.py", "check_resilience.py", "check_sampling.py"} <= set(CHECKS)
 
 
-@pytest.mark.parametrize("name", CHECKS)
-def test_public_api_types(name: str) -> None:
-    target = HERE / name
+def mypy_errors(
+    target: Path, *, cwd: Path, extra: tuple[str, ...] = ()
+) -> tuple[set[tuple[int, str]], str]:
+    """(line, error code) of every mypy error in ``target``, and mypy's output."""
     out = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--show-error-codes",
-         "--hide-error-context", "--no-error-summary", str(target)],
-        capture_output=True, text=True, check=False, cwd=HERE.parents[1],
+         "--hide-error-context", "--no-error-summary", *extra, str(target)],
+        capture_output=True, text=True, check=False, cwd=cwd,
     )  # fmt: skip
     got: set[tuple[int, str]] = set()
     for line in out.stdout.splitlines():
         if ": note: " in line:
             continue
-        m = re.match(rf".*{re.escape(name)}:(\d+): error: .*\[([\w-]+)\]$", line)
+        m = re.match(rf".*{re.escape(target.name)}:(\d+): error: .*\[([\w-]+)\]$", line)
         assert m, f"unexpected mypy output: {line}"
         got.add((int(m[1]), m[2]))
-    expected = {
+    return got, out.stdout
+
+
+def expected_errors(target: Path) -> set[tuple[int, str]]:
+    """The ``# E: <code>`` marks of a check file."""
+    return {
         (n, m[1])
         for n, text in enumerate(target.read_text().splitlines(), 1)
         if (m := re.search(r"# E: ([\w-]+)$", text))
     }
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_public_api_types(name: str) -> None:
+    target = HERE / name
+    got, output = mypy_errors(target, cwd=HERE.parents[1])
+    expected = expected_errors(target)
     assert expected, f"{name} lost its expected errors"
-    assert got == expected, out.stdout
+    assert got == expected, output
