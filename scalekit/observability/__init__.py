@@ -10,7 +10,19 @@ reads costs the counters and nothing else.
 
 from __future__ import annotations
 
+from scalekit.observability._asgi import health_app, metrics_app
 from scalekit.observability._events import EVENTS, breaker_listener, log_event
+from scalekit.observability._health import (
+    Check,
+    HealthReport,
+    PostgresProbe,
+    Probe,
+    RedisProbe,
+    RegistryProbe,
+    Status,
+    Thresholds,
+    health_report,
+)
 from scalekit.observability._metrics import (
     DEFAULT_BUCKETS,
     Counter,
@@ -28,14 +40,25 @@ __all__ = [
     "DEFAULT_BUCKETS",
     "EVENTS",
     "SHAPES",
+    "Check",
     "Counter",
     "Family",
     "Gauge",
+    "HealthReport",
     "Histogram",
     "Metric",
+    "PostgresProbe",
+    "Probe",
+    "RedisProbe",
     "Registry",
+    "RegistryProbe",
     "Sample",
+    "Status",
+    "Thresholds",
     "breaker_listener",
     "default_registry",
+    "health_app",
+    "health_report",
     "log_event",
+    "metrics_app",
 ]

@@ -1,0 +1,134 @@
+"""ASGI apps: ``health_app`` (mount at ``/health``) and ``metrics_app`` (``/metrics``).
+
+They need no framework: Starlette's ``Mount``, FastAPI's ``app.mount`` or any ASGI
+server serve them as they are.
+
+``health_app`` answers, relative to where it is mounted:
+
+- ``/live``: 200 while the process answers (no probe runs);
+- ``/ready``: 200 when every probe answered in time, else 503;
+- ``/`` (the mount point itself): the whole :class:`HealthReport` as JSON, with
+  the status code of ``/ready``.
+
+Utilisation (a database at 80 % of its connections) changes the report's
+``status``, not readiness: pulling an instance out of a load balancer does not
+free a connection.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from scalekit.observability._health import HealthReport, Probe, Thresholds, health_report
+from scalekit.observability._metrics import Registry
+
+__all__ = ["health_app", "metrics_app"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _respond(send: Send, status: int, body: bytes, content_type: str, head: bool) -> None:
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ],
+    })  # fmt: skip
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def _relative_path(scope: Scope) -> str:
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", ""))
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path.rstrip("/")
+
+
+def _json(data: Any) -> bytes:
+    return json.dumps(data, allow_nan=False, default=str).encode()
+
+
+def health_app(
+    *probes: Probe,
+    registry: Registry | None = None,
+    thresholds: Mapping[str, Thresholds] | None = None,
+) -> ASGIApp:
+    """An ASGI app serving ``/live``, ``/ready`` and the full report (see above);
+    each request to ``/ready`` or ``/`` runs :func:`health_report` with these
+    arguments."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        head = scope.get("method") == "HEAD"
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b'{"error": "method not allowed"}', "application/json", head)
+            return
+        path = _relative_path(scope)
+        if path == "/live":
+            await _respond(send, 200, b'{"status": "alive"}', "application/json", head)
+            return
+        if path not in ("", "/ready"):
+            await _respond(send, 404, b'{"error": "not found"}', "application/json", head)
+            return
+        report: HealthReport = await health_report(
+            *probes, registry=registry, thresholds=thresholds
+        )
+        code = 200 if report.ready else 503
+        if path == "/ready":
+            failed = [c.name for c in report.checks if c.error]
+            body = _json({"ready": report.ready, "failed": failed})
+        else:
+            body = report.to_json().encode()
+        await _respond(send, code, body, "application/json", head)
+
+    return app
+
+
+def metrics_app(registry: Registry | None = None) -> ASGIApp:
+    """An ASGI app answering every GET with the Prometheus text exposition of
+    ``registry`` (the default one). Needs the ``prometheus`` extra (imported on
+    the first request; without it the answer is a 501 naming the extra)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        head = scope.get("method") == "HEAD"
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain", head)
+            return
+        try:
+            from scalekit.observability.prometheus import exposition
+        except ImportError as exc:
+            await _respond(send, 501, f"{exc}\n".encode(), "text/plain", head)
+            return
+        body, content_type = exposition(registry)
+        await _respond(send, 200, body, content_type, head)
+
+    return app
