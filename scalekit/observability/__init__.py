@@ -37,11 +37,10 @@ from scalekit.observability._metrics import (
 from scalekit.observability._sources import SHAPES
 
 __all__ = [
-    "DEFAULT_BUCKETS",
-    "EVENTS",
-    "SHAPES",
     "Check",
     "Counter",
+    "DEFAULT_BUCKETS",
+    "EVENTS",
     "Family",
     "Gauge",
     "HealthReport",
@@ -52,6 +51,7 @@ __all__ = [
     "RedisProbe",
     "Registry",
     "RegistryProbe",
+    "SHAPES",
     "Sample",
     "Status",
     "Thresholds",

@@ -367,3 +367,59 @@ def test_breaker_listener_logs_transitions_once(caplog: pytest.LogCaptureFixture
     events = [r.event for r in caplog.records]  # type: ignore[attr-defined]
     assert events == ["breaker.opened", "breaker.half_opened", "breaker.closed"]
     assert set(events) <= EVENTS
+
+
+# -- the public surface and the optional extras ----------------------------------------
+
+
+def test_all_is_importable() -> None:
+    from scalekit import capacity, observability
+
+    for module in (observability, capacity):
+        for name in module.__all__:
+            assert hasattr(module, name), name
+        assert sorted(module.__all__) == module.__all__
+
+
+def test_imports_without_the_extras() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import asyncio, sys
+        for m in ("redis", "asyncpg", "prometheus_client", "opentelemetry", "pydantic"):
+            sys.modules[m] = None        # as if the extra were not installed
+        import scalekit.observability as o
+        from scalekit.errors import MissingDependency
+        r = o.Registry()
+        r.counter("scalekit_x_total", "x").labels().inc()
+        assert r.collect()[0].samples[0].value == 1
+        report = asyncio.run(o.health_report(o.RedisProbe("redis://127.0.0.1:1"), registry=r))
+        assert "pip install 'scalekit-primitives[redis]'" in report.check("redis").error
+        for module, extra in (("scalekit.observability.prometheus", "prometheus"),
+                              ("scalekit.observability.otel", "otel"),
+                              ("scalekit.capacity", "capacity")):
+            try:
+                __import__(module)
+            except MissingDependency as exc:
+                assert f"scalekit-primitives[{extra}]" in str(exc), exc
+            else:
+                raise AssertionError(module)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_importing_observability_loads_no_driver_or_exporter() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scalekit.observability\n"
+        "loaded = {'redis', 'asyncpg', 'prometheus_client', 'opentelemetry', 'pydantic'}"
+        " & set(sys.modules)\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
