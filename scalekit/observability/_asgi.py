@@ -17,10 +17,14 @@ free a connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
+from scalekit.errors import ConfigurationError
 from scalekit.observability._health import HealthReport, Probe, Thresholds, health_report
 from scalekit.observability._metrics import Registry
 
@@ -72,10 +76,32 @@ def health_app(
     *probes: Probe,
     registry: Registry | None = None,
     thresholds: Mapping[str, Thresholds] | None = None,
+    cache_seconds: float = 1.0,
 ) -> ASGIApp:
-    """An ASGI app serving ``/live``, ``/ready`` and the full report (see above);
-    each request to ``/ready`` or ``/`` runs :func:`health_report` with these
-    arguments."""
+    """An ASGI app serving ``/live``, ``/ready`` and the full report (see above).
+
+    Requests to ``/ready`` or ``/`` share one :func:`health_report` run: concurrent
+    requests wait for the same run, and a report younger than ``cache_seconds`` is
+    served again (``0``: every request runs the probes), so a burst of health checks
+    is not a burst of connections to the database.
+    """
+    if isinstance(cache_seconds, bool) or not isinstance(cache_seconds, int | float):
+        raise ConfigurationError(f"cache_seconds must be a number, got {cache_seconds!r}")
+    if not 0 <= cache_seconds < math.inf:
+        raise ConfigurationError(f"cache_seconds must be >= 0 and finite, got {cache_seconds!r}")
+    last: list[tuple[float, asyncio.Task[HealthReport]]] = []
+
+    async def current() -> HealthReport:
+        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        if last:
+            at, task = last[0]
+            fresh = not task.done() or now - at < cache_seconds
+            if fresh and task.get_loop() is loop:
+                return await asyncio.shield(task)
+        task = loop.create_task(health_report(*probes, registry=registry, thresholds=thresholds))
+        last[:] = [(now, task)]
+        return await asyncio.shield(task)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -94,9 +120,7 @@ def health_app(
         if path not in ("", "/ready"):
             await _respond(send, 404, b'{"error": "not found"}', "application/json", head)
             return
-        report: HealthReport = await health_report(
-            *probes, registry=registry, thresholds=thresholds
-        )
+        report = await current()
         code = 200 if report.ready else 503
         if path == "/ready":
             failed = [c.name for c in report.checks if c.error]

@@ -178,6 +178,8 @@ class PostgresProbe:
     """Database size and largest tables, connections in use vs ``max_connections``,
     the oldest open transaction, replication lag (where there is replication) and
     rows in default partitions (rows there mean a missing partition).
+    It reads in one read-only transaction with a ``SET LOCAL statement_timeout``
+    (so it works through PgBouncer in transaction mode).
 
     ``database_size_limit`` (bytes; your provider's quota) turns the size into a
     rated figure; ``max_transaction_age`` and ``max_replication_lag`` (seconds) are
@@ -222,13 +224,15 @@ class PostgresProbe:
             self.dsn,
             timeout=self.timeout,
             statement_cache_size=0,  # works through PgBouncer in transaction mode
-            server_settings={
-                "application_name": "scalekit-health",
-                "statement_timeout": str(max(1, int(self.timeout * 1000))),
-            },
+            # application_name only: PgBouncer refuses other startup parameters
+            server_settings={"application_name": "scalekit-health"},
         )
         try:
-            return await self._checks(conn, rate)
+            # SET LOCAL ends with the transaction: safe behind a transaction pooler
+            async with conn.transaction(readonly=True):
+                ms = max(1, int(self.timeout * 1000))
+                await conn.execute(f"SET LOCAL statement_timeout = {ms}")
+                return await self._checks(conn, rate)
         except BaseException:
             conn.terminate()
             raise

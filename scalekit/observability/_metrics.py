@@ -456,6 +456,8 @@ class Registry:
                 prev = merged.get(metric.name)
                 if prev is None:
                     merged[metric.name] = metric
+                elif (prev.kind, prev.labelnames) != (metric.kind, metric.labelnames):
+                    continue  # a native family of that name wins over an adapted source
                 else:
                     merged[metric.name] = Metric(
                         prev.name,

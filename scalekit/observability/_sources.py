@@ -215,12 +215,17 @@ class Source:
         except Exception:
             self.errors += 1
             return
-        if isinstance(result, Mapping) and self.kind not in ("ratelimit", "tasks"):
-            items = list(result.items())  # name -> stats (BreakerRegistry.snapshot())
-            for key, obj in items:
-                yield str(_get(obj, "name") or key), obj
+        if isinstance(result, Mapping) and not any(
+            isinstance(v, int | float) for v in result.values()
+        ):
+            # name -> stats (BreakerRegistry.snapshot()), not a stats dict of numbers
+            for key, obj in list(result.items()):
+                own = _get(obj, "name")
+                yield str(own if isinstance(own, str) and own else key), obj
             return
-        objs = result if isinstance(result, list | tuple) and self.kind != "sampling" else [result]
+        objs: list[Any] | tuple[Any, ...] = [result]
+        if isinstance(result, list | tuple) and not hasattr(result, "_fields"):
+            objs = result  # a NamedTuple (SamplingStats) is one stats object
         for obj in objs:
             own = _get(obj, "name")
             yield str(own if isinstance(own, str) and own else self.name or self.kind), obj

@@ -326,3 +326,46 @@ async def test_metrics_app_serves_the_exposition() -> None:
     assert fam.samples[0].value == 3
     status, body, _ = await call(metrics_app(r), "/metrics", method="HEAD")
     assert status == 200 and body == b""
+
+
+@pytest.mark.postgres
+async def test_postgres_probe_through_pgbouncer(pgbouncer_dsn: str) -> None:
+    report = await health_report(PostgresProbe(pgbouncer_dsn, timeout=5), registry=Registry())
+    assert report.ready, report.checks
+    conns = report.check("postgres.connections")
+    assert conns.value is not None and conns.limit is not None and conns.value >= 1
+
+
+class Counts:
+    name = "counts"
+    timeout = 5.0
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def run(self, rate: Any) -> list[Check]:
+        self.runs += 1
+        self.started.set()
+        await self.release.wait()
+        return [Check("counts.x", "ok", 1.0)]
+
+
+async def test_health_app_shares_one_run_between_concurrent_requests() -> None:
+    probe = Counts()
+    uncached = health_app(probe, registry=Registry(), cache_seconds=0)
+    calls = [asyncio.ensure_future(call(uncached, "/ready")) for _ in range(20)]
+    await probe.started.wait()  # every request has joined the run in flight by now
+    probe.release.set()
+    results = await asyncio.gather(*calls)
+    assert {status for status, _, _ in results} == {200}
+    assert probe.runs == 1
+    await call(uncached, "/")
+    assert probe.runs == 2  # finished, and cache_seconds=0: a new run
+    cached = health_app(probe, registry=Registry(), cache_seconds=60)
+    await call(cached, "/")
+    await call(cached, "/ready")
+    assert probe.runs == 3  # younger than cache_seconds: served again
+    with pytest.raises(ConfigurationError):
+        health_app(probe, cache_seconds=float("inf"))

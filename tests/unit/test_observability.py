@@ -423,3 +423,32 @@ def test_importing_observability_loads_no_driver_or_exporter() -> None:
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_mapping_of_stats_dicts_is_one_series_each() -> None:
+    r = Registry()
+    a = RateLimiter("memory://", "1/minute", name="a")
+    b = RateLimiter("memory://", "1/minute", name="b")
+    a.hit("k")
+    a.hit("k")
+    r.register_source("ratelimit", lambda: {"a": a.stats(), "b": b.stats()}, name="all")
+    assert by_name(r)["scalekit_ratelimit_denied_total"] == {
+        (("limiter", "a"),): 1,
+        (("limiter", "b"),): 0,
+    }
+
+
+def test_a_native_family_wins_over_a_source_of_another_shape() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scalekit.observability.prometheus import exposition
+
+    r = Registry()
+    native = r.counter("scalekit_cache_hits_total", "Hits.", labels=("cache", "namespace"))
+    native.labels("feed", "q").add(2)
+    cache = Cache(name="feed")
+    r.register_source("cache", cache.stats)
+    families = {f.name: f for f in text_string_to_metric_families(exposition(r)[0].decode())}
+    [sample] = families["scalekit_cache_hits"].samples
+    assert sample.labels == {"cache": "feed", "namespace": "q"} and sample.value == 2
+    assert "scalekit_cache_misses" in families  # the source's other fields still export
