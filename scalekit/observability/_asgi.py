@@ -12,7 +12,8 @@ server serve them as they are.
 
 Utilisation (a database at 80 % of its connections) changes the report's
 ``status``, not readiness: pulling an instance out of a load balancer does not
-free a connection.
+free a connection. A change of status or readiness between two runs is logged
+once as a ``health.changed`` event.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from scalekit.errors import ConfigurationError
+from scalekit.observability._events import log_event
 from scalekit.observability._health import HealthReport, Probe, Thresholds, health_report
 from scalekit.observability._metrics import Registry
 
@@ -90,6 +92,22 @@ def health_app(
     if not 0 <= cache_seconds < math.inf:
         raise ConfigurationError(f"cache_seconds must be >= 0 and finite, got {cache_seconds!r}")
     last: list[tuple[float, asyncio.Task[HealthReport]]] = []
+    seen: list[tuple[str, bool]] = []  # the last (status, ready) logged
+
+    def changed(task: asyncio.Task[HealthReport]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        report = task.result()
+        now = (report.status, report.ready)
+        if seen and seen[0] != now:
+            log_event(
+                "health.changed",
+                status=report.status,
+                ready=report.ready,
+                previous=seen[0][0],
+                failing=",".join(c.name for c in report.checks if c.status != "ok"),
+            )
+        seen[:] = [now]
 
     async def current() -> HealthReport:
         now = time.monotonic()
@@ -100,6 +118,7 @@ def health_app(
             if fresh and task.get_loop() is loop:
                 return await asyncio.shield(task)
         task = loop.create_task(health_report(*probes, registry=registry, thresholds=thresholds))
+        task.add_done_callback(changed)
         last[:] = [(now, task)]
         return await asyncio.shield(task)
 

@@ -369,3 +369,32 @@ async def test_health_app_shares_one_run_between_concurrent_requests() -> None:
     assert probe.runs == 3  # younger than cache_seconds: served again
     with pytest.raises(ConfigurationError):
         health_app(probe, cache_seconds=float("inf"))
+
+
+class Flips:
+    name = "flips"
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.fail = False
+
+    async def run(self, rate: Any) -> list[Check]:
+        if self.fail:
+            raise ConnectionError("down")
+        return [Check("flips.x", "ok", 1.0)]
+
+
+async def test_health_app_logs_a_change_once(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO, logger="scalekit.events")
+    probe = Flips()
+    app = health_app(probe, registry=Registry(), cache_seconds=0)
+    await call(app, "/ready")
+    probe.fail = True
+    for _ in range(3):
+        assert (await call(app, "/ready"))[0] == 503
+    probe.fail = False
+    assert (await call(app, "/ready"))[0] == 200
+    events = [(r.event, r.status, r.ready) for r in caplog.records]  # type: ignore[attr-defined]
+    assert events == [("health.changed", "critical", False), ("health.changed", "ok", True)]
