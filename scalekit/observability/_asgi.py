@@ -62,6 +62,28 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+Handler = Callable[[Scope, Send, bool], Awaitable[None]]
+
+
+def _get_only(handler: Handler) -> ASGIApp:
+    """An ASGI app: the lifespan protocol answered, GET and HEAD passed to
+    ``handler(scope, send, head)``, any other method a 405."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        head = scope.get("method") == "HEAD"
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _respond(send, 405, b"method not allowed\n", "text/plain", head)
+            return
+        await handler(scope, send, head)
+
+    return app
+
+
 def _relative_path(scope: Scope) -> str:
     path = str(scope.get("path", ""))
     root = str(scope.get("root_path", ""))
@@ -122,16 +144,7 @@ def health_app(
         last[:] = [(now, task)]
         return await asyncio.shield(task)
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        head = scope.get("method") == "HEAD"
-        if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(send, 405, b'{"error": "method not allowed"}', "application/json", head)
-            return
+    async def serve(scope: Scope, send: Send, head: bool) -> None:
         path = _relative_path(scope)
         if path == "/live":
             await _respond(send, 200, b'{"status": "alive"}', "application/json", head)
@@ -148,7 +161,7 @@ def health_app(
             body = report.to_json().encode()
         await _respond(send, code, body, "application/json", head)
 
-    return app
+    return _get_only(serve)
 
 
 def metrics_app(registry: Registry | None = None) -> ASGIApp:
@@ -156,16 +169,7 @@ def metrics_app(registry: Registry | None = None) -> ASGIApp:
     ``registry`` (the default one). Needs the ``prometheus`` extra (imported on
     the first request; without it the answer is a 501 naming the extra)."""
 
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            return
-        if scope["type"] != "http":
-            return
-        head = scope.get("method") == "HEAD"
-        if scope.get("method") not in ("GET", "HEAD"):
-            await _respond(send, 405, b"method not allowed\n", "text/plain", head)
-            return
+    async def serve(scope: Scope, send: Send, head: bool) -> None:
         try:
             from scalekit.observability.prometheus import exposition
         except ImportError as exc:
@@ -174,4 +178,4 @@ def metrics_app(registry: Registry | None = None) -> ASGIApp:
         body, content_type = exposition(registry)
         await _respond(send, 200, body, content_type, head)
 
-    return app
+    return _get_only(serve)
