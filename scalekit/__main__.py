@@ -1,5 +1,6 @@
 """``python -m scalekit demo``: a short, self-explaining tour on the memory backend:
 rate limits, the query cache, circuit breakers and retries, and sampling.
+``python -m scalekit capacity plan.toml``: a capacity plan's load and headroom.
 
 Time in the demo is simulated with :class:`scalekit.testing.FakeClock`, so an hour
 of traffic runs in milliseconds; the speed figure at the end is measured for real.
@@ -222,12 +223,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from scalekit.capacity import (
+        PlanError,
+        load_plan,
+        project,
+        render_html,
+        render_json,
+        render_text,
+    )
+
+    try:
+        plan = load_plan(args.plan)
+        projection = project(plan, users=args.users)
+    except (PlanError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    render = render_json if args.json else render_html if args.html else render_text
+    print(render(projection))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scalekit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="a short tour of the primitives on the memory backend")
     demo.add_argument("--quick", action="store_true", help="shorter speed measurement")
     demo.set_defaults(func=cmd_demo)
+    cap = sub.add_parser(
+        "capacity",
+        help="project load and headroom from a TOML plan file",
+        description="Project a capacity plan: load, headroom against every limit at the "
+        "warning/critical thresholds, and the user count at which each limit breaks.",
+    )
+    cap.add_argument("plan", help="the plan file (TOML); see examples/capacity/")
+    out = cap.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the projection as JSON")
+    out.add_argument("--html", action="store_true", help="print an HTML page with a chart")
+    cap.add_argument("--users", type=int, help="project at this many users instead")
+    cap.set_defaults(func=cmd_capacity)
     args = parser.parse_args(argv)
     result: int = args.func(args)
     return result
