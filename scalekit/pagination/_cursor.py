@@ -205,7 +205,7 @@ class CursorCodec:
         self._now = as_clock(clock if clock is not None else time.time).now
 
     def _mac(self, body: str) -> bytes:
-        return hmac.new(self._key, body.encode("ascii"), "sha256").digest()
+        return hmac.digest(self._key, body.encode("ascii"), "sha256")
 
     def encode(self, values: Sequence[object], *, binding: bytes) -> str:
         issued = round(self._now() * 1000)

@@ -75,7 +75,7 @@ class Keyset:
     when one is set.
     """
 
-    __slots__ = ("_codec", "_columns", "_query", "_spec", "default_limit", "max_limit")
+    __slots__ = ("_codec", "_columns", "_query", "_shape", "default_limit", "max_limit")
 
     def __init__(
         self,
@@ -97,14 +97,15 @@ class Keyset:
         self._codec = CursorCodec(
             secret, purpose="keyset", what="Keyset", max_age=max_age, clock=clock
         )
-        self._spec = tuple(c.spec() for c in self._columns)
+        # the query and sort, digested once; each page adds its parameters and tenant
+        self._shape = digest("keyset", self._query, tuple(c.spec() for c in self._columns))
 
     def __repr__(self) -> str:
         order = ", ".join(f"{c.name} {'desc' if c.desc else 'asc'}" for c in self._columns)
         return f"Keyset(order_by=[{order}], max_limit={self.max_limit})"
 
     def _binding(self, params: Sequence[object], tenant: str | None) -> bytes:
-        return digest("keyset", self._query, self._spec, list(params), tenant)
+        return digest(self._shape, list(params), tenant)
 
     def _sql(
         self, columns: Sequence[SortColumn], values: Sequence[object] | None, n_params: int
@@ -149,8 +150,8 @@ class Keyset:
             raise ConfigurationError("give after= or before=, not both")
         cursor = after if after is not None else before
         values: list[object] | None = None
+        binding = self._binding(params, tenant)
         if cursor is not None:
-            binding = self._binding(params, tenant)
             values = self._codec.decode(cursor, binding=binding).values
             if len(values) != len(self._columns):
                 raise CursorError("malformed cursor: wrong number of values")
@@ -167,7 +168,6 @@ class Keyset:
             raise mapped from exc
         more = len(rows) > n
         del rows[n:]
-        binding = self._binding(params, tenant)
 
         def mint(row: Any) -> str:
             return self._codec.encode(self._position(row), binding=binding)
