@@ -74,6 +74,10 @@ class Names:
         return self._q(self._derived("_sk_tombstone"))
 
     @property
+    def truncate_fn(self) -> str:
+        return self._q(self._derived("_sk_truncate"))
+
+    @property
     def xid_index(self) -> str:
         return quote_ident(self._derived("_sk_xid_idx"))
 
@@ -111,6 +115,15 @@ def check_keep(keep: Iterable[str], key: str) -> tuple[str, ...]:
     return columns
 
 
+def dollar_quote(text: str) -> str:
+    """``text`` as a dollar-quoted literal whose tag does not occur in it (a function
+    body quoting a hostile identifier cannot end the literal early)."""
+    i = 0
+    while f"$sk{i}$" in text:
+        i += 1
+    return f"$sk{i}${text}$sk{i}$"
+
+
 def install_sql(n: Names, types: Sequence[tuple[str, str]]) -> list[str]:
     """DDL for ``n``; ``types`` are ``(column, format_type)`` of the key then the kept
     columns, as the server reported them."""
@@ -128,25 +141,39 @@ def install_sql(n: Names, types: Sequence[tuple[str, str]]) -> list[str]:
         f"{DELETED_AT} timestamptz NOT NULL DEFAULT clock_timestamp())",
         f"CREATE INDEX IF NOT EXISTS {n.tomb_index} ON {n.qtomb} ({XID}, {n.qkey})",
         f"CREATE INDEX IF NOT EXISTS {n.tomb_age_index} ON {n.qtomb} ({DELETED_AT})",
-        f"""CREATE OR REPLACE FUNCTION {n.stamp_fn}() RETURNS trigger LANGUAGE plpgsql AS $sk$
+        f"CREATE OR REPLACE FUNCTION {n.stamp_fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        + dollar_quote(f"""
 BEGIN
     NEW.{XID} := pg_current_xact_id();
     RETURN NEW;
-END $sk$""",
-        f"""CREATE OR REPLACE FUNCTION {n.tomb_fn}() RETURNS trigger LANGUAGE plpgsql AS $sk$
+END"""),
+        f"CREATE OR REPLACE FUNCTION {n.tomb_fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        + dollar_quote(f"""
 BEGIN
     IF TG_OP = 'DELETE' OR ({old}) IS DISTINCT FROM ({new}) THEN
         INSERT INTO {n.qtomb} ({", ".join(key_and_keep)}, {XID})
         VALUES ({old}, pg_current_xact_id());
     END IF;
     RETURN NULL;
-END $sk$""",
+END"""),
+        # TRUNCATE fires no row trigger: raise the floor instead, so every cursor
+        # minted before it gets MustRefetch rather than a copy that keeps the rows
+        f"CREATE OR REPLACE FUNCTION {n.truncate_fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        + dollar_quote(f"""
+BEGIN
+    UPDATE {n.qmeta} SET floor = GREATEST(floor, pg_current_xact_id())
+    WHERE tbl = {dollar_quote(n.label)};
+    RETURN NULL;
+END"""),
         f"DROP TRIGGER IF EXISTS _sk_stamp ON {n.qtable}",
         f"CREATE TRIGGER _sk_stamp BEFORE INSERT OR UPDATE ON {n.qtable} "
         f"FOR EACH ROW EXECUTE FUNCTION {n.stamp_fn}()",
         f"DROP TRIGGER IF EXISTS _sk_tombstone ON {n.qtable}",
         f"CREATE TRIGGER _sk_tombstone AFTER DELETE OR UPDATE ON {n.qtable} "
         f"FOR EACH ROW EXECUTE FUNCTION {n.tomb_fn}()",
+        f"DROP TRIGGER IF EXISTS _sk_truncate ON {n.qtable}",
+        f"CREATE TRIGGER _sk_truncate AFTER TRUNCATE ON {n.qtable} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {n.truncate_fn}()",
     ]
 
 
@@ -154,8 +181,10 @@ def uninstall_sql(n: Names) -> list[str]:
     return [
         f"DROP TRIGGER IF EXISTS _sk_stamp ON {n.qtable}",
         f"DROP TRIGGER IF EXISTS _sk_tombstone ON {n.qtable}",
+        f"DROP TRIGGER IF EXISTS _sk_truncate ON {n.qtable}",
         f"DROP FUNCTION IF EXISTS {n.stamp_fn}()",
         f"DROP FUNCTION IF EXISTS {n.tomb_fn}()",
+        f"DROP FUNCTION IF EXISTS {n.truncate_fn}()",
         f"DROP TABLE IF EXISTS {n.qtomb}",
         f"ALTER TABLE {n.qtable} DROP COLUMN IF EXISTS {XID}",
     ]

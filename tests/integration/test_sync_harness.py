@@ -27,9 +27,7 @@ async def test_xid8_feed_through_pgbouncer(postgres_dsn: str, pgbouncer_dsn: str
 
 
 async def test_naive_timestamp_cursor_loses_rows(postgres_dsn: str) -> None:
-    result = await check_change_feed(
-        postgres_dsn, writers=12, duration=2.0, seed=1, method="naive"
-    )
+    result = await check_change_feed(postgres_dsn, writers=12, duration=2.0, seed=1, method="naive")
     assert result.commits > 50, result
     # rows committed after a later-stamped row was read are never seen again
     assert result.missing + result.stale > 0, result

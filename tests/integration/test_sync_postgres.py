@@ -276,3 +276,36 @@ async def test_async_callback_replica_and_commit(con: Any, schema: str) -> None:
     assert [p.reset for p in seen] == [True, False, False]
     assert [p.up_to_date for p in seen] == [False, False, True]
     assert committed == [seen[-1].cursor]
+
+
+async def test_truncate_makes_every_older_cursor_refetch(con: Any, schema: str) -> None:
+    f = feed(schema)
+    copy: dict[int, dict[str, Any]] = {}
+    replica = Replica(f, copy)
+    await replica.sync(con)
+    old = replica.cursor
+    await con.execute(f"TRUNCATE {schema}.messages")
+    await con.execute(f"INSERT INTO {schema}.messages VALUES (1, 0, 'after')")
+    with pytest.raises(MustRefetch) as info:
+        await f.changes(con, old)
+    assert info.value.reason == "purged"
+    await replica.sync(con)  # a mapping starts over by itself
+    assert bodies(copy) == {1: "after"}
+
+
+async def test_hostile_keep_column_cannot_break_out_of_the_trigger(con: Any) -> None:
+    s = f"sk_sync_{uuid.uuid4().hex[:8]}"
+    col = "o$sk0$; DROP TABLE x; $sk0$"
+    q = '"' + col + '"'
+    await con.execute(f"CREATE SCHEMA {s}; CREATE TABLE {s}.t (id int PRIMARY KEY, {q} int)")
+    try:
+        await install_change_tracking(con, "t", keep=[col], schema=s)
+        await con.execute(f"INSERT INTO {s}.t VALUES (1, 5), (2, 6)")
+        f = ChangeFeed("t", schema=s, secret=SECRET)
+        first = await f.changes(con, where=f"{q} = $1", params=[5])
+        assert [r["id"] for r in first.upserts] == [1]
+        await con.execute(f"UPDATE {s}.t SET {q} = 7 WHERE id = 1")  # moves out of 5
+        page = await f.changes(con, first.cursor, where=f"{q} = $1", params=[5])
+        assert page.deletes == [1] and page.upserts == []
+    finally:
+        await con.execute(f"DROP SCHEMA {s} CASCADE")
