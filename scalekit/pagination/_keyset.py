@@ -19,7 +19,7 @@ from scalekit.pagination._sql import (
     keyset_predicate,
     order_sql,
     parse_order_by,
-    wrap_undefined_column,
+    wrap_query_error,
 )
 
 __all__ = ["Keyset", "Offset", "OffsetPage", "Page"]
@@ -162,7 +162,7 @@ class Keyset:
         try:
             rows = list(await conn.fetch(sql, *params, *extra))
         except Exception as exc:
-            mapped = wrap_undefined_column(exc, self._columns)
+            mapped = wrap_query_error(exc, self._columns, len(params))
             if mapped is exc:
                 raise
             raise mapped from exc
@@ -234,7 +234,7 @@ class Offset:
         try:
             rows = list(await conn.fetch(sql, *params, n + 1, skip))
         except Exception as exc:
-            mapped = wrap_undefined_column(exc, self._columns)
+            mapped = wrap_query_error(exc, self._columns, len(params) + 2)
             if mapped is exc:
                 raise
             raise mapped from exc

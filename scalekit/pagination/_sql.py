@@ -9,11 +9,12 @@ truncate to another name) are refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from scalekit.errors import ConfigurationError
+from scalekit.errors import ConfigurationError, CursorError
 
 MAX_IDENTIFIER_BYTES = 63
 ALIAS = '"_sk_page"'
@@ -200,8 +201,23 @@ def keyset_predicate(
     return "(" + " OR ".join(f"({t})" for t in terms) + ")"
 
 
-def wrap_undefined_column(exc: BaseException, columns: Sequence[SortColumn]) -> BaseException:
-    """PostgreSQL's "column does not exist" about a sort column, as a ConfigurationError."""
+_ARGUMENT = re.compile(r"query argument \$(\d+)")
+
+
+def wrap_query_error(
+    exc: BaseException, columns: Sequence[SortColumn], n_params: int
+) -> BaseException:
+    """A driver error as scalekit's: PostgreSQL's "column does not exist" about a sort
+    column is a ConfigurationError; asyncpg refusing to encode one of the cursor's
+    values (a parameter after the caller's own: the column's type changed since the
+    cursor was minted) is a CursorError, since the client can only start over."""
+    if type(exc).__name__ == "DataError":
+        found = _ARGUMENT.search(str(exc))
+        if found is not None and int(found.group(1)) > n_params:
+            return CursorError(
+                "this cursor's values no longer fit the query's columns (did their type "
+                "change?); start from the first page"
+            )
     if getattr(exc, "sqlstate", None) == "42703":
         names = ", ".join(repr(c.name) for c in columns)
         return ConfigurationError(

@@ -299,3 +299,23 @@ async def test_offset_pages_and_depth_limit(executor: Any, table: str) -> None:
     assert first.has_next and not first.has_prev and second.has_prev
     with pytest.raises(ConfigurationError, match="Keyset"):
         await offset.page(NoQuery(), 1, offset=51, limit=20)
+
+
+async def test_cursor_outliving_a_column_type_change_is_a_cursor_error(postgres_dsn: str) -> None:
+    con = await asyncpg.connect(postgres_dsn)
+    t = f"sk_pg_migrate_{uuid.uuid4().hex[:8]}"
+    try:
+        await con.execute(f"CREATE TABLE {t} (id int PRIMARY KEY, v int NOT NULL)")
+        await con.execute(f"INSERT INTO {t} SELECT i, i FROM generate_series(1, 10) i")
+        keyset = Keyset(f"SELECT id, v FROM {t}", [("v", "asc")], secret=SECRET)
+        cursor = (await keyset.page(con, limit=3)).next_cursor
+        await con.execute(f"ALTER TABLE {t} ALTER v TYPE text USING v::text")
+        with pytest.raises(CursorError, match="no longer fit"):
+            await keyset.page(con, after=cursor)
+        with pytest.raises(asyncpg.DataError):  # the caller's own parameter: not ours
+            await Keyset(f"SELECT id, v FROM {t} WHERE v = $1", [("v", "asc")], secret=SECRET).page(
+                con, 5
+            )
+    finally:
+        await con.execute(f"DROP TABLE {t}")
+        await con.close()
