@@ -19,7 +19,7 @@ from scalekit.pagination._sql import (
     keyset_predicate,
     order_sql,
     parse_order_by,
-    wrap_query_error,
+    query_errors,
 )
 
 __all__ = ["Keyset", "Offset", "OffsetPage", "Page"]
@@ -159,13 +159,8 @@ class Keyset:
         columns = [c.reversed() for c in self._columns] if backward else list(self._columns)
         sql, extra = self._sql(columns, values, len(params))
         extra[-1] = n + 1
-        try:
+        with query_errors(self._columns, len(params)):
             rows = list(await conn.fetch(sql, *params, *extra))
-        except Exception as exc:
-            mapped = wrap_query_error(exc, self._columns, len(params))
-            if mapped is exc:
-                raise
-            raise mapped from exc
         more = len(rows) > n
         del rows[n:]
 
@@ -231,13 +226,8 @@ class Offset:
             f"SELECT * FROM ({self._query}) AS {ALIAS} ORDER BY {order_sql(self._columns)} "
             f"LIMIT ${p + 1} OFFSET ${p + 2}"
         )
-        try:
+        with query_errors(self._columns, len(params) + 2):
             rows = list(await conn.fetch(sql, *params, n + 1, skip))
-        except Exception as exc:
-            mapped = wrap_query_error(exc, self._columns, len(params) + 2)
-            if mapped is exc:
-                raise
-            raise mapped from exc
         more = len(rows) > n
         del rows[n:]
         return OffsetPage(items=rows, offset=skip, limit=n, has_next=more, has_prev=skip > 0)

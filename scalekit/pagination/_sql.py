@@ -9,8 +9,9 @@ truncate to another name) are refused.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -204,23 +205,26 @@ def keyset_predicate(
 _ARGUMENT = re.compile(r"query argument \$(\d+)")
 
 
-def wrap_query_error(
-    exc: BaseException, columns: Sequence[SortColumn], n_params: int
-) -> BaseException:
-    """A driver error as scalekit's: PostgreSQL's "column does not exist" about a sort
-    column is a ConfigurationError; asyncpg refusing to encode one of the cursor's
-    values (a parameter after the caller's own: the column's type changed since the
-    cursor was minted) is a CursorError, since the client can only start over."""
-    if type(exc).__name__ == "DataError":
-        found = _ARGUMENT.search(str(exc))
-        if found is not None and int(found.group(1)) > n_params:
-            return CursorError(
-                "this cursor's values no longer fit the query's columns (did their type "
-                "change?); start from the first page"
-            )
-    if getattr(exc, "sqlstate", None) == "42703":
-        names = ", ".join(repr(c.name) for c in columns)
-        return ConfigurationError(
-            f"every sort column ({names}) must be a column of the query's select list: {exc}"
-        )
-    return exc
+@contextlib.contextmanager
+def query_errors(columns: Sequence[SortColumn], n_params: int) -> Iterator[None]:
+    """Driver errors of a page as scalekit's: PostgreSQL's "column does not exist" is
+    a ConfigurationError naming the sort columns; asyncpg refusing to encode one of the
+    cursor's values (a parameter after the caller's ``n_params``: the column's type
+    changed since the cursor was minted) is a CursorError, since the client can only
+    start over. Anything else passes through."""
+    try:
+        yield
+    except Exception as exc:
+        if type(exc).__name__ == "DataError":
+            found = _ARGUMENT.search(str(exc))
+            if found is not None and int(found.group(1)) > n_params:
+                raise CursorError(
+                    "this cursor's values no longer fit the query's columns (did their "
+                    "type change?); start from the first page"
+                ) from exc
+        if getattr(exc, "sqlstate", None) == "42703":
+            names = ", ".join(repr(c.name) for c in columns)
+            raise ConfigurationError(
+                f"every sort column ({names}) must be a column of the query's select list: {exc}"
+            ) from exc
+        raise

@@ -15,7 +15,7 @@ runs through PgBouncer in transaction mode and needs no superuser.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -49,14 +49,18 @@ async def _connection(target: Any) -> AsyncIterator[Any]:
         yield target
 
 
-def _map_schema_errors(exc: BaseException, n: Names) -> BaseException:
-    state = getattr(exc, "sqlstate", None)
-    if state in ("42P01", "42703", "42883"):  # undefined table / column / function
-        return ConfigurationError(
-            f"change tracking is not installed on {n.label!r} (or the filter names a "
-            f"column the tombstones do not keep): {exc}; run install_change_tracking()"
-        )
-    return exc
+@contextlib.contextmanager
+def _schema_errors(n: Names) -> Iterator[None]:
+    """PostgreSQL's "no such table / column / function" as a ConfigurationError."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) in ("42P01", "42703", "42883"):
+            raise ConfigurationError(
+                f"change tracking is not installed on {n.label!r} (or the filter names a "
+                f"column the tombstones do not keep): {exc}; run install_change_tracking()"
+            ) from exc
+        raise
 
 
 async def install_change_tracking(
@@ -246,19 +250,12 @@ class ChangeFeed:
         params = list(params)
         binding = self._binding(where, params, tenant)
         pos = None if cursor is None else self._decode(cursor, binding)
-        try:
+        with _schema_errors(n):
             async with (
                 _connection(conn) as con,
                 con.transaction(isolation="repeatable_read", readonly=True),
             ):
                 return await self._page(con, n, pos, size, where, params, binding)
-        except (MustRefetch, CursorError, ConfigurationError):
-            raise
-        except Exception as exc:
-            mapped = _map_schema_errors(exc, n)
-            if mapped is exc:
-                raise
-            raise mapped from exc
 
     async def _page(
         self,
@@ -423,16 +420,11 @@ class ChangeFeed:
             "SELECT n FROM top"
         )
         total = done = 0
-        try:
+        with _schema_errors(n):
             while rounds is None or done < rounds:
                 deleted = int(await conn.fetchval(sql, age, batch, n.label))
                 total += deleted
                 done += 1
                 if deleted < batch:
                     break
-        except Exception as exc:
-            mapped = _map_schema_errors(exc, n)
-            if mapped is exc:
-                raise
-            raise mapped from exc
         return total
