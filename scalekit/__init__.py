@@ -4,7 +4,8 @@ The public API is what ``__all__`` lists (a test keeps it honest); everything
 else, including modules whose name starts with ``_``, is private. Here: the rate
 limiters, backends, clocks and the whole error tree. The other primitives are
 imported from their subpackages (``scalekit.cache``, ``scalekit.resilience``,
-``scalekit.sampling``, ``scalekit.pools``, ``scalekit.batching``), so that
+``scalekit.sampling``, ``scalekit.pools``, ``scalekit.batching``,
+``scalekit.pagination``, ``scalekit.sync``), so that
 ``import scalekit`` stays cheap and loads none of them.
 """
 
@@ -18,9 +19,11 @@ from scalekit.errors import (
     CircuitOpenError,
     ConcurrencyLimitExceeded,
     ConfigurationError,
+    CursorError,
     DeadlineExceeded,
     LimitExceeded,
     MissingDependency,
+    MustRefetch,
     PoolExhausted,
     RateLimitExceeded,
     ScalekitError,
@@ -49,6 +52,7 @@ __all__ = [
     "ConcurrencyLimitExceeded",
     "ConcurrencyLimiter",
     "ConfigurationError",
+    "CursorError",
     "DeadlineExceeded",
     "Decision",
     "Lease",
@@ -56,6 +60,7 @@ __all__ = [
     "MemoryBackend",
     "MissingDependency",
     "MonotonicClock",
+    "MustRefetch",
     "Policy",
     "PoolExhausted",
     "Rate",

@@ -21,11 +21,15 @@ the same classes serve sync and async code::
     │   └── CircuitOpenError                     a circuit breaker refused the call;
     │                                            carries ``retry_after`` and ``state``
     ├── DeadlineExceeded (also a TimeoutError)   a timeout or an overall deadline passed
-    └── PoolExhausted (also a TimeoutError)      no pooled connection within the acquire
-                                                 timeout; carries ``size`` and ``waiters``
-
-Later primitives add ``CursorError`` and ``MustRefetch`` to this module, under the
-same root.
+    ├── PoolExhausted (also a TimeoutError)      no pooled connection within the acquire
+    │                                            timeout; carries ``size`` and ``waiters``
+    ├── CursorError                              a pagination or sync cursor from the
+    │                                            client is tampered, truncated, foreign,
+    │                                            expired or of another version (HTTP 400)
+    └── MustRefetch                              a change-feed cursor can no longer be
+                                                 continued (older than the tombstone
+                                                 floor, another cluster, table or filter):
+                                                 the client drops its copy and starts over
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ __all__ = [
     "CircuitOpenError",
     "ConcurrencyLimitExceeded",
     "ConfigurationError",
+    "CursorError",
     "DeadlineExceeded",
     "LimitExceeded",
     "MissingDependency",
+    "MustRefetch",
     "PoolExhausted",
     "RateLimitExceeded",
     "ScalekitError",
@@ -198,3 +204,30 @@ class PoolExhausted(ScalekitError, TimeoutError):
             type(self), self.pool, size=self.size, waiters=self.waiters, timeout=self.timeout
         )
         return rebuild, ()
+
+
+class CursorError(ScalekitError):
+    """A cursor given back by a client cannot be used.
+
+    Tampered, truncated, signed with another secret, minted for another query,
+    filter or tenant, older than the allowed age, or of another format version. It
+    is the client's fault (map it to HTTP 400), never a configuration error, and
+    scalekit never answers such a cursor with a page.
+    """
+
+
+class MustRefetch(ScalekitError):
+    """A change-feed cursor is valid but can no longer be continued.
+
+    The tombstones it would need were purged (it is older than the retention
+    floor), or it was minted on another database cluster, table or filter. The
+    client must drop its local copy and sync again from ``cursor=None``; ``reason``
+    says which case it was.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:  # picklable across processes
+        return functools.partial(type(self), str(self), reason=self.reason), ()
