@@ -25,9 +25,11 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import BackendError, ConfigurationError, MissingDependency, PoolExhausted
 from scalekit.pools._policy import CapacityReport, capacity_report, expires_at, pooler_options
@@ -171,6 +173,10 @@ class PgPool:
         self._acquire_timeout = settings.acquire_seconds
         self._release_timeout = settings.connect_seconds
         self._max_size = settings.max_size
+        # the connections handed out and not yet given back: release() of one that is
+        # not here (released twice, or never acquired from this pool) is refused, so
+        # ``in_use`` is exact and the fast path of acquire() can trust it
+        self._leased: set[Any] = set()
         self._stale_errors: tuple[type[BaseException], ...] = ()
         self._connect_errors: tuple[type[BaseException], ...] = ()
         _LIVE.add(self)
@@ -183,6 +189,7 @@ class PgPool:
         self._pool = None
         self._opening = None
         self._counters = PoolCounters()
+        self._leased = set()
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -247,12 +254,13 @@ class PgPool:
             self._pool = pool
         return self
 
-    async def close(self, *, timeout: float | None = 10.0) -> None:
+    async def close(self, *, timeout: float | timedelta | None = 10.0) -> None:
         """Close every connection: gracefully within ``timeout``, then abruptly.
 
         A forked child never closes the parent's connections (closing them would end
         the parent's sessions): they were dropped at fork.
         """
+        timeout = check.timeout(timeout)
         pool, self._pool = self._pool, None
         self._closed = True
         if pool is None or os.getpid() != self._pid:
@@ -279,7 +287,7 @@ class PgPool:
         return self._pool
 
     # -- acquire / release ---------------------------------------------------
-    def acquire(self, *, timeout: float | None = None) -> _Acquire:
+    def acquire(self, *, timeout: float | timedelta | None = None) -> _Acquire:
         """A connection, waiting at most ``timeout`` (default ``acquire_timeout``) s.
 
         ``async with pool.acquire() as con: ...``, or ``con = await pool.acquire()``
@@ -287,11 +295,7 @@ class PgPool:
         :class:`~scalekit.errors.PoolExhausted` when none became free in time, and
         :class:`~scalekit.errors.BackendError` when a connection could not be opened.
         """
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(
-                f"timeout must be a positive number of seconds, got {timeout!r}"
-            )
-        return _Acquire(self, timeout)
+        return _Acquire(self, check.optional_duration(timeout, "timeout"))
 
     async def _acquire(self, timeout: float | None) -> Any:
         pool = self._pool
@@ -319,8 +323,10 @@ class PgPool:
                     if error is exc:
                         raise
                     raise error from exc
+                self._leased.add(con)
             else:
                 con = await self._wait(pool, start, deadline, wait)
+                self._leased.add(con)
             t = now()
             if t >= con._sk_expires:
                 c.recycled += 1
@@ -385,6 +391,7 @@ class PgPool:
 
     async def _discard(self, con: Any, *, graceful: bool) -> None:
         """Close an acquired connection; asyncpg hands its slot back to the pool."""
+        self._leased.discard(con)
         try:
             try:
                 if graceful:
@@ -401,10 +408,25 @@ class PgPool:
         """Give back a connection from ``await pool.acquire()``.
 
         asyncpg resets the connection (a round trip) before it is free again; that
-        is bounded by ``connect_timeout``, after which the connection is closed.
+        is bounded by ``connect_timeout``, after which the connection is closed. The
+        slot counts as in use until then, even if the caller is cancelled meanwhile.
+
+        Raises :class:`~scalekit.errors.ConfigurationError` for a connection that is
+        not held from this pool (released already, by this or another task, or
+        never acquired here): the pool's bound stays exact.
         """
+        try:
+            self._leased.remove(con)
+        except KeyError:
+            raise ConfigurationError(
+                f"pool {self.name!r}: release() of a connection that is not held from "
+                "this pool (released twice, or acquired elsewhere)"
+            ) from None
         if self._ping_after is not None:
             con._sk_touch(self._now())
+        await asyncio.shield(self._give_back(con))
+
+    async def _give_back(self, con: Any) -> None:
         try:
             await self._pool.release(con, timeout=self._release_timeout)
         finally:
@@ -447,9 +469,9 @@ class PgPool:
             name=self.name, kind="postgres", max_size=self.settings.max_size, size=size
         )
 
-    async def health_check(self, *, timeout: float | None = None) -> HealthReport:
+    async def health_check(self, *, timeout: float | timedelta | None = None) -> HealthReport:
         """``SELECT 1`` on a pooled connection within ``timeout``; never raises."""
-        wait = self._acquire_timeout if timeout is None else timeout
+        wait = self._acquire_timeout if timeout is None else check.duration(timeout, "timeout")
         start = self._now()
         error: str | None = None
         try:
@@ -481,9 +503,8 @@ class PgPool:
         pooler the server sees the pooler's connections, not these: the check is
         then an upper bound, and the pooler's own pool size is what counts.
         """
-        for name, value, low in (("processes", processes, 1), ("reserve", reserve, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        check.count(processes, "processes")
+        check.count(reserve, "reserve", minimum=0)
         if on_excess not in ("warn", "raise"):
             raise ConfigurationError(f"on_excess must be 'warn' or 'raise', got {on_excess!r}")
         rows = await self.fetch(
