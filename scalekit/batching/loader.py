@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeAlias, TypeVar
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 
 __all__ = ["BatchFn", "DataLoader", "LoaderStats", "request_scope"]
@@ -152,14 +153,10 @@ class DataLoader(Generic[K, V]):
     ) -> None:
         if not callable(batch_fn):
             raise ConfigurationError(f"batch_fn must be an async callable, got {batch_fn!r}")
-        if max_batch_size is not None and (
-            isinstance(max_batch_size, bool)
-            or not isinstance(max_batch_size, int)
-            or max_batch_size < 1
-        ):
-            raise ConfigurationError(
-                f"max_batch_size must be an integer >= 1 or None, got {max_batch_size!r}"
-            )
+        if max_batch_size is not None:
+            check.count(max_batch_size, "max_batch_size (or None)")
+        if name is not None:
+            name = check.name(name, "name")
         self._batch_fn = batch_fn
         self.max_batch_size = max_batch_size
         self.cache = bool(cache)
