@@ -214,7 +214,10 @@ def client_address(scope: Scope) -> str | None:
 
 
 def _ceil_seconds(seconds: float) -> int:
-    """Whole seconds, rounded up, ignoring float noise; never negative."""
+    """Whole seconds, rounded up, ignoring float noise; never negative; an infinite
+    or huge value is capped at 100 years (a header must carry an integer), NaN is 0."""
+    if not seconds < check.MAX_SECONDS:
+        return 0 if seconds != seconds else int(check.MAX_SECONDS)
     return max(0, math.ceil(seconds - _EPS))
 
 

@@ -27,6 +27,7 @@ import inspect
 import itertools
 import math
 import random
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -159,6 +160,9 @@ class RetryBudget:
         )
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?", re.ASCII)
+
+
 def retry_after_from(exc: BaseException) -> float | None:
     """Seconds the exception asks to wait: ``exc.retry_after`` (scalekit's own
     errors), else a ``Retry-After`` header on ``exc.response`` (httpx, requests):
@@ -177,10 +181,8 @@ def retry_after_from(exc: BaseException) -> float | None:
     if not raw:
         return None
     raw = str(raw).strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(raw):  # ASCII only: float() also takes "1_0", "nan", Arabic digits
+        return float(raw)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -273,7 +275,10 @@ def retry(
                 if wait is not None:
                     delay = float(wait(rs))
                 else:
-                    delay = min(w_max, w_initial * wait_exp_base ** min(n - 1, 64))
+                    try:
+                        delay = min(w_max, w_initial * wait_exp_base ** min(n - 1, 64))
+                    except OverflowError:  # a large base: the cap long since reached
+                        delay = w_max
                     delay += w_jitter * draw()
                 if retry_after is not None and exc is not None:
                     ra = retry_after(exc)

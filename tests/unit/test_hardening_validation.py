@@ -205,3 +205,56 @@ async def test_a_bulkhead_cancelled_waiter_passes_its_slot_on() -> None:
     b.release()
     with pytest.raises(ConfigurationError):
         b.release()
+
+
+# -- numbers from the outside: Retry-After headers, decisions, backoff ------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("12", 12.0),
+        (" 7 ", 7.0),
+        ("1.5", 1.5),
+        ("nan", None),
+        ("inf", None),
+        ("-5", None),
+        ("1_0", None),  # float() takes it
+        ("\u0661\u0660", None),  # Arabic-Indic digits: float() takes them too
+        ("1e3", None),
+        ("9" * 400, None),  # float("9"*400) is inf
+    ],
+)
+def test_retry_after_header_takes_ascii_delta_seconds_only(
+    header: str, expected: float | None
+) -> None:
+    from types import SimpleNamespace
+
+    from scalekit.resilience import retry_after_from
+
+    exc = SimpleNamespace(response=SimpleNamespace(headers={"retry-after": header}))
+    assert retry_after_from(exc) == expected  # type: ignore[arg-type]
+
+
+def test_a_huge_backoff_base_caps_the_wait_instead_of_overflowing() -> None:
+    calls: list[int] = []
+
+    @retry(on=OSError, attempts=5, wait_initial=0, wait_max=0, wait_jitter=0, wait_exp_base=1e300)
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 5:
+            raise OSError("again")
+        return len(calls)
+
+    assert flaky() == 5  # before: OverflowError from 1e300 ** 2 on the third attempt
+
+
+@pytest.mark.parametrize("seconds", [math.inf, math.nan, 1e300])
+def test_rate_limit_headers_survive_non_finite_decisions(seconds: float) -> None:
+    from scalekit.ratelimit.asgi import rate_limit_headers
+    from scalekit.ratelimit.decision import Decision
+
+    d = Decision(False, 10, 0, seconds, seconds, "p", 60.0)
+    headers = dict(rate_limit_headers(d, "both"))  # before: OverflowError / ValueError
+    reset = int(headers[b"x-ratelimit-reset"])
+    assert 0 <= reset <= check.MAX_SECONDS
