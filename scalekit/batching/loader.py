@@ -123,7 +123,7 @@ class LoaderStats:
 class _State(Generic[K, V]):
     """One loader's state in one scope (or, unscoped, in one event loop)."""
 
-    __slots__ = ("cache", "inflight", "loop", "queued", "scheduled")
+    __slots__ = ("cache", "inflight", "loop", "queued", "running", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cache: bool) -> None:
         self.loop = loop
@@ -131,6 +131,10 @@ class _State(Generic[K, V]):
         self.inflight: dict[K, list[asyncio.Future[V]]] = {}
         self.queued: list[K] = []
         self.scheduled = False
+        # the batch tasks running: the event loop keeps only weak references to
+        # tasks, so a batch awaiting something nothing else holds would be collected
+        # mid-flight (and its waiters never answered)
+        self.running: set[asyncio.Task[None]] = set()
 
 
 class DataLoader(Generic[K, V]):
@@ -264,8 +268,11 @@ class DataLoader(Generic[K, V]):
         keys, state.queued = state.queued, []
         state.scheduled = False
         size = self.max_batch_size or len(keys) or 1
+        running = state.running
         for i in range(0, len(keys), size):
-            state.loop.create_task(self._run(state, keys[i : i + size]))
+            task = state.loop.create_task(self._run(state, keys[i : i + size]))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     async def _run(self, state: _State[K, V], keys: list[K]) -> None:
         n = len(keys)
