@@ -400,7 +400,8 @@ class PgPool:
                     con.terminate()
             except Exception:
                 con.terminate()
-            await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
+            if self._pool is not None:
+                await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
         finally:
             self._counters.in_use -= 1
 
@@ -427,8 +428,10 @@ class PgPool:
         await asyncio.shield(self._give_back(con))
 
     async def _give_back(self, con: Any) -> None:
+        pool = self._pool
         try:
-            await self._pool.release(con, timeout=self._release_timeout)
+            if pool is not None:  # after close() the connection is gone with its pool
+                await pool.release(con, timeout=self._release_timeout)
         finally:
             self._counters.in_use -= 1
 

@@ -116,3 +116,14 @@ async def test_many_waiters_each_honour_their_own_timeout(postgres_dsn: str) -> 
         for c in held:
             await pool.release(c)
         assert pool.stats().timeouts == 3 and pool.stats().in_use == 0
+
+
+async def test_a_release_after_close_is_harmless(postgres_dsn: str) -> None:
+    pool = PgPool(PoolSettings(url=postgres_dsn, max_size=2))
+    con = await pool.acquire()
+    async with asyncio.timeout(GUARD):
+        await pool.close(timeout=0.1)  # the held connection is terminated
+    await pool.release(con)  # before: AttributeError on the dropped asyncpg pool
+    assert pool.stats().in_use == 0
+    with pytest.raises(ConfigurationError):
+        await pool.release(con)
