@@ -14,9 +14,9 @@ An empty tag would give ``{}``, which Redis Cluster ignores as a hash tag: the
 primitives refuse empty keys before building one.
 
 Cost: a part with none of these characters (``42``, an IPv4 address, a UUID) is
-returned as is after one regex scan; ``user:42`` or an IPv6 address costs two
-``str.replace`` calls more; only rare characters go through a per-character
-substitution.
+returned as is after one regex scan; ``user:42``, ``user#42`` or an IPv6 address
+cost a few ``str.replace`` calls more; only braces, whitespace and controls go
+through a per-character substitution.
 
 All keys of one subject share its ``{tag}``, so a multi-key Lua script on that
 subject runs on one Redis Cluster slot.
@@ -33,7 +33,7 @@ SEPARATORS = "%:!#{}"
 
 # separators, whitespace, C0/C1 controls and lone surrogates
 _SPECIAL = re.compile(r"[%:!#{}\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_RARE = re.compile(r"[!#{}\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_RARE = re.compile(r"[{}\s\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _encode(match: re.Match[str]) -> str:
@@ -50,8 +50,12 @@ def escape(part: str) -> str:
         part = str.__str__(part)  # a StrEnum member: its value, not its __str__
     if _SPECIAL.search(part) is None:
         return part
-    # "user:42" is the common case: two plain replaces, the regex only for the rest
+    # "user:42", "user#42" are the common cases: plain replaces, the regex for the rest
     part = part.replace("%", "%25").replace(":", "%3A")
+    if "#" in part:
+        part = part.replace("#", "%23")
+    if "!" in part:
+        part = part.replace("!", "%21")
     if _RARE.search(part) is None:
         return part
     return _RARE.sub(_encode, part)
