@@ -177,6 +177,9 @@ class PgPool:
         # not here (released twice, or never acquired from this pool) is refused, so
         # ``in_use`` is exact and the fast path of acquire() can trust it
         self._leased: set[Any] = set()
+        # connections given back whose reset has not finished: not in use any more,
+        # but not yet free in asyncpg's queue either
+        self._releasing = 0
         self._stale_errors: tuple[type[BaseException], ...] = ()
         self._connect_errors: tuple[type[BaseException], ...] = ()
         _LIVE.add(self)
@@ -190,6 +193,7 @@ class PgPool:
         self._opening = None
         self._counters = PoolCounters()
         self._leased = set()
+        self._releasing = 0
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -308,12 +312,12 @@ class PgPool:
         start = now()
         deadline = start + wait
         while True:
-            if c.waiters == 0 and c.in_use < self._max_size:
+            if c.waiters == 0 and c.in_use + self._releasing < self._max_size:
                 # Fast path: nobody waits and a slot is free, so asyncpg's queue holds a
-                # free holder and hands it over at once: no timer needed. (``in_use``
-                # counts a connection until asyncpg has taken it back, and is reserved
-                # here before the await.) Opening a connection, if the holder has none,
-                # is bounded by ``connect_timeout``.
+                # free holder and hands it over at once: no timer needed. (A given-back
+                # connection counts in ``_releasing`` until asyncpg has taken it back,
+                # and ``in_use`` is reserved here before the await.) Opening a
+                # connection, if the holder has none, is bounded by ``connect_timeout``.
                 c.in_use += 1
                 try:
                     con = await pool.acquire()
@@ -363,7 +367,7 @@ class PgPool:
                     con = await pool.acquire()
             except TimeoutError:
                 c.waited(now() - start)
-                if c.in_use < self._max_size:
+                if c.in_use + self._releasing < self._max_size:
                     # a slot was free: the time went into opening a connection
                     raise BackendError(
                         f"pool {self.name!r}: could not open a connection within {wait:.3f}s"
@@ -409,8 +413,9 @@ class PgPool:
         """Give back a connection from ``await pool.acquire()``.
 
         asyncpg resets the connection (a round trip) before it is free again; that
-        is bounded by ``connect_timeout``, after which the connection is closed. The
-        slot counts as in use until then, even if the caller is cancelled meanwhile.
+        is bounded by ``connect_timeout``, after which the connection is closed. It
+        leaves ``in_use`` at once, but its slot is not offered to the fast path of
+        :meth:`acquire` until then, even if the caller is cancelled meanwhile.
 
         Raises :class:`~scalekit.errors.ConfigurationError` for a connection that is
         not held from this pool (released already, by this or another task, or
@@ -425,6 +430,8 @@ class PgPool:
             ) from None
         if self._ping_after is not None:
             con._sk_touch(self._now())
+        self._counters.in_use -= 1
+        self._releasing += 1
         await asyncio.shield(self._give_back(con))
 
     async def _give_back(self, con: Any) -> None:
@@ -433,7 +440,7 @@ class PgPool:
             if pool is not None:  # after close() the connection is gone with its pool
                 await pool.release(con, timeout=self._release_timeout)
         finally:
-            self._counters.in_use -= 1
+            self._releasing -= 1
 
     # -- one-statement helpers ---------------------------------------------------
     async def _run(

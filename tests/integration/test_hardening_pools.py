@@ -127,3 +127,43 @@ async def test_a_release_after_close_is_harmless(postgres_dsn: str) -> None:
     assert pool.stats().in_use == 0
     with pytest.raises(ConfigurationError):
         await pool.release(con)
+
+
+async def test_a_storm_of_tasks_with_double_releases_keeps_the_bound(postgres_dsn: str) -> None:
+    """60 tasks on 4 connections, every third one releasing twice from two tasks:
+    in_use stays within [0, max_size] and every acquire ends in its timeout."""
+    async with PgPool(PoolSettings(url=postgres_dsn, max_size=4)) as pool:
+        seen: list[int] = []
+
+        async def work(i: int) -> str:
+            try:
+                con = await pool.acquire(timeout=3)
+            except PoolExhausted:
+                return "exhausted"
+            seen.append(pool.stats().in_use)
+            await con.fetchval("SELECT pg_sleep(0.002)")
+            if i % 3 == 0:
+                results = await asyncio.gather(
+                    pool.release(con), pool.release(con), return_exceptions=True
+                )
+                assert sum(isinstance(r, ConfigurationError) for r in results) == 1
+            else:
+                await pool.release(con)
+            return "ok"
+
+        async with asyncio.timeout(30):
+            outcomes = await asyncio.gather(*(work(i) for i in range(60)))
+        assert outcomes.count("ok") == 60
+        assert min(seen) >= 1 and max(seen) <= 4
+        stats = pool.stats()
+        assert stats.in_use == 0 and stats.waiters == 0 and stats.size <= 4
+        assert 0.05 <= await _exhausted_within_full(pool) < GUARD
+
+
+async def _exhausted_within_full(pool: PgPool) -> float:
+    held = [await pool.acquire() for _ in range(pool.settings.max_size)]
+    try:
+        return await _exhausted_within(pool, 0.05)
+    finally:
+        for c in held:
+            await pool.release(c)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, Policy, Rate, RateLimiter
@@ -744,3 +746,26 @@ def test_rate_limit_headers_function() -> None:
     assert rate_limit_headers(denied)[1][1] == b'"api";r=0;t=13'
     with pytest.raises(ConfigurationError):
         rate_limit_headers(d, "bogus")  # type: ignore[arg-type]
+
+
+@given(st.ip_addresses(v=6), st.integers(0, 2**64 - 1))
+def test_every_address_of_a_64_has_the_key_of_the_64(addr: Any, low: int) -> None:
+    import ipaddress
+
+    if addr.ipv4_mapped is not None:
+        return
+    net = int(addr) >> 64 << 64
+    sibling = ipaddress.IPv6Address(net | low)
+    key = client_address(http_scope(client=(str(addr), 1)))
+    assert key == client_address(http_scope(client=(str(sibling), 1)))
+    assert key == f"{ipaddress.IPv6Address(net)}/64"
+    other = ipaddress.IPv6Address((net + (1 << 64)) % (1 << 128))
+    if other.ipv4_mapped is None:
+        assert client_address(http_scope(client=(str(other), 1))) != key
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_and_its_mapped_form_share_a_key(addr: Any) -> None:
+    key = client_address(http_scope(client=(str(addr), 1)))
+    assert key == str(addr)
+    assert client_address(http_scope(client=(f"::ffff:{addr}", 1))) == key
