@@ -27,6 +27,7 @@ __all__ = [
     "fraction",
     "key",
     "name",
+    "number",
     "optional_duration",
     "timeout",
 ]
@@ -96,6 +97,30 @@ def fraction(value: object, what: str) -> float:
     f = float(value)
     if not 0.0 <= f <= 1.0:  # also false for NaN
         raise ConfigurationError(f"{what} must be a number in [0, 1], got {value!r}")
+    return f
+
+
+def number(
+    value: object,
+    what: str,
+    *,
+    minimum: float,
+    maximum: float = math.inf,
+    open_minimum: bool = False,
+) -> float:
+    """A finite real (not a ``bool``) in ``[minimum, maximum]`` (``(minimum, maximum]``
+    with ``open_minimum``): multipliers, ratios, weights, thresholds -- numbers that
+    are neither durations nor counts. NaN and infinities are refused."""
+    low = "(" if open_minimum else "["
+    bound = f"in {low}{minimum:g}, {maximum:g}]"
+    if maximum == math.inf:
+        bound = f"{'>' if open_minimum else '>='} {minimum:g}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{what} must be a finite number {bound}, got {value!r}")
+    f = float(value)
+    ok = (minimum < f if open_minimum else minimum <= f) and f <= maximum and math.isfinite(f)
+    if not ok:  # also for NaN
+        raise ConfigurationError(f"{what} must be a finite number {bound}, got {value!r}")
     return f
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, Self, TypeAlias, TypeVar
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 
 __all__ = ["BatchFn", "DataLoader", "LoaderStats", "request_scope"]
@@ -122,7 +123,7 @@ class LoaderStats:
 class _State(Generic[K, V]):
     """One loader's state in one scope (or, unscoped, in one event loop)."""
 
-    __slots__ = ("cache", "inflight", "loop", "queued", "scheduled")
+    __slots__ = ("cache", "inflight", "loop", "queued", "running", "scheduled")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, cache: bool) -> None:
         self.loop = loop
@@ -130,6 +131,10 @@ class _State(Generic[K, V]):
         self.inflight: dict[K, list[asyncio.Future[V]]] = {}
         self.queued: list[K] = []
         self.scheduled = False
+        # the batch tasks running: the event loop keeps only weak references to
+        # tasks, so a batch awaiting something nothing else holds would be collected
+        # mid-flight (and its waiters never answered)
+        self.running: set[asyncio.Task[None]] = set()
 
 
 class DataLoader(Generic[K, V]):
@@ -152,14 +157,10 @@ class DataLoader(Generic[K, V]):
     ) -> None:
         if not callable(batch_fn):
             raise ConfigurationError(f"batch_fn must be an async callable, got {batch_fn!r}")
-        if max_batch_size is not None and (
-            isinstance(max_batch_size, bool)
-            or not isinstance(max_batch_size, int)
-            or max_batch_size < 1
-        ):
-            raise ConfigurationError(
-                f"max_batch_size must be an integer >= 1 or None, got {max_batch_size!r}"
-            )
+        if max_batch_size is not None:
+            check.count(max_batch_size, "max_batch_size (or None)")
+        if name is not None:
+            name = check.name(name, "name")
         self._batch_fn = batch_fn
         self.max_batch_size = max_batch_size
         self.cache = bool(cache)
@@ -267,8 +268,11 @@ class DataLoader(Generic[K, V]):
         keys, state.queued = state.queued, []
         state.scheduled = False
         size = self.max_batch_size or len(keys) or 1
+        running = state.running
         for i in range(0, len(keys), size):
-            state.loop.create_task(self._run(state, keys[i : i + size]))
+            task = state.loop.create_task(self._run(state, keys[i : i + size]))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
     async def _run(self, state: _State[K, V], keys: list[K]) -> None:
         n = len(keys)

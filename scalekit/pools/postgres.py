@@ -25,9 +25,11 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Literal, Self
 
+from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import BackendError, ConfigurationError, MissingDependency, PoolExhausted
 from scalekit.pools._policy import CapacityReport, capacity_report, expires_at, pooler_options
@@ -171,6 +173,13 @@ class PgPool:
         self._acquire_timeout = settings.acquire_seconds
         self._release_timeout = settings.connect_seconds
         self._max_size = settings.max_size
+        # the connections handed out and not yet given back: release() of one that is
+        # not here (released twice, or never acquired from this pool) is refused, so
+        # ``in_use`` is exact and the fast path of acquire() can trust it
+        self._leased: set[Any] = set()
+        # connections given back whose reset has not finished: not in use any more,
+        # but not yet free in asyncpg's queue either
+        self._releasing = 0
         self._stale_errors: tuple[type[BaseException], ...] = ()
         self._connect_errors: tuple[type[BaseException], ...] = ()
         _LIVE.add(self)
@@ -183,6 +192,8 @@ class PgPool:
         self._pool = None
         self._opening = None
         self._counters = PoolCounters()
+        self._leased = set()
+        self._releasing = 0
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
@@ -247,12 +258,13 @@ class PgPool:
             self._pool = pool
         return self
 
-    async def close(self, *, timeout: float | None = 10.0) -> None:
+    async def close(self, *, timeout: float | timedelta | None = 10.0) -> None:
         """Close every connection: gracefully within ``timeout``, then abruptly.
 
         A forked child never closes the parent's connections (closing them would end
         the parent's sessions): they were dropped at fork.
         """
+        timeout = check.timeout(timeout)
         pool, self._pool = self._pool, None
         self._closed = True
         if pool is None or os.getpid() != self._pid:
@@ -279,7 +291,7 @@ class PgPool:
         return self._pool
 
     # -- acquire / release ---------------------------------------------------
-    def acquire(self, *, timeout: float | None = None) -> _Acquire:
+    def acquire(self, *, timeout: float | timedelta | None = None) -> _Acquire:
         """A connection, waiting at most ``timeout`` (default ``acquire_timeout``) s.
 
         ``async with pool.acquire() as con: ...``, or ``con = await pool.acquire()``
@@ -287,11 +299,7 @@ class PgPool:
         :class:`~scalekit.errors.PoolExhausted` when none became free in time, and
         :class:`~scalekit.errors.BackendError` when a connection could not be opened.
         """
-        if timeout is not None and not timeout > 0:
-            raise ConfigurationError(
-                f"timeout must be a positive number of seconds, got {timeout!r}"
-            )
-        return _Acquire(self, timeout)
+        return _Acquire(self, check.optional_duration(timeout, "timeout"))
 
     async def _acquire(self, timeout: float | None) -> Any:
         pool = self._pool
@@ -304,12 +312,12 @@ class PgPool:
         start = now()
         deadline = start + wait
         while True:
-            if c.waiters == 0 and c.in_use < self._max_size:
+            if c.waiters == 0 and c.in_use + self._releasing < self._max_size:
                 # Fast path: nobody waits and a slot is free, so asyncpg's queue holds a
-                # free holder and hands it over at once: no timer needed. (``in_use``
-                # counts a connection until asyncpg has taken it back, and is reserved
-                # here before the await.) Opening a connection, if the holder has none,
-                # is bounded by ``connect_timeout``.
+                # free holder and hands it over at once: no timer needed. (A given-back
+                # connection counts in ``_releasing`` until asyncpg has taken it back,
+                # and ``in_use`` is reserved here before the await.) Opening a
+                # connection, if the holder has none, is bounded by ``connect_timeout``.
                 c.in_use += 1
                 try:
                     con = await pool.acquire()
@@ -319,8 +327,10 @@ class PgPool:
                     if error is exc:
                         raise
                     raise error from exc
+                self._leased.add(con)
             else:
                 con = await self._wait(pool, start, deadline, wait)
+                self._leased.add(con)
             t = now()
             if t >= con._sk_expires:
                 c.recycled += 1
@@ -357,7 +367,7 @@ class PgPool:
                     con = await pool.acquire()
             except TimeoutError:
                 c.waited(now() - start)
-                if c.in_use < self._max_size:
+                if c.in_use + self._releasing < self._max_size:
                     # a slot was free: the time went into opening a connection
                     raise BackendError(
                         f"pool {self.name!r}: could not open a connection within {wait:.3f}s"
@@ -385,6 +395,7 @@ class PgPool:
 
     async def _discard(self, con: Any, *, graceful: bool) -> None:
         """Close an acquired connection; asyncpg hands its slot back to the pool."""
+        self._leased.discard(con)
         try:
             try:
                 if graceful:
@@ -393,7 +404,8 @@ class PgPool:
                     con.terminate()
             except Exception:
                 con.terminate()
-            await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
+            if self._pool is not None:
+                await self._pool.release(con)  # a no-op for a closed proxy, kept for safety
         finally:
             self._counters.in_use -= 1
 
@@ -401,14 +413,34 @@ class PgPool:
         """Give back a connection from ``await pool.acquire()``.
 
         asyncpg resets the connection (a round trip) before it is free again; that
-        is bounded by ``connect_timeout``, after which the connection is closed.
+        is bounded by ``connect_timeout``, after which the connection is closed. It
+        leaves ``in_use`` at once, but its slot is not offered to the fast path of
+        :meth:`acquire` until then, even if the caller is cancelled meanwhile.
+
+        Raises :class:`~scalekit.errors.ConfigurationError` for a connection that is
+        not held from this pool (released already, by this or another task, or
+        never acquired here): the pool's bound stays exact.
         """
+        try:
+            self._leased.remove(con)
+        except KeyError:
+            raise ConfigurationError(
+                f"pool {self.name!r}: release() of a connection that is not held from "
+                "this pool (released twice, or acquired elsewhere)"
+            ) from None
         if self._ping_after is not None:
             con._sk_touch(self._now())
+        self._counters.in_use -= 1
+        self._releasing += 1
+        await asyncio.shield(self._give_back(con))
+
+    async def _give_back(self, con: Any) -> None:
+        pool = self._pool
         try:
-            await self._pool.release(con, timeout=self._release_timeout)
+            if pool is not None:  # after close() the connection is gone with its pool
+                await pool.release(con, timeout=self._release_timeout)
         finally:
-            self._counters.in_use -= 1
+            self._releasing -= 1
 
     # -- one-statement helpers ---------------------------------------------------
     async def _run(
@@ -447,9 +479,9 @@ class PgPool:
             name=self.name, kind="postgres", max_size=self.settings.max_size, size=size
         )
 
-    async def health_check(self, *, timeout: float | None = None) -> HealthReport:
+    async def health_check(self, *, timeout: float | timedelta | None = None) -> HealthReport:
         """``SELECT 1`` on a pooled connection within ``timeout``; never raises."""
-        wait = self._acquire_timeout if timeout is None else timeout
+        wait = self._acquire_timeout if timeout is None else check.duration(timeout, "timeout")
         start = self._now()
         error: str | None = None
         try:
@@ -481,9 +513,8 @@ class PgPool:
         pooler the server sees the pooler's connections, not these: the check is
         then an upper bound, and the pooler's own pool size is what counts.
         """
-        for name, value, low in (("processes", processes, 1), ("reserve", reserve, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        check.count(processes, "processes")
+        check.count(reserve, "reserve", minimum=0)
         if on_excess not in ("warn", "raise"):
             raise ConfigurationError(f"on_excess must be 'warn' or 'raise', got {on_excess!r}")
         rows = await self.fetch(

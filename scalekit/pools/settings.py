@@ -10,12 +10,12 @@ extra, imported only there).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from typing import Any, Literal, Self, TypeAlias, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from scalekit import _validate as check
 from scalekit.backends.redis import _redact as redact  # one copy of the redaction
 from scalekit.errors import ConfigurationError, MissingDependency
 from scalekit.pools._policy import POOLER_MODES, PoolerMode
@@ -41,21 +41,6 @@ _URL_OPTIONS: dict[str, type] = {
     "max_idle": float,
     "name": str,
 }
-
-
-def _seconds(value: Seconds | None, what: str, *, optional: bool) -> float | None:
-    if value is None:
-        if optional:
-            return None
-        raise ConfigurationError(f"{what} must be a positive, finite number of seconds, got None")
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{what} must be seconds (float) or a timedelta, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{what} must be a positive, finite duration, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,24 +91,22 @@ class PoolSettings:
                 f"unsupported pool URL scheme {scheme + '://' if scheme else redact(self.url)!r}; "
                 "expected postgresql://, postgres://, redis://, rediss:// or unix://"
             )
-        for name in ("min_size", "max_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"{name} must be an integer >= 0, got {value!r}")
-        if self.max_size < 1:
-            raise ConfigurationError(f"max_size must be >= 1, got {self.max_size!r}")
+        check.count(self.min_size, "min_size", minimum=0)
+        check.count(self.max_size, "max_size")
         if self.min_size > self.max_size:
             raise ConfigurationError(
                 f"min_size ({self.min_size}) must be <= max_size ({self.max_size})"
             )
         for name in ("acquire_timeout", "connect_timeout"):
-            object.__setattr__(self, name, _seconds(getattr(self, name), name, optional=False))
+            object.__setattr__(self, name, check.duration(getattr(self, name), name))
         for name in ("command_timeout", "pre_ping_after", "max_lifetime", "max_idle"):
-            object.__setattr__(self, name, _seconds(getattr(self, name), name, optional=True))
-        jitter = self.lifetime_jitter
-        if isinstance(jitter, bool) or not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-            raise ConfigurationError(f"lifetime_jitter must be within [0, 1], got {jitter!r}")
-        object.__setattr__(self, "lifetime_jitter", float(jitter))
+            object.__setattr__(self, name, check.optional_duration(getattr(self, name), name))
+        object.__setattr__(
+            self, "lifetime_jitter", check.fraction(self.lifetime_jitter, "lifetime_jitter")
+        )
+        for name in ("name", "application_name"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, check.name(getattr(self, name), name))
         if self.pooler not in POOLER_MODES:
             raise ConfigurationError(
                 f"pooler must be one of {', '.join(POOLER_MODES)}, got {self.pooler!r}"
@@ -178,6 +161,8 @@ class PoolSettings:
                 kept.append((key, raw))  # the driver's own option (sslmode, db, ...)
                 continue
             try:
+                if not raw.isascii():  # int() and float() take Arabic-Indic digits, NBSP
+                    raise ValueError(raw)
                 options[key] = parser(raw)
             except ValueError:
                 raise ConfigurationError(

@@ -58,12 +58,19 @@ What it does for every ``http`` request (other scope types, ``lifespan`` and
 1. ``exempt(scope)`` true: the app runs, nothing is counted, no headers are added.
 2. ``key(scope)`` returns the rate-limit key; ``None`` means "do not limit this
    request" (handled like an exempt one). The default key is the client address,
-   ``scope["client"][0]``: behind a reverse proxy that is the proxy's address unless
-   the server rewrites it (uvicorn ``--proxy-headers`` / ``--forwarded-allow-ips``)
-   or you pass a ``key`` of your own. A request without a client address (a Unix
-   socket, ``scope["client"]`` is ``None``) is not limited by the default key.
+   ``scope["client"][0]``, with an IPv6 address reduced to its /64 network (one
+   host usually owns a whole /64, so keying by address would let it use 2**64
+   keys) and an IPv4-mapped IPv6 address to its IPv4 address (see
+   :func:`client_network` for another prefix length). Behind a reverse proxy that
+   is the proxy's address unless the server rewrites it (uvicorn
+   ``--proxy-headers`` / ``--forwarded-allow-ips``) or you pass a ``key`` of your
+   own. A request without a client address (a Unix socket, ``scope["client"]`` is
+   ``None``) is not limited by the default key.
 3. ``limiter.hit(key, cost, tier=tier)`` with ``cost`` (an int or ``cost(scope)``)
    and ``tier`` (``None``, a tier name, or ``tier(scope)``; a tiered limiter needs one).
+   A ``tier(scope)`` that names no tier of the limiter (it usually comes from the
+   client) gets ``default_tier`` if one is declared, else a ``400 Bad Request``
+   with ``{"detail": "Unknown tier"}``; never a 500.
 4. Allowed: the app runs; the rate-limit headers are appended to its
    ``http.response.start`` message (its own headers are kept).
    Denied: the app is **not** called; the middleware answers ``429 Too Many
@@ -99,17 +106,24 @@ infinite), ``Retry-After`` is omitted: there is no time after which a retry help
 ``limiter`` may be an :class:`AsyncRateLimiter` or a sync :class:`RateLimiter`; the
 sync one is called directly on the event loop, which is fine for ``memory://`` but
 blocks the loop for a network round trip on Redis: use :class:`AsyncRateLimiter`
-there. Errors raised by ``key``, ``cost``, ``tier`` or the limiter (e.g. an unknown
-tier) propagate to the server, which answers 500.
+there. Errors raised by ``key``, ``cost`` or ``tier`` themselves (bugs in the app's
+functions) propagate to the server, which answers 500.
+
+A full memory store (``max_keys`` keys per window) refuses *new* keys and the
+limiter applies its ``on_backend_error`` policy to them: ``fail_open`` lets them
+through uncounted, ``fail_closed`` answers 429. Choose it per limiter; the /64
+default key bounds how many keys one client can create.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Literal, TypeAlias
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
@@ -123,6 +137,7 @@ __all__ = [
     "Scope",
     "Send",
     "client_address",
+    "client_network",
     "rate_limit_headers",
 ]
 
@@ -142,22 +157,67 @@ _EPS = 1e-6
 
 _LEGACY_NAMES = (b"x-ratelimit-limit", b"x-ratelimit-remaining", b"x-ratelimit-reset")
 _DENIED_BODY = json.dumps({"detail": "Too Many Requests"}).encode()
+_UNKNOWN_TIER_BODY = json.dumps({"detail": "Unknown tier"}).encode()
+
+_V6 = ipaddress.IPv6Address
+_ALL_ONES = (1 << 128) - 1
+
+
+def _network_key(host: str, prefix: int) -> str:
+    """An IPv6 ``host`` as ``network/prefix`` (its IPv4 address if IPv4-mapped)."""
+    try:
+        addr = _V6(host)
+    except ValueError:
+        return host  # not an address (a test client's name): used as is
+    mapped = addr.ipv4_mapped
+    if mapped is not None:
+        return str(mapped)
+    mask = _ALL_ONES ^ ((1 << (128 - prefix)) - 1)
+    return f"{_V6(int(addr) & mask).compressed}/{prefix}"
+
+
+def client_network(*, ipv6_prefix: int = 64) -> Callable[[Scope], str | None]:
+    """A key function: the client's IPv4 address, or its IPv6 network.
+
+    An IPv6 client is keyed by its ``/ipv6_prefix`` network (``2001:db8:1:2::/64``;
+    ``128`` keys single addresses, ``48`` whole sites); an IPv4-mapped IPv6 address
+    (``::ffff:192.0.2.1``) is keyed as the IPv4 address it is. ``None`` (not
+    limited) when the server gives no client address.
+    """
+    prefix = check.count(ipv6_prefix, "ipv6_prefix", minimum=0, maximum=128)
+
+    def key(scope: Scope) -> str | None:
+        client = scope.get("client")
+        if not client:
+            return None
+        host = client[0]
+        if not host:
+            return None
+        host = str(host)
+        return _network_key(host, prefix) if ":" in host else host
+
+    key.__name__ = key.__qualname__ = f"client_network(ipv6_prefix={prefix})"
+    return key
+
+
+_client_network_64 = client_network()
 
 
 def client_address(scope: Scope) -> str | None:
-    """The default key: the client's address, ``scope["client"][0]``.
+    """The default key: the client's IPv4 address, or its IPv6 /64 network.
 
-    ``None`` (not limited) when the server gives no client address.
+    ``scope["client"][0]``, with an IPv6 address reduced to its /64 and an
+    IPv4-mapped one to its IPv4 address (:func:`client_network` for another
+    prefix). ``None`` (not limited) when the server gives no client address.
     """
-    client = scope.get("client")
-    if not client:
-        return None
-    host = client[0]
-    return str(host) if host else None
+    return _client_network_64(scope)
 
 
 def _ceil_seconds(seconds: float) -> int:
-    """Whole seconds, rounded up, ignoring float noise; never negative."""
+    """Whole seconds, rounded up, ignoring float noise; never negative; an infinite
+    or huge value is capped at 100 years (a header must carry an integer), NaN is 0."""
+    if not seconds < check.MAX_SECONDS:
+        return 0 if seconds != seconds else int(check.MAX_SECONDS)
     return max(0, math.ceil(seconds - _EPS))
 
 
@@ -222,12 +282,24 @@ class RateLimitMiddleware:
     ``key(scope)``: the rate-limit key, ``None`` to not limit the request (default:
     :func:`client_address`). ``cost``: units per request, an int or ``cost(scope)``.
     ``tier``: ``None``, a tier name, or ``tier(scope)``; required for a tiered
-    limiter, refused for a plain one. ``headers``: ``"draft"`` (default),
+    limiter, refused for a plain one. ``default_tier``: the tier for a
+    ``tier(scope)`` that names none of the limiter's (default ``None``: answer 400).
+    ``headers``: ``"draft"`` (default),
     ``"legacy"``, ``"both"`` or ``"none"``. ``exempt(scope)``: true to let a request
     through uncounted. See the module docstring for the headers and examples.
     """
 
-    __slots__ = ("_cost", "_headers", "_key", "_tier", "app", "exempt", "limiter")
+    __slots__ = (
+        "_cost",
+        "_default_tier",
+        "_headers",
+        "_key",
+        "_tier",
+        "_tiers",
+        "app",
+        "exempt",
+        "limiter",
+    )
 
     def __init__(
         self,
@@ -237,6 +309,7 @@ class RateLimitMiddleware:
         key: Callable[[Scope], str | None] = client_address,
         cost: int | Callable[[Scope], int] = 1,
         tier: str | Callable[[Scope], str] | None = None,
+        default_tier: str | None = None,
         headers: HeadersMode = "draft",
         exempt: Callable[[Scope], bool] | None = None,
     ) -> None:
@@ -248,10 +321,8 @@ class RateLimitMiddleware:
             )
         if not callable(key):
             raise ConfigurationError(f"key must be a callable(scope) -> str | None, got {key!r}")
-        if not callable(cost) and (isinstance(cost, bool) or not isinstance(cost, int) or cost < 1):
-            raise ConfigurationError(
-                f"cost must be an int >= 1 or a callable(scope) -> int, got {cost!r}"
-            )
+        if not callable(cost):
+            check.count(cost, "cost")
         if tier is not None and not callable(tier) and (not isinstance(tier, str) or not tier):
             raise ConfigurationError(
                 f"tier must be None, a tier name or a callable(scope) -> str, got {tier!r}"
@@ -269,6 +340,14 @@ class RateLimitMiddleware:
             raise ConfigurationError(
                 f"unknown tier {tier!r}; expected one of {', '.join(map(repr, limiter.tiers))}"
             )
+        if default_tier is not None and (
+            not callable(tier) or limiter.tiers is None or default_tier not in limiter.tiers
+        ):
+            raise ConfigurationError(
+                "default_tier goes with a tier(scope) function and must name one of the "
+                f"limiter's tiers ({', '.join(map(repr, limiter.tiers or ()))}), "
+                f"got {default_tier!r}"
+            )
         if headers not in _HEADERS_MODES:
             raise ConfigurationError(
                 f"headers must be one of {', '.join(map(repr, _HEADERS_MODES))}, got {headers!r}"
@@ -283,6 +362,8 @@ class RateLimitMiddleware:
         self._key = key
         self._cost = cost
         self._tier = tier
+        self._tiers = frozenset(limiter.tiers) if limiter.tiers is not None else frozenset()
+        self._default_tier = default_tier
         self._headers: HeadersMode = headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -294,7 +375,12 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         cost = self._cost(scope) if callable(self._cost) else self._cost
-        tier = self._tier(scope) if callable(self._tier) else self._tier
+        tier = self._tier
+        if callable(tier):
+            tier = self._known_tier(tier(scope))
+            if tier is None:
+                await _send_json(send, 400, _UNKNOWN_TIER_BODY, [])
+                return
         limiter = self.limiter
         if isinstance(limiter, AsyncRateLimiter):
             decision = await limiter.hit(key, cost, tier=tier)
@@ -320,21 +406,36 @@ class RateLimitMiddleware:
 
         await self.app(scope, receive, send_with_headers)
 
+    def _known_tier(self, tier: object) -> str | None:
+        """A tier from ``tier(scope)`` (often the client's say): one of the limiter's,
+        else ``default_tier`` (``None``: the request gets a 400)."""
+        if isinstance(tier, str):
+            name = str.__str__(tier)  # a StrEnum member is its value
+            if name in self._tiers:
+                return name
+        return self._default_tier
+
     @staticmethod
     async def _deny(decision: Decision, extra: list[Header], send: Send) -> None:
-        headers: list[Header] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(_DENIED_BODY)).encode()),
-        ]
+        headers: list[Header] = []
         if math.isfinite(decision.retry_after):
             retry = _retry_after_seconds(decision.retry_after)
             headers.append((b"retry-after", str(retry).encode()))
         headers.extend(extra)
-        await send({"type": "http.response.start", "status": 429, "headers": headers})
-        await send({"type": "http.response.body", "body": _DENIED_BODY, "more_body": False})
+        await _send_json(send, 429, _DENIED_BODY, headers)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.app!r}, {self.limiter!r}, headers={self._headers!r})"
+
+
+async def _send_json(send: Send, status: int, body: bytes, extra: list[Header]) -> None:
+    headers: list[Header] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _merge(app_headers: Iterable[Header], extra: list[Header]) -> list[Header]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast, overload
 
+from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.resilience.machine import ADMIT, PROBE, REJECT, BreakerMachine
@@ -163,8 +164,7 @@ class CircuitBreaker:
         rng: Callable[[], float] | None = None,
         **policy_options: Any,
     ) -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
+        name = check.name(name, "name")
         if policy is None:
             try:
                 policy = BreakerPolicy(**policy_options)
@@ -222,12 +222,7 @@ class CircuitBreaker:
 
     def open(self, duration: float | timedelta | None = None) -> None:
         """Open now: until :meth:`close` (``duration`` None) or for ``duration``."""
-        d = None
-        if duration is not None:
-            d = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
-            if not d > 0:
-                raise ConfigurationError(f"duration must be positive, got {duration!r}")
-        self._by_hand("open", d)
+        self._by_hand("open", check.optional_duration(duration, "duration"))
 
     def close(self) -> None:
         """Close now (also ends ``disable()``), forgetting failures and backoff."""

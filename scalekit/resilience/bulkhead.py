@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit import _validate as check
 from scalekit.errors import BulkheadFull, ConfigurationError
-from scalekit.resilience.policy import seconds
 
 __all__ = ["Bulkhead", "BulkheadStats", "bulkhead"]
 
@@ -80,18 +80,10 @@ class Bulkhead:
         max_queued: int = 0,
         queue_timeout: float | timedelta | None = None,
     ) -> None:
-        for arg, value, low in (
-            ("max_concurrent", max_concurrent, 1),
-            ("max_queued", max_queued, 0),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{arg} must be an int >= {low}, got {value!r}")
-        self.name = name
-        self.max_concurrent = max_concurrent
-        self.max_queued = max_queued
-        self.queue_timeout = seconds(
-            "queue_timeout", queue_timeout, allow_none=True, allow_zero=True
-        )
+        self.name = check.name(name, "name")
+        self.max_concurrent = check.count(max_concurrent, "max_concurrent")
+        self.max_queued = check.count(max_queued, "max_queued", minimum=0)
+        self.queue_timeout = check.timeout(queue_timeout, "queue_timeout")
         self._lock = threading.Lock()
         self._running = 0
         self._waiters: deque[_Waiter] = deque()
@@ -171,8 +163,17 @@ class Bulkhead:
         next(self._admitted)
 
     def release(self) -> None:
-        """Give a slot back: to the first waiter in the queue, or to the pool."""
+        """Give a slot back: to the first waiter in the queue, or to the pool.
+
+        Like ``asyncio.BoundedSemaphore``: a release with no slot taken (a double
+        release) raises :class:`~scalekit.errors.ConfigurationError` instead of
+        letting more than ``max_concurrent`` calls run.
+        """
         with self._lock:
+            if self._running == 0:
+                raise ConfigurationError(
+                    f"bulkhead {self.name!r}: release() without a slot taken (released twice?)"
+                )
             while self._waiters:
                 w = self._waiters.popleft()
                 w.granted = True

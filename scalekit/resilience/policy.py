@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 
-__all__ = ["BreakerPolicy", "State", "seconds"]
+__all__ = ["BreakerPolicy", "State"]
 
 
 class State(StrEnum):
@@ -22,47 +23,15 @@ class State(StrEnum):
     DISABLED = "disabled"
 
 
-def seconds(
-    name: str,
-    value: float | timedelta | None,
-    *,
-    allow_none: bool = False,
-    allow_zero: bool = False,
-) -> float | None:
-    """Validate a duration argument: seconds (``int``/``float``) or a ``timedelta``."""
-    if value is None:
-        if allow_none:
-            return None
-        raise ConfigurationError(f"{name} is required: a number of seconds or a timedelta")
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(
-            f"{name} must be a number of seconds or a timedelta, got {value!r}"
-        )
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or not math.isfinite(value):
-        what = "non-negative" if allow_zero else "positive"
-        raise ConfigurationError(f"{name} must be a {what}, finite duration, got {value!r}")
-    return float(value)
-
-
-def _fraction(name: str, value: float | None) -> float | None:
+def _threshold(value: object, what: str) -> float | None:
+    """A rate threshold in (0, 1] (0.5 means 50 %); 0 would trip on every call."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise ConfigurationError(
-            f"{name} must be a fraction in (0, 1] (0.5 means 50 %), got {value!r}"
-        )
-    return float(value)
+    return check.number(value, what, minimum=0, maximum=1, open_minimum=True)
 
 
-def _count(name: str, value: int | None, *, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigurationError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+def _optional_count(value: object, what: str) -> int | None:
+    return None if value is None else check.count(value, what)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,52 +75,24 @@ class BreakerPolicy:
     probe_timeout: float | timedelta = 60.0
 
     def __post_init__(self) -> None:
-        setattr_ = object.__setattr__
-        setattr_(self, "failure_threshold", _count("failure_threshold", self.failure_threshold))
-        setattr_(
-            self,
-            "failure_rate_threshold",
-            _fraction("failure_rate_threshold", self.failure_rate_threshold),
+        def set_(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        set_("failure_threshold", _optional_count(self.failure_threshold, "failure_threshold"))
+        for name in ("failure_rate_threshold", "slow_call_rate_threshold"):
+            set_(name, _threshold(getattr(self, name), name))
+        for name in ("slow_call_duration", "window_duration", "max_open_duration"):
+            set_(name, check.optional_duration(getattr(self, name), name))
+        for name in ("open_duration", "probe_timeout"):
+            set_(name, check.duration(getattr(self, name), name))
+        set_("window_size", _optional_count(self.window_size, "window_size"))
+        for name in ("minimum_calls", "half_open_max_calls"):
+            set_(name, check.count(getattr(self, name), name))
+        set_(
+            "backoff_multiplier",
+            check.number(self.backoff_multiplier, "backoff_multiplier", minimum=1),
         )
-        setattr_(
-            self,
-            "slow_call_rate_threshold",
-            _fraction("slow_call_rate_threshold", self.slow_call_rate_threshold),
-        )
-        setattr_(
-            self,
-            "slow_call_duration",
-            seconds("slow_call_duration", self.slow_call_duration, allow_none=True),
-        )
-        setattr_(self, "window_size", _count("window_size", self.window_size))
-        setattr_(
-            self,
-            "window_duration",
-            seconds("window_duration", self.window_duration, allow_none=True),
-        )
-        setattr_(
-            self, "minimum_calls", _count("minimum_calls", self.minimum_calls, allow_none=False)
-        )
-        setattr_(self, "open_duration", seconds("open_duration", self.open_duration))
-        setattr_(
-            self,
-            "max_open_duration",
-            seconds("max_open_duration", self.max_open_duration, allow_none=True),
-        )
-        setattr_(self, "probe_timeout", seconds("probe_timeout", self.probe_timeout))
-        setattr_(
-            self,
-            "half_open_max_calls",
-            _count("half_open_max_calls", self.half_open_max_calls, allow_none=False),
-        )
-        m = self.backoff_multiplier
-        if isinstance(m, bool) or not isinstance(m, int | float) or not 1 <= m < math.inf:
-            raise ConfigurationError(f"backoff_multiplier must be a number >= 1, got {m!r}")
-        setattr_(self, "backoff_multiplier", float(m))
-        j = self.jitter
-        if isinstance(j, bool) or not isinstance(j, int | float) or not 0 <= j <= 1:
-            raise ConfigurationError(f"jitter must be a fraction in [0, 1], got {j!r}")
-        setattr_(self, "jitter", float(j))
+        set_("jitter", check.fraction(self.jitter, "jitter"))
         if self.max_open_s is not None and self.max_open_s < self.open_s:
             raise ConfigurationError(
                 f"max_open_duration ({self.max_open_s!r}) must be >= open_duration "

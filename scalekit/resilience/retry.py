@@ -27,16 +27,18 @@ import inspect
 import itertools
 import math
 import random
+import re
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError, MissingDependency
 from scalekit.resilience.breaker import ExceptionSpec, _matcher
-from scalekit.resilience.policy import State, seconds
+from scalekit.resilience.policy import State
 from scalekit.resilience.timeouts import _DEADLINE, _narrowed, remaining
 
 if TYPE_CHECKING:
@@ -91,21 +93,9 @@ class RetryBudget:
         min_per_second: float = 1.0,
         clock: Clock | Callable[[], float] | None = None,
     ) -> None:
-        if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 10:
-            raise ConfigurationError(
-                f"ratio must be a number in [0, 10] (0.1 = 10 %), got {ratio!r}"
-            )
-        if (
-            isinstance(min_per_second, bool)
-            or not isinstance(min_per_second, int | float)
-            or not 0 <= min_per_second < math.inf
-        ):
-            raise ConfigurationError(
-                f"min_per_second must be a non-negative number, got {min_per_second!r}"
-            )
-        self.ratio = float(ratio)
-        self.window = cast(float, seconds("window", window))
-        self.min_per_second = float(min_per_second)
+        self.ratio = check.number(ratio, "ratio (0.1 = 10 %)", minimum=0, maximum=10)
+        self.window = check.duration(window, "window")
+        self.min_per_second = check.number(min_per_second, "min_per_second", minimum=0)
         self._now = as_clock(clock).now
         self._lock = threading.Lock()
         self._calls = itertools.count()
@@ -170,6 +160,9 @@ class RetryBudget:
         )
 
 
+_DELTA_SECONDS = re.compile(r"[0-9]{1,15}(?:\.[0-9]{1,9})?", re.ASCII)
+
+
 def retry_after_from(exc: BaseException) -> float | None:
     """Seconds the exception asks to wait: ``exc.retry_after`` (scalekit's own
     errors), else a ``Retry-After`` header on ``exc.response`` (httpx, requests):
@@ -188,10 +181,8 @@ def retry_after_from(exc: BaseException) -> float | None:
     if not raw:
         return None
     raw = str(raw).strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if _DELTA_SECONDS.fullmatch(raw):  # ASCII only: float() also takes "1_0", "nan", Arabic digits
+        return float(raw)
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):
@@ -241,21 +232,14 @@ def retry(
     """
     _require_tenacity()
     is_retryable = _matcher("on", on)
-    if attempts is not None and (
-        isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1
-    ):
-        raise ConfigurationError(f"attempts must be an int >= 1 or None, got {attempts!r}")
-    overall = seconds("timeout", timeout, allow_none=True)
-    w_initial = cast(float, seconds("wait_initial", wait_initial, allow_zero=True))
-    w_max = cast(float, seconds("wait_max", wait_max, allow_zero=True))
-    w_jitter = cast(float, seconds("wait_jitter", wait_jitter, allow_zero=True))
-    max_ra = cast(float, seconds("max_retry_after", max_retry_after, allow_zero=True))
-    if (
-        isinstance(wait_exp_base, bool)
-        or not isinstance(wait_exp_base, int | float)
-        or not (1 <= wait_exp_base < math.inf)
-    ):
-        raise ConfigurationError(f"wait_exp_base must be a number >= 1, got {wait_exp_base!r}")
+    if attempts is not None:
+        check.count(attempts, "attempts (or None)")
+    overall = check.optional_duration(timeout, "timeout")
+    w_initial = check.duration(wait_initial, "wait_initial", allow_zero=True)
+    w_max = check.duration(wait_max, "wait_max", allow_zero=True)
+    w_jitter = check.duration(wait_jitter, "wait_jitter", allow_zero=True)
+    max_ra = check.duration(max_retry_after, "max_retry_after", allow_zero=True)
+    wait_exp_base = check.number(wait_exp_base, "wait_exp_base", minimum=1)
     if budget is True:
         the_budget: RetryBudget | None = RetryBudget(clock=clock)
     elif budget is False:
@@ -291,7 +275,10 @@ def retry(
                 if wait is not None:
                     delay = float(wait(rs))
                 else:
-                    delay = min(w_max, w_initial * wait_exp_base ** min(n - 1, 64))
+                    try:
+                        delay = min(w_max, w_initial * wait_exp_base ** min(n - 1, 64))
+                    except OverflowError:  # a large base: the cap long since reached
+                        delay = w_max
                     delay += w_jitter * draw()
                 if retry_after is not None and exc is not None:
                     ra = retry_after(exc)

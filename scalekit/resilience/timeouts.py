@@ -31,9 +31,9 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import ConfigurationError, DeadlineExceeded
-from scalekit.resilience.policy import seconds
 
 __all__ = ["deadline", "remaining", "timeout"]
 
@@ -74,7 +74,7 @@ def deadline(
 
     Works for sync code and inside coroutines alike (each task has its own context).
     """
-    limit = seconds("deadline", seconds_, allow_zero=True)
+    limit = check.duration(seconds_, "deadline", allow_zero=True)
     token = _DEADLINE.set(_narrowed(limit, as_clock(clock).now))
     try:
         yield
@@ -101,7 +101,7 @@ def timeout(
     (a ``TimeoutError``); sync functions: see the module documentation, and
     ``offload=True``.
     """
-    limit = seconds("timeout", seconds_, allow_none=True)
+    limit = check.optional_duration(seconds_, "timeout")
     if not isinstance(offload, bool):
         raise ConfigurationError(f"offload must be a bool, got {offload!r}")
     now = as_clock(clock).now

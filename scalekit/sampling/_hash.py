@@ -39,13 +39,21 @@ Id: TypeAlias = str | bytes | int
 
 
 def to_bytes(key: Id) -> bytes:
-    """The bytes hashed for an id: UTF-8 for ``str``, decimal digits for ``int``."""
-    if key.__class__ is str:
-        return key.encode()
+    """The bytes hashed for an id: UTF-8 for ``str`` (a ``StrEnum`` member is its
+    value; a lone surrogate is encoded as such, never an error), decimal digits for
+    ``int``."""
+    if isinstance(key, str):
+        return str.__str__(key).encode("utf-8", "surrogatepass")
     if isinstance(key, bytes):
         return key
     if isinstance(key, int) and not isinstance(key, bool):
-        return str(key).encode()
+        try:
+            return int.__repr__(key).encode()  # an IntEnum member is its value
+        except ValueError:  # more digits than sys.get_int_max_str_digits()
+            raise ConfigurationError(
+                f"a sampling key must be a stable id of printable size, got an int of "
+                f"{key.bit_length()} bits"
+            ) from None
     raise ConfigurationError(
         f"a sampling key must be a str, bytes or int (a stable id), got {type(key).__name__}: "
         f"{key!r}"
@@ -70,7 +78,7 @@ def hash_function(name: HashName, salt: str) -> Callable[[Id], int]:
         crc = zlib.crc32
 
         def crc32_mul(key: Id) -> int:
-            data = key.encode() if key.__class__ is str else to_bytes(key)
+            data = key.encode("utf-8", "surrogatepass") if key.__class__ is str else to_bytes(key)
             return (crc(data) * mul) & 0xFFFFFFFFFFFFFFFF
 
         return crc32_mul
@@ -80,7 +88,7 @@ def hash_function(name: HashName, salt: str) -> Callable[[Id], int]:
         from_bytes = int.from_bytes
 
         def blake2b(key: Id) -> int:
-            data = key.encode() if key.__class__ is str else to_bytes(key)
+            data = key.encode("utf-8", "surrogatepass") if key.__class__ is str else to_bytes(key)
             return from_bytes(blake(data, digest_size=8, key=skey).digest(), "little")
 
         return blake2b

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.sampling.decision import SampleDecision
 from scalekit.sampling.pipeline import Pipeline
@@ -128,9 +129,8 @@ class BackgroundTasks:
     def __init__(
         self, concurrency: int = 8, *, max_pending: int = 1000, name: str = "background"
     ) -> None:
-        for what, value, low in (("concurrency", concurrency, 1), ("max_pending", max_pending, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigurationError(f"{what} must be an int >= {low}, got {value!r}")
+        check.count(concurrency, "concurrency")
+        check.count(max_pending, "max_pending", minimum=0)
         self.name = name
         self.concurrency = concurrency
         self.max_pending = max_pending

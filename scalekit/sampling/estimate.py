@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit.policy import Rate, _seconds
+from scalekit.ratelimit.policy import Rate
 from scalekit.sampling.budget import Budget, Cap
 from scalekit.sampling.pipeline import Pipeline
 from scalekit.sampling.stages import Gate
@@ -48,10 +49,7 @@ class Histogram:
                 f"a Histogram needs a non-empty mapping value -> weight, got {weights!r}"
             )
         for v, w in weights.items():
-            if isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w < math.inf:
-                raise ConfigurationError(
-                    f"Histogram weights must be finite numbers >= 0, got {w!r} for {v!r}"
-                )
+            check.number(w, f"the Histogram weight of {v!r}", minimum=0)
         total = float(sum(weights.values()))
         if total <= 0:
             raise ConfigurationError("a Histogram needs at least one positive weight")
@@ -86,19 +84,16 @@ class TrafficProfile(Generic[T]):
     keys: int | None = None
 
     def __post_init__(self) -> None:
-        v = self.volume
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
-            raise ConfigurationError(f"volume must be a finite number >= 0, got {v!r}")
-        object.__setattr__(self, "period", _seconds(self.period, "a profile's period"))
+        check.number(self.volume, "volume", minimum=0)
+        object.__setattr__(self, "period", check.duration(self.period, "a profile's period"))
         if not all(isinstance(h, Histogram) for h in self.dimensions.values()):
             raise ConfigurationError("every dimension of a TrafficProfile must be a Histogram")
         if not callable(self.make):
             raise ConfigurationError(
                 f"make must build an item from the dimensions, got {self.make!r}"
             )
-        k = self.keys
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-            raise ConfigurationError(f"keys must be an int >= 1 or None, got {k!r}")
+        if self.keys is not None:
+            check.count(self.keys, "keys (or None)")
 
     def combinations(self) -> list[tuple[T, float]]:
         """Every item the profile can produce, with its probability."""

@@ -15,6 +15,7 @@ import zlib
 from collections.abc import Callable, Generator
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.sampling._hash import to_bytes
 from scalekit.sampling.budget import Budget, Cap
@@ -62,8 +63,7 @@ class Pipeline(Generic[T]):
     """
 
     def __init__(self, *stages: Stage, name: str = "sampling") -> None:
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a pipeline's name must be a non-empty str, got {name!r}")
+        name = check.name(name, "a pipeline's name")
         self.name = name
         local: list[Gate[Any] | _Sampler[Any]] = []
         remote: list[Budget[Any] | Cap[Any]] = []
@@ -202,7 +202,7 @@ class Pipeline(Generic[T]):
                         next(counter)
                         return skip
                 k = key(item)
-                data = k.encode() if k.__class__ is str else as_bytes(k)
+                data = k.encode("utf-8", "surrogatepass") if k.__class__ is str else as_bytes(k)
                 if (crc(data) * mul) & 0xFFFFFFFFFFFFFFFF < threshold:
                     next(sampled)
                     return yes

@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
-from scalekit.errors import ConfigurationError
+from scalekit import _validate as check
 from scalekit.sampling.stages import Rng, _as_rng
 
 __all__ = ["AExpJ", "ARes"]
@@ -35,9 +35,7 @@ class _Reservoir(Generic[T]):
     __slots__ = ("_heap", "_rng", "_seq", "k", "seen")
 
     def __init__(self, k: int, *, rng: Rng | None = None) -> None:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigurationError(f"a reservoir's size k must be an int >= 1, got {k!r}")
-        self.k = k
+        self.k = check.count(k, "a reservoir's size k")
         self._rng = _as_rng(rng)
         # min-heap of (log-key, sequence number, item): the root is the smallest key
         self._heap: list[tuple[float, int, T]] = []
@@ -54,13 +52,7 @@ class _Reservoir(Generic[T]):
 
     @staticmethod
     def _weight(weight: float) -> float:
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not 0 < weight < math.inf
-        ):
-            raise ConfigurationError(f"a weight must be a positive, finite number, got {weight!r}")
-        return float(weight)
+        return check.number(weight, "a weight", minimum=0, open_minimum=True)
 
     def add(self, item: T, weight: float = 1.0) -> None:
         raise NotImplementedError

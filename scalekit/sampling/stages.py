@@ -23,6 +23,7 @@ import random
 from collections.abc import Callable
 from typing import Any, Generic, TypeAlias, TypeVar
 
+from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.sampling._hash import HashName, Id, hash_bits, hash_function, multiplier
 
@@ -36,15 +37,16 @@ Rng: TypeAlias = random.Random | Callable[[], float]
 
 
 def _check_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not name:
-        raise ConfigurationError(f"a {what}'s name must be a non-empty str, got {name!r}")
-    return name
+    return check.name(name, f"a {what}'s name")
 
 
-def _check_rate(rate: object, what: str) -> float:
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0.0 <= rate <= 1.0:
-        raise ConfigurationError(f"{what} must be a probability in [0, 1], got {rate!r}")
-    return float(rate)
+def _number(value: object, what: str) -> float:
+    """What a user function returned where a number is meant, as a float."""
+    if value.__class__ is float:
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ConfigurationError(f"{what} must return a number, got {value!r}")
 
 
 def _as_rng(rng: Rng | None) -> Callable[[], float]:
@@ -114,7 +116,7 @@ class Fixed(_Sampler[Any]):
     __slots__ = ("_rng", "name", "rate")
 
     def __init__(self, rate: float, *, name: str = "fixed", rng: Rng | None = None) -> None:
-        self.rate = _check_rate(rate, f"Fixed {name!r}: rate")
+        self.rate = check.fraction(rate, f"Fixed {name!r}: rate")
         self.name = _check_name(name, "sampler")
         self._rng = _as_rng(rng)
 
@@ -159,7 +161,7 @@ class Keyed(_Sampler[T]):
         salt: str | None = None,
         hash: HashName = "crc32",
     ) -> None:
-        self.rate = _check_rate(rate, f"Keyed {name!r}: rate")
+        self.rate = check.fraction(rate, f"Keyed {name!r}: rate")
         self.name = _check_name(name, "sampler")
         _check_key(key, f"Keyed {name!r}")
         self.key = key
@@ -232,6 +234,8 @@ class Weighted(_Sampler[T]):
 
     def probability(self, item: T) -> float:
         p = self.fn(item)
+        if p.__class__ is not float:
+            p = _number(p, f"Weighted {self.name!r}: probability(item)")
         if p >= 1.0:
             return 1.0
         if p > 0.0:
@@ -263,8 +267,8 @@ def ramp(
         raise ConfigurationError(
             f"ramp: start and end must be (value, probability) pairs, got {start!r}, {end!r}"
         ) from None
-    p0 = _check_rate(p0, "ramp: the start probability")
-    p1 = _check_rate(p1, "ramp: the end probability")
+    p0 = check.fraction(p0, "ramp: the start probability")
+    p1 = check.fraction(p1, "ramp: the end probability")
     if not (math.isfinite(x0) and math.isfinite(x1)) or x1 <= x0:
         raise ConfigurationError(
             f"ramp: the end value must be above the start value, got {x0!r} and {x1!r}"
@@ -273,6 +277,8 @@ def ramp(
 
     def probability(item: T) -> float:
         x = value(item)
+        if x.__class__ is not float and x.__class__ is not int:
+            x = _number(x, "ramp: value(item)")
         if x <= x0:
             return p0
         if x >= x1:

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, Policy, Rate, RateLimiter
@@ -19,6 +21,7 @@ from scalekit.ratelimit.asgi import (
     Scope,
     Send,
     client_address,
+    client_network,
     rate_limit_headers,
 )
 from scalekit.ratelimit.decision import Decision
@@ -434,7 +437,7 @@ async def test_default_key_does_not_limit_requests_without_a_client(
     assert len(app.calls) == 3
     assert limiter.stats()["allowed"] == 0
     assert client_address(http_scope(client=None)) is None
-    assert client_address(http_scope(client=("::1", 9))) == "::1"
+    assert client_address(http_scope(client=("::1", 9))) == "::/64"
 
 
 async def test_key_none_bypasses_the_limiter(make_limiter: MakeLimiter) -> None:
@@ -600,6 +603,7 @@ def test_constructed_like_starlette_add_middleware(clock: FakeClock) -> None:
         ({"cost": 0}, "cost must be"),
         ({"cost": True}, "cost must be"),
         ({"cost": "1"}, "cost must be"),
+        ({"cost": 10**13}, "cost must be at most"),
         ({"key": "user:1"}, "key must be a callable"),
         ({"exempt": True}, "exempt must be"),
         ({"tier": "free"}, "has no tiers"),
@@ -624,12 +628,101 @@ def test_limiter_must_be_a_limiter() -> None:
         RateLimitMiddleware(App(), "1/minute")  # type: ignore[arg-type]
 
 
-async def test_unknown_tier_at_request_time_propagates(make_limiter: MakeLimiter) -> None:
+@pytest.mark.parametrize("named", ["gold", "", None, 7, b"free", "free\x00"])
+async def test_an_unknown_tier_from_the_client_is_a_400_never_a_500(
+    make_limiter: MakeLimiter, named: object
+) -> None:
     app = App()
-    mw = RateLimitMiddleware(app, make_limiter({"free": "1/minute"}), tier=lambda s: "gold")
-    with pytest.raises(ConfigurationError, match="unknown tier"):
-        await get(mw)
+    limiter = make_limiter({"free": "1/minute"})
+    mw = RateLimitMiddleware(app, limiter, tier=lambda s: named)  # type: ignore[arg-type,return-value]
+    r = await get(mw)
+    assert r.status == 400
+    assert json.loads(r.body) == {"detail": "Unknown tier"}
+    assert r.get("content-length") == str(len(r.body))
     assert app.calls == []
+    assert limiter.stats()["allowed"] == limiter.stats()["denied"] == 0
+
+
+async def test_an_unknown_tier_gets_the_declared_default_tier(make_limiter: MakeLimiter) -> None:
+    import enum
+
+    class Plan(enum.StrEnum):
+        PAID = "paid"
+
+    app = App()
+    limiter = make_limiter({"free": "1/minute", "paid": "2/minute"})
+
+    def plan(scope: Scope) -> str:
+        value = dict(scope["headers"]).get(b"x-plan", b"").decode()
+        return Plan.PAID if value == "paid" else value
+
+    mw = RateLimitMiddleware(app, limiter, tier=plan, default_tier="free")
+    paid = [(b"x-plan", b"paid")]
+    assert [(await get(mw, headers=paid)).status for _ in range(3)] == [200, 200, 429]
+    forged = [(b"x-plan", b"platinum")]
+    assert [(await get(mw, headers=forged)).status for _ in range(2)] == [200, 429]
+    assert (await get(mw)).status == 429  # "" is unknown too: the same free quota
+
+
+def test_default_tier_must_be_a_tier_of_a_tier_function(clock: FakeClock) -> None:
+    limiter = RateLimiter("memory://", {"free": "1/minute"}, clock=clock)
+    for kwargs in (
+        {"tier": lambda s: "free", "default_tier": "gold"},
+        {"tier": "free", "default_tier": "free"},
+    ):
+        with pytest.raises(ConfigurationError, match="default_tier"):
+            RateLimitMiddleware(App(), limiter, **kwargs)  # type: ignore[arg-type]
+    plain = RateLimiter("memory://", "1/minute", clock=clock)
+    with pytest.raises(ConfigurationError):
+        RateLimitMiddleware(App(), plain, default_tier="free")
+
+
+# -- IPv6 clients ------------------------------------------------------------------------
+
+
+async def test_one_ipv6_64_is_one_key_and_cannot_fill_the_store(clock: FakeClock) -> None:
+    """Before: every address of a /64 was a new key; 3 of them filled max_keys=3 and
+    every later client (of any network) passed uncounted under fail_open."""
+    app = App()
+    limiter = AsyncRateLimiter("memory://?max_keys=3", "2/minute", clock=clock)
+    mw = RateLimitMiddleware(app, limiter)
+    statuses = [
+        (await get(mw, client=(f"2001:db8:1:2:{i:x}::{i:x}", 1))).status for i in range(1, 50)
+    ]
+    assert statuses[:2] == [200, 200] and set(statuses[2:]) == {429}
+    assert (await get(mw, client=("2001:db8:1:3::1", 1))).status == 200  # another /64
+    assert (await get(mw, client=("198.51.100.7", 1))).status == 200
+    assert limiter.stats()["refused_full"] == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("198.51.100.7", "198.51.100.7"),
+        ("::ffff:198.51.100.7", "198.51.100.7"),  # IPv4-mapped: the IPv4 client it is
+        ("::FFFF:c633:6407", "198.51.100.7"),
+        ("2001:DB8:0:0:1::1", "2001:db8::/64"),
+        ("2001:db8::ffff:ffff:ffff:ffff", "2001:db8::/64"),
+        ("2001:db8:0:1::1", "2001:db8:0:1::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("::1", "::/64"),
+        ("testclient", "testclient"),  # not an address: as the server gave it
+    ],
+)
+def test_client_address_keys(host: str, key: str) -> None:
+    assert client_address(http_scope(client=(host, 1))) == key
+
+
+def test_client_network_prefix_is_configurable() -> None:
+    scope = http_scope(client=("2001:db8:aa:bb:1:2:3:4", 1))
+    assert client_network(ipv6_prefix=48)(scope) == "2001:db8:aa::/48"
+    assert client_network(ipv6_prefix=128)(scope) == "2001:db8:aa:bb:1:2:3:4/128"
+    assert client_network(ipv6_prefix=0)(scope) == "::/0"
+    assert client_network(ipv6_prefix=56)(http_scope(client=("10.1.2.3", 1))) == "10.1.2.3"
+    assert client_network()(http_scope(client=None)) is None
+    for bad in (129, -1, True, 64.0):
+        with pytest.raises(ConfigurationError, match="ipv6_prefix"):
+            client_network(ipv6_prefix=bad)  # type: ignore[arg-type]
 
 
 # -- rate_limit_headers ----------------------------------------------------------------
@@ -653,3 +746,26 @@ def test_rate_limit_headers_function() -> None:
     assert rate_limit_headers(denied)[1][1] == b'"api";r=0;t=13'
     with pytest.raises(ConfigurationError):
         rate_limit_headers(d, "bogus")  # type: ignore[arg-type]
+
+
+@given(st.ip_addresses(v=6), st.integers(0, 2**64 - 1))
+def test_every_address_of_a_64_has_the_key_of_the_64(addr: Any, low: int) -> None:
+    import ipaddress
+
+    if addr.ipv4_mapped is not None:
+        return
+    net = int(addr) >> 64 << 64
+    sibling = ipaddress.IPv6Address(net | low)
+    key = client_address(http_scope(client=(str(addr), 1)))
+    assert key == client_address(http_scope(client=(str(sibling), 1)))
+    assert key == f"{ipaddress.IPv6Address(net)}/64"
+    other = ipaddress.IPv6Address((net + (1 << 64)) % (1 << 128))
+    if other.ipv4_mapped is None:
+        assert client_address(http_scope(client=(str(other), 1))) != key
+
+
+@given(st.ip_addresses(v=4))
+def test_ipv4_and_its_mapped_form_share_a_key(addr: Any) -> None:
+    key = client_address(http_scope(client=(str(addr), 1)))
+    assert key == str(addr)
+    assert client_address(http_scope(client=(f"::ffff:{addr}", 1))) == key

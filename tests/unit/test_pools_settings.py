@@ -40,15 +40,23 @@ def test_from_url_takes_pool_options_out_of_the_query() -> None:
     assert PoolSettings.from_url("redis://h/0?max_size=3", max_size=4).max_size == 4
     with pytest.raises(ConfigurationError, match="max_size in the URL must be int"):
         PoolSettings.from_url("redis://h/0?max_size=many")
+    # int() and float() would take these; a URL option is ASCII only
+    for raw in ("\u0661\u0660", "5\u00a0", "\uff15"):
+        with pytest.raises(ConfigurationError, match="in the URL must be"):
+            PoolSettings.from_url(f"redis://h/0?max_size={raw}")
 
 
 def test_timedelta_and_validation() -> None:
     s = PoolSettings(url="redis://h", acquire_timeout=timedelta(milliseconds=250))
     assert s.acquire_timeout == 0.25
     for kwargs, fragment in [
-        ({"max_size": 0}, "max_size must be >= 1"),
+        ({"max_size": 0}, "max_size must be an int >= 1"),
         ({"min_size": 5, "max_size": 2}, "min_size"),
-        ({"acquire_timeout": math.inf}, "acquire_timeout must be a positive, finite"),
+        ({"acquire_timeout": math.inf}, "acquire_timeout must be at most"),
+        ({"acquire_timeout": math.nan}, "acquire_timeout must be > 0"),
+        ({"connect_timeout": 1e16}, "connect_timeout must be at most"),
+        ({"lifetime_jitter": None}, "lifetime_jitter must be a number in"),
+        ({"name": ""}, "name must be a non-empty str"),
         ({"acquire_timeout": None}, "acquire_timeout"),
         ({"max_lifetime": -1}, "max_lifetime"),
         ({"lifetime_jitter": 1.5}, "lifetime_jitter"),
@@ -80,7 +88,7 @@ def test_from_env_reads_scalekit_variables(monkeypatch: pytest.MonkeyPatch) -> N
     with pytest.raises(ConfigurationError, match="SCALEKIT_REDIS_URL is not set"):
         PoolSettings.from_env("redis")
     monkeypatch.setenv("SCALEKIT_POSTGRES_MAX_SIZE", "0")
-    with pytest.raises(ConfigurationError, match="max_size must be >= 1"):
+    with pytest.raises(ConfigurationError, match="max_size must be an int >= 1"):
         PoolSettings.from_env("postgres")
 
 
@@ -192,5 +200,6 @@ def test_pgpool_rejects_bad_arguments() -> None:
         PgPool("postgresql://h/db", connection_class=object)
     with pytest.raises(ConfigurationError, match="needs a postgresql:// URL"):
         PgPool("redis://h/0")
-    with pytest.raises(ConfigurationError, match="timeout must be a positive"):
-        PgPool("postgresql://h/db").acquire(timeout=0)
+    for bad in (0, math.nan, -1, True, 1e16):
+        with pytest.raises(ConfigurationError, match="timeout must"):
+            PgPool("postgresql://h/db").acquire(timeout=bad)

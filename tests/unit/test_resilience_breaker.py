@@ -215,7 +215,7 @@ def test_manual_open_close_disable() -> None:
     [
         ({"failure_threshold": 0}, "failure_threshold"),
         ({"failure_rate_threshold": 0.5}, "window"),
-        ({"failure_rate_threshold": 1.5, "window_size": 5}, "fraction"),
+        ({"failure_rate_threshold": 1.5, "window_size": 5}, r"in \(0, 1\]"),
         ({"window_size": 5}, "needs failure_rate_threshold"),
         ({"window_size": 5, "window_duration": 5, "failure_rate_threshold": 0.5}, "not both"),
         ({"open_duration": -1}, "open_duration"),

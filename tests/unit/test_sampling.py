@@ -155,8 +155,8 @@ def test_empty_pipeline_samples_everything() -> None:
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: Fixed(1.5), r"probability in \[0, 1\]"),
-        (lambda: Fixed(True), r"probability in \[0, 1\]"),
+        (lambda: Fixed(1.5), r"rate must be a number in \[0, 1\]"),
+        (lambda: Fixed(True), r"rate must be a number in \[0, 1\]"),
         (lambda: Keyed(0.5, key="id"), "callable"),  # type: ignore[arg-type]
         (lambda: Keyed(0.5, key=lambda m: m, hash="md5"), "unknown hash"),  # type: ignore[arg-type]
         (lambda: Gate("", lambda m: True), "non-empty"),
