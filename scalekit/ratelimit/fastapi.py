@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 
 from scalekit.errors import ConfigurationError, MissingDependency, RateLimitExceeded
-from scalekit.ratelimit.asgi import HeadersMode, rate_limit_headers
+from scalekit.ratelimit.asgi import HeadersMode, client_address, rate_limit_headers
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
 
@@ -75,12 +75,7 @@ async def _resolve(value: Any, request: Request) -> Any:
 
 
 def _client_key(request: Request) -> str:
-    from scalekit.ratelimit import asgi
-
-    default_key: Callable[[Any], str | None] = getattr(asgi, "client_network", None) or (
-        asgi.client_address
-    )
-    key = default_key(request.scope)
+    key = client_address(request.scope)  # IPv6 clients by their /64
     return key if key else ANONYMOUS
 
 

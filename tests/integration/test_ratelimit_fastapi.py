@@ -124,6 +124,14 @@ async def test_anonymous_falls_back_to_the_client_address(
     assert (await a.get("/")).status_code == 200
     assert (await a.get("/")).status_code == 429  # anonymous is never unlimited
     assert (await b.get("/")).status_code == 200  # another address has its own budget
+    # IPv6 clients of one /64 share a budget; another /64 has its own
+    c = await client_for(app, "2001:db8:1:2::1")
+    d = await client_for(app, "2001:db8:1:2:ffff::9")
+    e = await client_for(app, "2001:db8:1:3::1")
+    closing.extend((c, d, e))
+    assert (await c.get("/")).status_code == 200
+    assert (await d.get("/")).status_code == 429
+    assert (await e.get("/")).status_code == 200
 
 
 async def test_exempt(closing: list[httpx.AsyncClient]) -> None:
