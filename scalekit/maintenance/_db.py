@@ -164,7 +164,15 @@ async def table(con: Any, name: str, what: str = "table", *, must_exist: bool = 
     pasted into SQL."""
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ConfigurationError(f"{what} must be a non-empty table name, got {name!r}")
-    row = await con.fetchrow(_TABLE_SQL, name)
+    try:
+        row = await con.fetchrow(_TABLE_SQL, name)
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) != "42602":  # invalid_name
+            raise
+        raise MaintenanceRefused(
+            f"{what} {name!r} is not a valid table name (quote unusual names: "
+            "'schema.\"My Table\"')"
+        ) from None
     if row is None:
         if not must_exist:
             return Table(oid=0, sql=name, schema="", name=name, kind="")

@@ -137,11 +137,17 @@ class Runner:
             try:
                 await self._run_guarded(con)
             finally:
-                # a pool's reset also unlocks (asyncpg runs pg_advisory_unlock_all);
-                # a lost connection released it on the server already
-                if not con.is_closed():
-                    await asyncio.shield(con.execute("SELECT pg_advisory_unlock($1)", self.key))
+                await self._unlock(con)
             return True
+
+    async def _unlock(self, con: Any) -> None:
+        # A lost connection released the lock on the server already (and asyncpg's
+        # pool has taken the dead connection back); a pool's reset also unlocks.
+        try:
+            if not con.is_closed():
+                await asyncio.shield(con.execute("SELECT pg_advisory_unlock($1)", self.key))
+        except Exception as exc:
+            log.debug("%s: unlock skipped (%r); the connection is gone", self.name, exc)
 
     async def _run_guarded(self, lock_con: Any) -> None:
         """Run the job; cancel it if the connection holding the lock is lost."""
@@ -173,7 +179,7 @@ class Runner:
         finally:
             task.cancel()
             remove = getattr(lock_con, "remove_termination_listener", None)
-            if remove is not None:
+            if remove is not None and not lost:
                 remove(on_lost)
         self._runs += 1
         rows = getattr(result, "rows", None)
