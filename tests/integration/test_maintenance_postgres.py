@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 
-from scalekit import MaintenanceRefused
+from scalekit import ConfigurationError, MaintenanceRefused
 from scalekit.maintenance import Archival, Partitions, Retention, Runner
 from scalekit.pools import PgPool, PoolSettings
 
@@ -221,7 +222,7 @@ async def test_retention_whose_connection_is_terminated_resumes(
         "WHERE wait_event_type = 'Lock' AND query LIKE '%doomed%' AND pid <> pg_backend_pid()"
     )
     assert killed == 1
-    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises for a dead link
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
         await task
     await tx.rollback()
     await pool.release(blocker)
@@ -473,7 +474,7 @@ async def test_runner_through_pgbouncer_uses_the_transaction_lock(
     name = f"job-{uuid.uuid4().hex}"
     settings = PoolSettings(url=pgbouncer_dsn, max_size=3, pooler="pgbouncer-transaction")
     async with PgPool(settings) as p1, PgPool(settings) as p2:
-        with pytest.raises(Exception, match="needs a pool"):
+        with pytest.raises(ConfigurationError, match="needs a pool"):
             Runner(job, 1, pool=object(), lock="transaction")  # a bare connection is refused
         r1 = Runner(job, 60, pool=p1, name=name, lock="transaction")
         r2 = Runner(job, 60, pool=p2, name=name, lock="transaction")
