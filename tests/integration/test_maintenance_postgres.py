@@ -620,3 +620,63 @@ async def test_rows_in_the_default_partition_blocking_a_month_are_reported(
     assert report.default_rows == 3
     assert any("cannot be created until they are moved" in p for p in report.problems)
     assert len(report.created) == 2  # this month and the one after next; not the blocked one
+
+
+# -- every kind of db handle, and PgBouncer in transaction mode -------------------
+@pytest.fixture(params=["PgPool", "asyncpg.Pool", "asyncpg.Connection", "PgPool+PgBouncer"])
+async def db(request: pytest.FixtureRequest, postgres_dsn: str) -> AsyncIterator[Any]:
+    kind = request.param
+    if kind == "PgPool":
+        async with PgPool(PoolSettings(url=postgres_dsn, max_size=2)) as p:
+            yield p
+    elif kind == "asyncpg.Pool":
+        async with asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2) as p:
+            yield p
+    elif kind == "asyncpg.Connection":
+        con = await asyncpg.connect(postgres_dsn)
+        try:
+            yield con
+        finally:
+            await con.close()
+    else:
+        dsn = request.getfixturevalue("pgbouncer_dsn")
+        settings = PoolSettings(url=dsn, max_size=3, pooler="pgbouncer-transaction")
+        async with PgPool(settings) as p:
+            yield p
+
+
+async def test_jobs_run_on_every_kind_of_db_handle(db: Any, pool: PgPool, schema: str) -> None:
+    t = f"{schema}.logs"
+    await pool.execute(f"""
+        CREATE TABLE {t} (id bigint PRIMARY KEY, at timestamptz NOT NULL);
+        CREATE INDEX ON {t} (at, id);
+        INSERT INTO {t} SELECT i, now() - (i % 3) * interval '10 days'
+            FROM generate_series(1, 3000) i;
+    """)
+    job = Retention(t, "at", keep=timedelta(days=5), batch_size=250, pause=0)
+    assert await job.count(db) == 2000
+    result = await job(db)
+    assert result.rows == 2000 and result.batches == 8
+    assert await pool.fetchval(f"SELECT count(*) FROM {t}") == 1000
+
+    m = await _messages(pool, schema)
+    total = await pool.fetchval(f"SELECT count(*) FROM {m}")
+    per_conv = "SELECT count(*) AS n FROM {} GROUP BY conversation_id"
+    hot = await pool.fetchval(f"SELECT sum(least(n, 50)) FROM ({per_conv.format(m)}) c")
+    arch = Archival(
+        m,
+        parent="conversation_id",
+        order_by="created_at",
+        keep=50,
+        archive_table=f"{schema}.messages_archive",
+        parents_per_batch=40,
+        pause=0,
+    )
+    moved = (await arch(db)).rows
+    assert moved == total - hot
+    assert moved == await pool.fetchval(f"SELECT count(*) FROM {schema}.messages_archive")
+    assert await pool.fetchval(f"SELECT max(n) FROM ({per_conv.format(m)}) c") == 50
+
+    v = await _views(pool, schema, with_default=False)
+    report = await Partitions(v, premake=1, keep=timedelta(days=365))(db)
+    assert len(report.created) == 2 and report.dropped == (f"{schema}.old_2020_01",)

@@ -59,9 +59,7 @@ def test_settings_are_normalised() -> None:
     job = m.Retention("t", "at", keep=3600, pause=timedelta(milliseconds=20))
     assert job.keep == timedelta(hours=1) and job.pause == 0.02
     assert job.name == "retention:t" and job.job_name == "retention:t"
-    assert m.Archival("t", parent="p", order_by="o", keep=3, soft_column="s").name == (
-        "archival:t"
-    )
+    assert m.Archival("t", parent="p", order_by="o", keep=3, soft_column="s").name == ("archival:t")
 
 
 def test_maintenance_refused_carries_its_fix_and_pickles() -> None:
