@@ -13,6 +13,7 @@ from scalekit._clock import Clock
 from scalekit.errors import ConfigurationError, MaintenanceRefused
 from scalekit.maintenance._db import (
     CHECKPOINT_TABLE,
+    RETRY_SQLSTATES,
     TIME_TYPES,
     Checkpoints,
     Table,
@@ -272,12 +273,20 @@ class Partitions:
                             "created until they are moved out"
                         )
                         continue
-                async with con.transaction():
-                    await set_local_timeouts(con, lock_t, stmt_t)
-                    await con.execute(
-                        f"CREATE TABLE {psql} PARTITION OF {t.sql} "
-                        f"FOR VALUES FROM ({lo_lit}) TO ({hi_lit})"
-                    )
+                try:
+                    async with con.transaction():
+                        await set_local_timeouts(con, lock_t, stmt_t)
+                        await con.execute(
+                            f"CREATE TABLE {psql} PARTITION OF {t.sql} "
+                            f"FOR VALUES FROM ({lo_lit}) TO ({hi_lit})"
+                        )
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) not in RETRY_SQLSTATES:
+                        raise
+                    # a long transaction on the table holds a lock CREATE needs: say
+                    # so, and go on with the rest of the run (the next one retries)
+                    problems.append(f"partition {psql} not created this run: {exc}")
+                    continue
                 created.append(psql)
                 log.info("%s: created %s", self.job_name, psql)
 

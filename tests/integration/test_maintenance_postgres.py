@@ -680,3 +680,60 @@ async def test_jobs_run_on_every_kind_of_db_handle(db: Any, pool: PgPool, schema
     v = await _views(pool, schema, with_default=False)
     report = await Partitions(v, premake=1, keep=timedelta(days=365))(db)
     assert len(report.created) == 2 and report.dropped == (f"{schema}.old_2020_01",)
+
+
+async def test_an_interrupted_concurrent_detach_is_finished_by_the_next_run(
+    pool: PgPool, schema: str
+) -> None:
+    t = await _views(pool, schema, with_default=False)
+    rollup = (
+        f"INSERT INTO {schema}.daily_views SELECT viewed_at::date, video_id, count(*) "
+        "FROM {partition} GROUP BY 1, 2"
+    )
+    await Partitions(t, premake=0)(pool)  # this month's partition exists already
+    job = Partitions(t, premake=0, keep=timedelta(days=365), rollup=rollup)
+    # an old snapshot that DETACH ... CONCURRENTLY must wait out in its second phase
+    reader = await pool.acquire()
+    try:
+        tx = reader.transaction(isolation="repeatable_read")
+        await tx.start()
+        await reader.fetchval(f"SELECT count(*) FROM {t}")
+        task = asyncio.create_task(job(pool))
+
+        async def detach_waiting() -> bool:
+            n: int = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%DETACH PARTITION%' "
+                "AND wait_event_type IS NOT NULL AND state = 'active' "
+                "AND pid <> pg_backend_pid()"
+            )
+            return n > 0
+
+        try:
+            await _wait_for(detach_waiting, "DETACH CONCURRENTLY to wait for the old snapshot")
+        finally:
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await tx.rollback()
+    finally:
+        await pool.release(reader)
+    pending = await pool.fetchval(
+        "SELECT inhdetachpending FROM pg_inherits WHERE inhrelid = to_regclass($1)",
+        f"{schema}.old_2020_01",
+    )
+    assert pending is True  # the server left it half-detached
+    assert await pool.fetchval(f"SELECT count(*) FROM {schema}.daily_views") == 0
+
+    report = await job(pool)
+    assert report.dropped == (f"{schema}.old_2020_01",)
+    assert await pool.fetchval("SELECT to_regclass($1)", f"{schema}.old_2020_01") is None
+    assert await pool.fetchval(f"SELECT sum(views) FROM {schema}.daily_views") == 24 * 31
+
+
+async def test_expired_partitions_can_be_kept_detached(pool: PgPool, schema: str) -> None:
+    t = await _views(pool, schema, with_default=False)
+    report = await Partitions(t, period="day", premake=1, keep=timedelta(days=30), drop=False)(pool)
+    assert report.detached == (f"{schema}.old_2020_01",) and report.dropped == ()
+    assert len(report.created) == 2  # today and tomorrow
+    assert await pool.fetchval(f"SELECT count(*) FROM {schema}.old_2020_01") == 24 * 31
+    assert await pool.fetchval(f"SELECT count(*) FROM {t}") == 0  # no longer attached
