@@ -99,3 +99,14 @@ def test_import_works_without_asyncpg() -> None:
         "assert 'asyncpg' not in [k for k, v in sys.modules.items() if v is not None]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_names_are_exactly_all() -> None:
+    import types
+
+    public = {
+        n
+        for n, v in vars(m).items()
+        if not n.startswith("_") and n != "annotations" and not isinstance(v, types.ModuleType)
+    }
+    assert public == set(m.__all__) and sorted(m.__all__) == m.__all__
