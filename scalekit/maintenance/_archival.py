@@ -182,7 +182,7 @@ class Archival:
                 ) AS r
             ), {act}
             SELECT (SELECT n FROM done) AS moved,
-                   (SELECT p::text FROM parents ORDER BY p DESC LIMIT 1) AS last
+                   (SELECT to_jsonb(p) #>> '{{}}' FROM parents ORDER BY p DESC LIMIT 1) AS last
             """
 
         first_sql, after_sql = statement(True), statement(False)

@@ -136,7 +136,8 @@ class Retention:
             WHERE x.{k} = doomed.k AND x.{t} < $1::timestamptz::{ttype}
             RETURNING 1
         )
-        SELECT (SELECT count(*) FROM gone) AS deleted, last.t::text AS t, last.k::text AS k
+        SELECT (SELECT count(*) FROM gone) AS deleted,
+               to_jsonb(last.t) #>> '{{}}' AS t, to_jsonb(last.k) #>> '{{}}' AS k
         FROM (SELECT t, k FROM doomed ORDER BY t DESC, k DESC LIMIT 1) AS last"""
         first = f"WITH doomed AS ({select}{tail}"
         after = (

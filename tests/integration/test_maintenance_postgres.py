@@ -166,18 +166,23 @@ async def test_retention_deletes_exactly_the_expired_rows_with_a_writer_running(
 
 
 async def test_retention_cancelled_mid_run_resumes_from_its_checkpoint(
-    pool: PgPool, schema: str
+    pool: PgPool, schema: str, postgres_dsn: str
 ) -> None:
     t, cutoff = await _events(pool, schema)
     survivors = await _ids(pool, f"SELECT id FROM {t} WHERE created_at >= $1", cutoff)
     n_expired = N_ROWS - len(survivors)
     clock = ParkingClock(park_after=4)
     job = Retention(t, "created_at", keep=timedelta(days=10), batch_size=5000, clock=clock)
-    task = asyncio.create_task(job(pool))
-    await clock.parked.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    # the interrupted run's sessions print dates their own way (DMY, another zone)
+    odd = {"DateStyle": "SQL, DMY", "TimeZone": "Asia/Kolkata"}
+    async with asyncpg.create_pool(
+        postgres_dsn, min_size=1, max_size=2, server_settings=odd
+    ) as first:
+        task = asyncio.create_task(job(first))
+        await clock.parked.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     deleted = N_ROWS - await pool.fetchval(f"SELECT count(*) FROM {t}")
     assert deleted == 4 * 5000  # four batches committed, nothing half-done
     saved = await pool.fetchrow(
@@ -185,7 +190,8 @@ async def test_retention_cancelled_mid_run_resumes_from_its_checkpoint(
         job.job_name,
     )
     assert saved is not None and saved["position"] is not None
-    # later: a new run (new now()) continues with the interrupted run's cutoff
+    # later, from a session with the default settings: a new run (new now())
+    # continues at the saved position with the interrupted run's cutoff
     resumed = await Retention(t, "created_at", keep=timedelta(days=10), pause=0)(pool)
     assert resumed.cutoff == saved["cutoff"]
     assert resumed.rows == n_expired - deleted
