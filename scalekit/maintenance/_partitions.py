@@ -175,7 +175,11 @@ class Partitions:
 
     async def _partitions(self, con: Any, t: Table) -> tuple[list[_Part], str | None]:
         async with con.transaction():
-            await con.execute("SELECT set_config('TimeZone', 'UTC', true)")
+            # bounds printed the way _parse reads them, whatever the session's settings
+            await con.execute(
+                "SELECT set_config('TimeZone', 'UTC', true), "
+                "set_config('DateStyle', 'ISO, YMD', true)"
+            )
             rows = await con.fetch(
                 "SELECT format('%I.%I', n.nspname, c.relname) AS sql, "
                 "pg_get_expr(c.relpartbound, c.oid) AS bound, "
