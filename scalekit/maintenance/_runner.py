@@ -121,16 +121,34 @@ class Runner:
 
     async def run_once(self) -> bool:
         """Run the job if no other worker holds its lock: ``True`` if it ran, ``False``
-        if the lock was held elsewhere. The job's exception propagates (and is
-        recorded in :meth:`stats`)."""
+        if the lock was held elsewhere. An exception (the job's, or the lock
+        connection's) propagates and is recorded in :meth:`stats`."""
+        try:
+            return await self._locked_run()
+        except Exception as exc:
+            self._failures += 1
+            self._last_error = repr(exc)
+            log.warning("%s failed: %r", self.name, exc)
+            raise
+
+    async def _locked_run(self) -> bool:
         async with connection(self.pool) as con:
             if self.lock == "transaction":
-                async with con.transaction():
+                tx = con.transaction()
+                await tx.start()
+                try:
                     if not await con.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.key):
                         self._skipped += 1
                         return False
                     await self._run_guarded(con)
                     return True
+                finally:
+                    # ending the transaction releases the lock (nothing to commit);
+                    # on a lost connection the server has released it already
+                    try:
+                        await tx.rollback()
+                    except Exception as exc:
+                        log.debug("%s: rollback skipped (%r)", self.name, exc)
             if not await con.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
                 self._skipped += 1
                 return False
@@ -166,15 +184,9 @@ class Runner:
             result = await task
         except asyncio.CancelledError:
             if lost:
-                self._failures += 1
-                self._last_error = "the connection holding the lock was lost; job cancelled"
-                log.warning("%s: %s", self.name, self._last_error)
-                raise ConnectionError(self._last_error) from None
-            raise
-        except Exception as exc:
-            self._failures += 1
-            self._last_error = repr(exc)
-            log.warning("%s failed: %r", self.name, exc)
+                raise ConnectionError(
+                    "the connection holding the lock was lost; job cancelled"
+                ) from None
             raise
         finally:
             task.cancel()

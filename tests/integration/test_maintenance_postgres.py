@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import asyncpg
 import pytest
@@ -493,8 +493,9 @@ async def test_runner_through_pgbouncer_uses_the_transaction_lock(
         assert await r2.run_once() is True  # released with the transaction
 
 
+@pytest.mark.parametrize("lock", ["session", "transaction"])
 async def test_runner_cancels_the_job_when_its_lock_connection_dies(
-    pool: PgPool, postgres_dsn: str
+    pool: PgPool, request: pytest.FixtureRequest, lock: Literal["session", "transaction"]
 ) -> None:
     started = asyncio.Event()
     cancelled = asyncio.Event()
@@ -508,7 +509,13 @@ async def test_runner_cancels_the_job_when_its_lock_connection_dies(
             raise
 
     name = f"job-{uuid.uuid4().hex}"
-    runner = Runner(job, 60, pool=pool, name=name)
+    if lock == "transaction":  # through PgBouncer in transaction mode
+        dsn = request.getfixturevalue("pgbouncer_dsn")
+        settings = PoolSettings(url=dsn, max_size=3, pooler="pgbouncer-transaction")
+        runner_pool = await PgPool(settings).open()
+    else:
+        runner_pool = pool
+    runner = Runner(job, 60, pool=runner_pool, name=name, lock=lock)
     task = asyncio.create_task(runner.run_once())
     await started.wait()
     from scalekit.maintenance._runner import lock_key
@@ -524,9 +531,12 @@ async def test_runner_cancels_the_job_when_its_lock_connection_dies(
     with pytest.raises(ConnectionError):
         await task
     assert cancelled.is_set()
-    assert "lost" in (runner.stats().last_error or "")
-    other = Runner(lambda _db: asyncio.sleep(0), 60, pool=pool, name=name)
+    stats = runner.stats()
+    assert "lost" in (stats.last_error or "") and stats.failures == 1 and stats.runs == 0
+    other = Runner(lambda _db: asyncio.sleep(0), 60, pool=runner_pool, name=name, lock=lock)
     assert await other.run_once() is True  # the server released the lock
+    if runner_pool is not pool:
+        await runner_pool.close()
 
 
 async def test_run_every_runs_jobs_and_counts_them(pool: PgPool, schema: str) -> None:
