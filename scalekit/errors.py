@@ -5,7 +5,9 @@ the same classes serve sync and async code::
 
     ScalekitError
     ├── ConfigurationError (also a ValueError)   bad argument, URL, rate string, tier
-    │   └── MissingDependency (also ImportError) an optional extra is not installed
+    │   ├── MissingDependency (also ImportError) an optional extra is not installed
+    │   └── MaintenanceRefused                   a maintenance job refused its input before
+    │                                            touching a row; carries the ``fix`` (DDL)
     ├── BackendError                             Redis/PostgreSQL failed; chained from
     │                                            the driver's exception (``__cause__``)
     ├── BackendDataError                         the backend answered, but its reply is an
@@ -51,6 +53,7 @@ __all__ = [
     "CursorError",
     "DeadlineExceeded",
     "LimitExceeded",
+    "MaintenanceRefused",
     "MissingDependency",
     "MustRefetch",
     "PoolExhausted",
@@ -78,6 +81,23 @@ class MissingDependency(ConfigurationError, ImportError):
         )
         self.extra = extra
         self.module = module
+
+
+class MaintenanceRefused(ConfigurationError):
+    """A maintenance job refused to run before deleting or moving anything.
+
+    The message says why (a missing index, a cutoff in the future, an archive table
+    whose columns differ); ``fix`` is the DDL that would make the job acceptable, or
+    ``""`` when the fix is a different argument.
+    """
+
+    def __init__(self, message: str, *, fix: str = "") -> None:
+        super().__init__(f"{message}\nfix: {fix}" if fix else message)
+        self.fix = fix
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        reason = str(self).split("\nfix: ", 1)[0]
+        return functools.partial(type(self), reason, fix=self.fix), ()
 
 
 class BackendError(ScalekitError):
