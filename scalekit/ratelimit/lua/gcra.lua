@@ -44,10 +44,12 @@ for i = 1, nwin do
     out = out .. string.format(' 0 %d %d %d', left, math.ceil(ahead), retry)
   end
 end
+-- The state decays by itself (ahead - elapsed), so it may outlive its use: a second
+-- more keeps a sub-millisecond state alive through the scheduling of the next call.
 if commit and allok then
   for i = 1, nwin do
     local a = writes[i]
-    redis.call('SET', KEYS[i], string.format('%d %.17g', now, a), 'PX', math.ceil(a / 1000))
+    redis.call('SET', KEYS[i], string.format('%d %.17g', now, a), 'PX', math.ceil(a / 1000) + 1000)
   end
 end
 return out
