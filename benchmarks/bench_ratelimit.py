@@ -549,7 +549,9 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
         from limits.aio import storage as astorage
         from limits.aio import strategies as astrategies
 
-        st = astorage.RedisStorage(f"async+{url}", key_prefix="LIMITS-aio")
+        st = astorage.RedisStorage(
+            f"async+{url}", key_prefix="LIMITS-aio", implementation="redispy"
+        )
         lim = astrategies.FixedWindowRateLimiter(st)
         item = parse("60/hour")
         loop = _event_loop()

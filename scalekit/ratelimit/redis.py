@@ -21,13 +21,14 @@ limiter, which answers that one call by its failure policy without a cooldown.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import threading
 from typing import Any
 
 from scalekit._keys import build_key, escape
-from scalekit.backends._lua import load_script
+from scalekit.backends._lua import LuaScript, load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.errors import BackendDataError
 from scalekit.ratelimit.algorithms import Algorithm, combine
@@ -43,6 +44,7 @@ FORMAT_VERSION = "v2"
 
 _new_decision = tuple.__new__
 _INF = math.inf
+_NO_ARGS: list[str] = []  # never mutated
 
 
 class RedisRateStore:
@@ -64,21 +66,24 @@ class RedisRateStore:
         self.policy = policy
         # token_bucket and gcra make the same decisions (see algorithms.gcra)
         bucket = algorithm in ("gcra", "token_bucket")
-        self._script = load_script(
-            "scalekit.ratelimit", "gcra" if bucket else algorithm, header="_header"
-        )
         self._prefix = prefix
         self._parts = (FORMAT_VERSION, algorithm, *(escape(n) for n in name))
         suffixes: list[str] = []
-        rate_args: list[str] = []
+        constants: list[str] = []
         for r in policy.rates:
             p = str(r.period_us)
             suffixes.extend([f":{p}:z", f":{p}:m"] if algorithm == "sliding_log" else [f":{p}"])
-            rate_args += [str(r.limit), p, str(r.capacity)] if bucket else [str(r.limit), p]
+            constants += [str(r.limit), p, str(r.capacity)] if bucket else [str(r.limit), p]
         self._suffixes = suffixes
-        self._rate_args = rate_args
-        # the commonest call (a hit of cost 1 on Redis TIME) sends a prebuilt list
-        self._hit1 = ["1", "", *rate_args]
+        # One script per policy, its constants written in (integers, exact in Lua): a hit
+        # of cost 1 on Redis TIME sends no argument, the cheapest EVALSHA there is.
+        body = load_script("scalekit.ratelimit", "gcra" if bucket else algorithm, header="_header")
+        source = f"local R = {{{', '.join(constants)}}}\n{body.source}"
+        self._script = LuaScript(
+            name=f"{body.name} {','.join(constants)}",
+            source=source,
+            sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
+        )
         self._limits = [(r.limit, r.period) for r in policy.rates]
         self._one = len(policy.rates) == 1
         self._lock = threading.Lock()
@@ -93,10 +98,9 @@ class RedisRateStore:
         now = self.backend.server_now
         if now is None:
             if cost == 1 and commit:
-                return self._hit1
-            return [str(cost if commit else -cost), "", *self._rate_args]
-        us = str(math.floor(now() * 1_000_000))
-        return [str(cost if commit else -cost), us, *self._rate_args]
+                return _NO_ARGS
+            return [str(cost if commit else -cost)]
+        return [str(cost if commit else -cost), str(math.floor(now() * 1_000_000))]
 
     def _decision(self, reply: Any) -> Decision:
         if isinstance(reply, str):  # a client built with decode_responses=True

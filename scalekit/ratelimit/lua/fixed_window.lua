@@ -1,4 +1,4 @@
--- Fixed window. Per window ARGV: limit, period (us). KEYS[i]: one integer,
+-- Fixed window. Per window R: limit, period (us). KEYS[i]: one integer,
 -- tag * S + count, where S = 2 * limit + 1 and tag = window index mod M (M * S <= 2**53,
 -- exact in Lua): a hit is one INCRBY. A value whose tag is not this window's (an older
 -- window, a fresh key, a corrupt integer) counts as 0; a non-integer one is a data error
@@ -6,7 +6,7 @@
 local nwin = #KEYS
 local bases, counts = {}, {}
 for i = 1, nwin do
-  local limit, period = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  local limit, period = R[2 * i - 1], R[2 * i]
   local s = 2 * limit + 1
   local idx = math.floor(now / period)
   local base = (idx % math.floor(9007199254740992 / s)) * s

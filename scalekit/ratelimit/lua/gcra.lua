@@ -1,4 +1,4 @@
--- GCRA (also token_bucket). Per window ARGV: limit, period (us), burst.
+-- GCRA (also token_bucket). Per window R: limit, period (us), burst.
 -- KEYS[i]: "<t> <ahead>": at time t (us) the theoretical arrival time was t + ahead.
 -- Relative: an absolute TAT near 1.7e15 us keeps only quarter microseconds, which at
 -- 10**7/second would drop whole emission intervals. A value that does not parse counts
@@ -7,7 +7,7 @@ local nwin = #KEYS
 local writes = {}
 for i = 1, nwin do
   local b = 3 * i
-  local limit, period, burst = tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local limit, period, burst = R[b - 2], R[b - 1], R[b]
   local interval = period / limit
   local tolerance = burst * interval
   -- decisions are exact to a microsecond, never by a whole interval (see algorithms.py)

@@ -1,9 +1,9 @@
--- Sliding log (exact). Per window ARGV: limit, period (us). Per window two keys:
+-- Sliding log (exact). Per window R: limit, period (us). Per window two keys:
 -- KEYS[2i-1] a sorted set of "<seq>:<cost>" scored by time (us), KEYS[2i] a hash
 -- {t = total, s = sequence}. Values that do not parse count as 0.
 local nwin = #KEYS / 2
 for i = 1, nwin do
-  local limit, period = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  local limit, period = R[2 * i - 1], R[2 * i]
   local z, m = KEYS[2 * i - 1], KEYS[2 * i]
   local horizon = now - period + 1  -- one microsecond of slack, as in algorithms.py
   local total = tonumber(redis.call('HGET', m, 't')) or 0
@@ -49,7 +49,7 @@ for i = 1, nwin do
 end
 if commit and allok then
   for i = 1, nwin do
-    local period = tonumber(ARGV[2 * i + 2])
+    local period = R[2 * i]
     local z, m = KEYS[2 * i - 1], KEYS[2 * i]
     local seq = redis.call('HINCRBY', m, 's', 1)
     redis.call('HINCRBY', m, 't', cost)

@@ -1,10 +1,10 @@
--- Sliding window counter. Per window ARGV: limit, period (us).
+-- Sliding window counter. Per window R: limit, period (us).
 -- KEYS[i]: "<window index> <previous count> <current count>"; a value that does not
 -- parse counts as empty.
 local nwin = #KEYS
 local writes = {}
 for i = 1, nwin do
-  local limit, period = tonumber(ARGV[2 * i + 1]), tonumber(ARGV[2 * i + 2])
+  local limit, period = R[2 * i - 1], R[2 * i]
   local idx = math.floor(now / period)
   local elapsed = now - idx * period
   -- one microsecond of slack, as in algorithms.py
