@@ -73,7 +73,13 @@ class RedisRateStore:
         for r in policy.rates:
             p = str(r.period_us)
             suffixes.extend([f":{p}:z", f":{p}:m"] if algorithm == "sliding_log" else [f":{p}"])
-            constants += [str(r.limit), p, str(r.capacity)] if bucket else [str(r.limit), p]
+            if bucket:
+                constants += [str(r.limit), p, str(r.capacity)]
+            elif algorithm == "fixed_window":  # see lua/fixed_window.lua
+                s = 2 * r.limit + 1
+                constants += [str(r.limit), p, str(s), str(2**53 // s)]
+            else:
+                constants += [str(r.limit), p]
         self._suffixes = suffixes
         # One script per policy, its constants written in (integers, exact in Lua): a hit
         # of cost 1 on Redis TIME sends no argument, the cheapest EVALSHA there is.
