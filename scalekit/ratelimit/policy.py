@@ -149,8 +149,7 @@ class Policy:
         parsed = tuple(sorted(parsed, key=lambda r: r.period))
         if name is None:
             name = "; ".join(map(str, parsed))
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a policy name must be a non-empty string, got {name!r}")
+        name = _validate.name(name, "a policy name")
         object.__setattr__(self, "rates", parsed)
         object.__setattr__(self, "name", name)
 
@@ -194,8 +193,7 @@ def as_tiers(value: Mapping[str, PolicyLike]) -> dict[str, Policy]:
         raise ConfigurationError("a tier mapping needs at least one tier")
     tiers: dict[str, Policy] = {}
     for tier, pol in value.items():
-        if not isinstance(tier, str) or not tier:
-            raise ConfigurationError(f"tier names must be non-empty strings, got {tier!r}")
+        tier = _validate.name(tier, "a tier name")
         p = as_policy(pol)
         if isinstance(pol, str | Rate):
             p = Policy(p.rates, name=tier)
