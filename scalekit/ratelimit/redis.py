@@ -66,8 +66,11 @@ class RedisRateStore:
         self.policy = policy
         # token_bucket and gcra make the same decisions (see algorithms.gcra)
         bucket = algorithm in ("gcra", "token_bucket")
-        self._prefix = prefix
-        self._parts = (FORMAT_VERSION, algorithm, *(escape(n) for n in name))
+        # build_key(prefix, *parts, tag=...) with the trusted parts joined once
+        self._head = build_key(
+            prefix, FORMAT_VERSION, algorithm, *(escape(n) for n in name), tag=""
+        )
+        self._head = self._head[: self._head.rindex(":")]
         suffixes: list[str] = []
         constants: list[str] = []
         for r in policy.rates:
@@ -81,6 +84,7 @@ class RedisRateStore:
             else:
                 constants += [str(r.limit), p]
         self._suffixes = suffixes
+        self._suffix = suffixes[0] if len(suffixes) == 1 else None
         # One script per policy, its constants written in (integers, exact in Lua): a hit
         # of cost 1 on Redis TIME sends no argument, the cheapest EVALSHA there is.
         body = load_script("scalekit.ratelimit", "gcra" if bucket else algorithm, header="_header")
@@ -97,7 +101,9 @@ class RedisRateStore:
         self.corrupt_keys = 0
 
     def keys(self, key: str) -> list[str]:
-        base = build_key(self._prefix, *self._parts, tag=key)
+        base = build_key(self._head, tag=key)
+        if self._suffix is not None:
+            return [base + self._suffix]
         return [base + s for s in self._suffixes]
 
     def _args(self, cost: int, commit: bool) -> list[str]:
