@@ -12,7 +12,9 @@ Sections (see benchmarks/README.md for the method and the caveats):
 4. ``memory`` bytes per key after hitting 1,000,000 distinct keys once (one
    subprocess per implementation, RSS deltas)
 5. ``redis``  sequential decisions/s against a throwaway local redis-server, next
-   to a bare ``EVALSHA`` of ``return 1`` on the same redis-py client
+   to a bare ``EVALSHA`` of ``return 1`` on the same redis-py client, with each
+   script's server time (``INFO commandstats``, reset before every repeat): first
+   over 10,000 keys (every hit starts a window), then on one hot key (section 6)
 
 Peers that are not installed are reported as errors, not fatal. Install them with
 ``python3 -c "import dev; dev.ensure('bench')"``.
@@ -443,10 +445,14 @@ def render_memory(rows: list[dict[str, Any]], n: int) -> str:
 # --------------------------------------------------------------------------- Redis
 
 REDIS_POLICIES = {"one window": "60/hour", "two windows": "60/hour; 1000/day"}
+#: the hot-key section: limits never reached, so every hit finds its key and counts on
+HOT_POLICIES = {"one window": ALLOW, "two windows": f"{ALLOW}; 100000000000/day"}
 REDIS_ALGORITHMS = ("gcra", "sliding_window", "fixed_window")
 
 
-def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
+def redis_cases(
+    url: str, sc: Scenario, policies: dict[str, str] = REDIS_POLICIES
+) -> tuple[list[Case], list[Any]]:
     from scalekit.backends import RedisBackend
     from scalekit.ratelimit import RateLimiter
 
@@ -456,7 +462,8 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
     # the script, its keys and arguments, and scalekit's Python around the call.
     backend = RedisBackend.from_url(url)
     limiters: list[tuple[str, Any]] = []
-    for label, policy in REDIS_POLICIES.items():
+    one = policies["one window"]
+    for label, policy in policies.items():
         for algorithm in REDIS_ALGORITHMS:
             lim = RateLimiter(backend, policy, algorithm=algorithm)  # type: ignore[arg-type]
             limiters.append((f"{algorithm}, {label} ({policy})", lim))
@@ -494,12 +501,15 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
         script = store._script
         client.script_load(script.source)
         args = store._args(1, True)
-        prebuilt = {k: store.keys(k) for k in SPREAD_KEYS}
+        prebuilt: dict[str, list[str]] = {k: store.keys(k) for k in SPREAD_KEYS}
         ev = client.evalsha
 
         def run(n: int) -> None:
             for k in sc.keys(n):
-                ev(script.sha, 1, *prebuilt[k], *args)
+                keys = prebuilt.get(k)
+                if keys is None:
+                    keys = prebuilt[k] = store.keys(k)
+                ev(script.sha, 1, *keys, *args)
 
         return run
 
@@ -523,7 +533,7 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
     def async_setup() -> Callable[[int], None]:
         from scalekit.ratelimit import AsyncRateLimiter
 
-        alim = AsyncRateLimiter(backend, "60/hour", algorithm="fixed_window")
+        alim = AsyncRateLimiter(backend, one, algorithm="fixed_window")
         loop = _event_loop()
         hit = alim.hit
         if not loop.run_until_complete(hit("probe")):
@@ -537,7 +547,7 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
 
     cases.append(
         Case(
-            "scalekit AsyncRateLimiter fixed_window, one window (60/hour), await hit",
+            f"scalekit AsyncRateLimiter fixed_window, one window ({one}), await hit",
             async_setup,
             peer=False,
             **hooks,
@@ -553,7 +563,7 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
             f"async+{url}", key_prefix="LIMITS-aio", implementation="redispy"
         )
         lim = astrategies.FixedWindowRateLimiter(st)
-        item = parse("60/hour")
+        item = parse(one)
         loop = _event_loop()
         if not loop.run_until_complete(lim.hit(item, "probe")):
             raise RuntimeError("first hit denied")
@@ -565,7 +575,7 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
         return lambda n: loop.run_until_complete(many(n))
 
     cases.append(
-        Case("limits.aio fixed_window (RedisStorage, own client), 60/hour", limits_async, **hooks)
+        Case(f"limits.aio fixed_window (RedisStorage, own client), {one}", limits_async, **hooks)
     )
 
     for strategy in ("fixed_window", "moving_window"):
@@ -581,14 +591,12 @@ def redis_cases(url: str, sc: Scenario) -> tuple[list[Case], list[Any]]:
                 else strategies.MovingWindowRateLimiter
             )
             lim = cls(st)
-            item = parse("60/hour")
+            item = parse(one)
             if not lim.hit(item, "probe"):
                 raise RuntimeError("first hit denied")
             return _loop_ak(lim.hit, item, sc)
 
-        cases.append(
-            Case(f"limits {strategy} (RedisStorage, own client), 60/hour", lsetup, **hooks)
-        )
+        cases.append(Case(f"limits {strategy} (RedisStorage, own client), {one}", lsetup, **hooks))
     return cases, [lim for _n, lim in limiters]
 
 
@@ -686,8 +694,8 @@ def _redis_targets(redis: list[Any]) -> list[str]:
     if bare.error:
         return ["**redis**: no bare EVALSHA baseline", ""]
     by = {r.name: r for r in redis if r.error is None}
-    lsync = by.get("limits fixed_window (RedisStorage, own client), 60/hour")
-    laio = by.get("limits.aio fixed_window (RedisStorage, own client), 60/hour")
+    lsync = next((r for n, r in by.items() if n.startswith("limits fixed_window")), None)
+    laio = next((r for n, r in by.items() if n.startswith("limits.aio fixed_window")), None)
     key = "server µs/EVALSHA"
     lines = [
         "**redis**: one window ≥ 85 % and two windows ≥ 75 % of the bare EVALSHA rate; "
@@ -715,8 +723,6 @@ def _redis_targets(redis: list[Any]) -> list[str]:
         lines.append(line)
     lines.append("")
     return lines
-
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -760,6 +766,7 @@ def main() -> None:
     tables: dict[str, Table] = {}
     memory_rows: list[dict[str, Any]] | None = None
     redis_results: list[Any] | None = None
+    redis_hot: list[Any] | None = None
     try:
         for name in ("hot", "spread", "deny"):
             if name not in sections:
@@ -800,6 +807,19 @@ def main() -> None:
             print(render_redis(results, limiters, t) + "\n", flush=True)
             payload["tables"]["redis"] = t.as_json()
             limiters[0].backend.close()
+
+            print("[redis, hot key]", file=sys.stderr, flush=True)
+            cases, limiters = redis_cases(url, Scenario("hot"), HOT_POLICIES)
+            results = redis_hot = run_cases(cases, ops=redis_ops, repeats=repeats)
+            t = Table(
+                "6. Redis: sequential decisions on one hot key (the steady state: the key exists)",
+                results,
+                explain="As section 5, but every hit of a repeat goes to one key under a "
+                "limit it never reaches: the window's state exists, as for an active user.",
+            )
+            print(render_redis(results, limiters, t) + "\n", flush=True)
+            payload["tables"]["redis_hot"] = t.as_json()
+            limiters[0].backend.close()
     finally:
         if server is not None:
             server.stop()
@@ -807,6 +827,8 @@ def main() -> None:
             _LOOP.close()
 
     print(targets(tables, memory_rows, redis_results))
+    if redis_hot:
+        print("\n".join(["(hot key, section 6)", *_redis_targets(redis_hot)]))
     load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
     print(
         f"_Total time: {time.perf_counter() - started:.0f} s; load average at the end: {' '.join(load)}._"
