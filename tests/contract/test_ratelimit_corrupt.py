@@ -123,3 +123,35 @@ async def test_a_corrupt_lease_set_is_reset(backend: Any, redis_client: Any, mod
     assert await call(cc.in_flight("B")) == 1
     assert cc.corrupt_keys == 1
     assert cc._guard.errors == 0
+
+
+def impossible_state(algorithm: str, now: float, limit: int, period_us: int) -> bytes | None:
+    """A value that parses but that no hit writes (a count above the limit, a TAT
+    centuries ahead): without a check it would deny the key until its expiry, or for
+    ever if it has none."""
+    now_us = int(now * 1_000_000)
+    idx = now_us // period_us
+    if algorithm == "fixed_window":
+        s = 2 * limit + 1
+        return str((idx % (2**53 // s)) * s + limit + 3).encode()
+    if algorithm == "sliding_window":
+        return f"{idx} {limit + 5} {limit + 5}".encode()
+    if algorithm in ("gcra", "token_bucket"):
+        return f"{now_us} 1e300".encode()
+    return None
+
+
+@EVERY_ALGORITHM
+async def test_a_state_no_hit_writes_is_reset(
+    make: Any, redis_client: Any, clock: Any, algorithm: str
+) -> None:
+    limiter = make("10/hour", algorithm=algorithm)
+    keys = limiter._default.keys("A")
+    value = impossible_state(algorithm, clock.now(), 10, 3_600_000_000)
+    if value is None:  # sliding_log: a total in its hash that the log does not hold
+        redis_client.hset(keys[1], "t", 999_999)
+    else:
+        redis_client.set(keys[0], value)  # no expiry, as a stray write would leave it
+    got = [await call(limiter.hit("A")) for _ in range(30)]
+    assert sum(d.allowed for d in got) == 10
+    assert limiter.stats()["backend_errors"] == 0

@@ -1,8 +1,9 @@
 -- Fixed window. Per window R: limit, period (us), s = 2 * limit + 1, m = floor(2**53 / s).
 -- KEYS[i]: one integer, tag * s + count, tag = window index mod m (exact in Lua's
--- doubles): a hit is one INCRBY. A value whose tag is not this window's (an older
--- window, a fresh key, a corrupt integer) counts as 0; a non-integer one is a data
--- error (scalekit resets the key). Keys expire when their window ends.
+-- doubles): a hit is one INCRBY. A value that is not a count of this window (another
+-- tag: an older window, a fresh key; or a count above the limit, which no hit writes)
+-- counts as 0; a non-integer one is a data error (scalekit resets the key). Keys
+-- expire when their window ends.
 for i = 1, #KEYS do
   local b = 4 * i
   local limit, period, s = R[b - 3], R[b - 2], R[b - 1]
@@ -12,7 +13,7 @@ for i = 1, #KEYS do
   local k = KEYS[i]
   if commit and allok and cost <= limit then
     local n = redis.call('INCRBY', k, cost) - base
-    if n < cost or n >= s then  -- another window's state: this window starts now
+    if n < cost or n - cost > limit then  -- not a state of this window: it starts now
       redis.call('SET', k, base + cost, 'PX', math.ceil(reset / 1000))
       n = cost
     elseif n == cost then  -- a fresh key (tag 0), or one given back by a denial

@@ -1,8 +1,9 @@
 -- GCRA (also token_bucket). Per window R: limit, period (us), burst.
 -- KEYS[i]: "<t> <ahead>": at time t (us) the theoretical arrival time was t + ahead.
 -- Relative: an absolute TAT near 1.7e15 us keeps only quarter microseconds, which at
--- 10**7/second would drop whole emission intervals. A value that does not parse counts
--- as idle (no state).
+-- 10**7/second would drop whole emission intervals. A value that does not parse, or
+-- that no hit writes (ahead beyond the tolerance, t ahead of now by more than a
+-- period), counts as idle.
 local nwin = #KEYS
 local writes = {}
 for i = 1, nwin do
@@ -17,7 +18,7 @@ for i = 1, nwin do
   if v then
     local t, a = string.match(v, '^(%d+) ([%d.e+-]+)$')
     a = tonumber(a)
-    if a then
+    if a and a <= slack and t - now <= period then
       ahead = a - (now - t)
       if ahead < 0 then ahead = 0 end
     end

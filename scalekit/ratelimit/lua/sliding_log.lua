@@ -1,6 +1,7 @@
 -- Sliding log (exact). Per window R: limit, period (us). Per window two keys:
 -- KEYS[2i-1] a sorted set of "<seq>:<cost>" scored by time (us), KEYS[2i] a hash
--- {t = total, s = sequence}. Values that do not parse count as 0.
+-- {t = total, s = sequence}. Values that do not parse count as 0; a total that no hit
+-- writes (negative, above the limit) is recounted from the log.
 local nwin = #KEYS / 2
 for i = 1, nwin do
   local limit, period = R[2 * i - 1], R[2 * i]
@@ -12,8 +13,14 @@ for i = 1, nwin do
     for _, member in ipairs(expired) do
       total = total - (tonumber(string.match(member, ':(%d+)$')) or 0)
     end
-    if total < 0 then total = 0 end
     redis.call('ZREMRANGEBYSCORE', z, '-inf', horizon)
+    redis.call('HSET', m, 't', total)
+  end
+  if total < 0 or total > limit then
+    total = 0
+    for _, member in ipairs(redis.call('ZRANGE', z, 0, -1)) do
+      total = total + (tonumber(string.match(member, ':(%d+)$')) or 0)
+    end
     redis.call('HSET', m, 't', total)
   end
   local reset = 0

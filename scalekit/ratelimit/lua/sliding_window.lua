@@ -1,6 +1,6 @@
 -- Sliding window counter. Per window R: limit, period (us).
 -- KEYS[i]: "<window index> <previous count> <current count>"; a value that does not
--- parse counts as empty.
+-- parse, or that no hit writes (a count above the limit), counts as empty.
 local nwin = #KEYS
 local writes = {}
 for i = 1, nwin do
@@ -20,6 +20,7 @@ for i = 1, nwin do
     elseif sidx == idx - 1 then
       prev = tonumber(sc)
     end
+    if prev > limit or cur > limit then prev, cur = 0, 0 end
   end
   local used = prev * weight + cur
   if used + cost <= limit + 1e-9 then
