@@ -14,7 +14,8 @@ Sections (see benchmarks/README.md for the method and the caveats):
 5. ``redis``  sequential decisions/s against a throwaway local redis-server, next
    to a bare ``EVALSHA`` of ``return 1`` on the same redis-py client, with each
    script's server time (``INFO commandstats``, reset before every repeat): first
-   over 10,000 keys (every hit starts a window), then on one hot key (section 6)
+   over 10,000 keys (every hit starts a window), then on one hot key (section 6),
+   then the sync ratios to the bare EVALSHA measured in adjacent pairs (section 7)
 
 Peers that are not installed are reported as errors, not fatal. Install them with
 ``python3 -c "import dev; dev.ensure('bench')"``.
@@ -600,6 +601,58 @@ def redis_cases(
     return cases, [lim for _n, lim in limiters]
 
 
+def redis_paired(url: str, rounds: int, chunk: int = 100) -> str:
+    """Wall ratios measured in pairs: ``chunk`` bare EVALSHAs, then ``chunk`` decisions
+    of one configuration, alternating for ``rounds`` rounds; the ratio of each pair's
+    per-op wall times, median over the rounds. Both halves of a pair run within ~20 ms
+    of each other, so load from other processes (a shared 2-core VM) hits both alike,
+    which interleaving whole repeats does not achieve."""
+    import statistics
+
+    from scalekit.backends import RedisBackend
+    from scalekit.ratelimit import RateLimiter
+
+    backend = RedisBackend.from_url(url)
+    client = backend.sync_client
+    sha = client.script_load("return 1")
+    ev = client.evalsha
+    configs: list[tuple[str, Callable[[str], Any]]] = []
+    for scenario, policies in (("10,000 keys", REDIS_POLICIES), ("hot key", HOT_POLICIES)):
+        for label, policy in policies.items():
+            for algorithm in REDIS_ALGORITHMS:
+                lim = RateLimiter(backend, policy, algorithm=algorithm)  # type: ignore[arg-type]
+                configs.append((f"{algorithm}, {label}, {scenario}", lim.hit))
+    from limits import parse, storage, strategies
+
+    lfw = strategies.FixedWindowRateLimiter(storage.RedisStorage(url, key_prefix="LIMITS-paired"))
+    for scenario, rate in (("10,000 keys", "60/hour"), ("hot key", ALLOW)):
+        item = parse(rate)
+        configs.append((f"limits fixed_window, {scenario}", lambda k, i=item: lfw.hit(i, k)))
+    keys = itertools.cycle(SPREAD_KEYS)
+    lines = [
+        f"| configuration (one window: 60/hour or {ALLOW}) | ÷ bare EVALSHA, median of "
+        f"{rounds} pairs of {chunk} calls | quartiles |",
+        "|---|--:|--:|",
+    ]
+    for name, fn in configs:
+        hot = f"hot:{next(_hot_counter)}" if "hot key" in name else None
+        ratios = []
+        for _ in range(rounds):
+            ks = [hot or next(keys) for _ in range(chunk)]
+            w0 = time.perf_counter_ns()
+            for k in ks:
+                ev(sha, 1, k)
+            w1 = time.perf_counter_ns()
+            for k in ks:
+                fn(k)
+            w2 = time.perf_counter_ns()
+            ratios.append((w1 - w0) / (w2 - w1))
+        q = statistics.quantiles(ratios, n=4)
+        lines.append(f"| {name} | {statistics.median(ratios):.1%} | {q[0]:.0%} .. {q[2]:.0%} |")
+    backend.close()
+    return "\n".join(lines)
+
+
 def render_redis(results: list[Any], limiters: list[Any], table: Table) -> str:
     bare = results[0]
     lines = [table.render(), ""]
@@ -820,6 +873,14 @@ def main() -> None:
             print(render_redis(results, limiters, t) + "\n", flush=True)
             payload["tables"]["redis_hot"] = t.as_json()
             limiters[0].backend.close()
+
+            print("[redis, paired]", file=sys.stderr, flush=True)
+            print(
+                "### 7. Redis: sync decisions ÷ bare EVALSHA, measured in adjacent pairs\n\n"
+                + redis_paired(url, rounds=30 if args.quick else 150)
+                + "\n",
+                flush=True,
+            )
     finally:
         if server is not None:
             server.stop()
