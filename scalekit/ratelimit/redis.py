@@ -96,6 +96,8 @@ class RedisRateStore:
         )
         self._limits = [(r.limit, r.period) for r in policy.rates]
         self._one = len(policy.rates) == 1
+        self._limit, self._period = self._limits[0]
+        self._name = policy.name
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()  # subjects reset and not yet decided cleanly
         self.corrupt_keys = 0
@@ -119,17 +121,17 @@ class RedisRateStore:
             reply = reply.encode()
         raw = reply.split()
         if self._one:  # one window: no folding needed
-            limit, period = self._limits[0]
             if raw[0] == b"1":
                 return _new_decision(
                     Decision,
-                    (True, limit, int(raw[1]), int(raw[2]) / 1e6, 0.0, self.policy.name, period),
-                )
+                    (True, self._limit, int(raw[1]), int(raw[2]) / 1e6, 0.0, self._name,
+                     self._period),
+                )  # fmt: skip
             retry = int(raw[3])
             return _new_decision(
                 Decision,
-                (False, limit, int(raw[1]), int(raw[2]) / 1e6,
-                 _INF if retry < 0 else retry / 1e6, self.policy.name, period),
+                (False, self._limit, int(raw[1]), int(raw[2]) / 1e6,
+                 _INF if retry < 0 else retry / 1e6, self._name, self._period),
             )  # fmt: skip
         results = []
         for i in range(0, len(raw), 4):
@@ -138,7 +140,7 @@ class RedisRateStore:
                 (raw[i] == b"1", int(raw[i + 1]), int(raw[i + 2]) / 1e6,
                  _INF if retry < 0 else retry / 1e6)
             )  # fmt: skip
-        return combine(results, self._limits, self.policy.name)
+        return combine(results, self._limits, self._name)
 
     # -- corrupt state ---------------------------------------------------------------
     def _corrupt_key(self, key: str, exc: BackendDataError) -> list[str]:
