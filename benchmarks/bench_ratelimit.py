@@ -623,7 +623,7 @@ def redis_paired(url: str, rounds: int, chunk: int = 100) -> str:
         "local t = redis.call('TIME') return redis.call('INCRBY', KEYS[1], 1)"
     )
     diag = RateLimiter(backend, ALLOW, algorithm="fixed_window")
-    store = diag._default
+    store: Any = diag._default
     client.script_load(store._script.source)
     hot_key = f"hot:{next(_hot_counter)}"
     hot_keys = store.keys(hot_key)
@@ -646,9 +646,12 @@ def redis_paired(url: str, rounds: int, chunk: int = 100) -> str:
     from limits import parse, storage, strategies
 
     lfw = strategies.FixedWindowRateLimiter(storage.RedisStorage(url, key_prefix="LIMITS-paired"))
+
+    def limits_hit(item: Any) -> Callable[[str], Any]:
+        return lambda k: lfw.hit(item, k)
+
     for scenario, rate in (("10,000 keys", "60/hour"), ("hot key", ALLOW)):
-        item = parse(rate)
-        configs.append((f"limits fixed_window, {scenario}", lambda k, i=item: lfw.hit(i, k)))
+        configs.append((f"limits fixed_window, {scenario}", limits_hit(parse(rate))))
     keys = itertools.cycle(SPREAD_KEYS)
     lines = [
         f"| configuration (one window: 60/hour or {ALLOW}) | ÷ bare EVALSHA, median of "
