@@ -100,6 +100,7 @@ class _LimiterCore:
             if fast is not None:
                 self._install_fast_path(fast)
         self._fallbacks: dict[int, MemoryRateStore] = {}
+        self._cooldown = cooldown
         self._guard = _BackendGuard(base, cooldown, self.clock.now, logger=log)
         self._lock = threading.Lock()
         self._remote_allowed = 0
@@ -225,8 +226,11 @@ class _LimiterCore:
     def _on_data_error(self, store: Store, key: str, cost: int, commit: bool) -> Decision:
         """The store reset ``key`` after a data error and its clean state failed too
         (something keeps writing there): this one call gets the failure policy; the
-        guard is not tripped, so every other key is decided as usual."""
-        return self._degraded_decision(store, key, cost, commit, self.on_backend_error, 0.0)
+        guard is not tripped, so every other key is decided as usual. A refusal says to
+        retry after ``backend_cooldown`` (an ``acquire`` must not spin on such a key)."""
+        return self._degraded_decision(
+            store, key, cost, commit, self.on_backend_error, self._cooldown
+        )
 
     def _count(self, d: Decision) -> Decision:
         with self._lock:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from conftest import call
 
+from scalekit import RedisBackend
 from scalekit.ratelimit import ALGORITHMS, AsyncConcurrencyLimiter, ConcurrencyLimiter
 
 pytestmark = pytest.mark.parametrize("backend_kind", ["fakeredis", "redis"], indirect=True)
@@ -155,3 +156,38 @@ async def test_a_state_no_hit_writes_is_reset(
     got = [await call(limiter.hit("A")) for _ in range(30)]
     assert sum(d.allowed for d in got) == 10
     assert limiter.stats()["backend_errors"] == 0
+
+
+class _RewritingBackend(RedisBackend):
+    """A hostile writer that wins every race: whenever the store deletes a corrupt key,
+    the garbage is back before the store decides again (real Redis, real errors)."""
+
+    def delete(self, keys: Any) -> None:
+        super().delete(keys)
+        for k in keys:
+            self.sync_client.hset(k, "x", "y")
+
+    async def adelete(self, keys: Any) -> None:
+        self.delete(keys)
+
+
+async def test_a_key_corrupted_again_and_again_costs_that_key_only(
+    backend: Any, redis_client: Any, mode: str, clock: Any
+) -> None:
+    from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+
+    hostile = _RewritingBackend(
+        "redis://hostile",
+        client=redis_client,
+        async_client_factory=backend._async_factory or (lambda: backend.async_client()),
+        clock=clock.now,
+    )
+    cls = AsyncRateLimiter if mode == "async" else RateLimiter
+    limiter = cls(hostile, "3/hour", on_backend_error="fail_closed", backend_cooldown=7.0)
+    redis_client.hset(limiter._default.keys("A")[0], "x", "y")
+    d = await call(limiter.hit("A"))
+    assert (d.allowed, d.retry_after) == (False, 7.0)  # refused, not to be retried at once
+    assert [(await call(limiter.hit("B"))).allowed for _ in range(4)] == [True] * 3 + [False]
+    stats = limiter.stats()
+    assert stats["backend_errors"] == 0 and stats["backend_episodes"] == 0
+    assert stats["degraded"] == 1 and stats["corrupt_keys"] == 1
