@@ -31,6 +31,7 @@ from scalekit.ratelimit.decision import Decision
 __all__ = [
     "ALGORITHMS",
     "Algorithm",
+    "bucket_slack",
     "WindowResult",
     "combine",
     "fixed_window",
@@ -61,6 +62,13 @@ EPS = 1e-9
 # this slack "now + period - now" may exceed "period" and a hit that fits exactly
 # would be refused with retry_after ~0. Both backends use the same slack.
 TIME_EPS = 1e-6
+
+
+def bucket_slack(interval: float) -> float:
+    """The time slack of the bucket algorithms: :data:`TIME_EPS`, but less than half an
+    emission interval, so that at rates above 500,000/second the slack never lets a
+    whole extra unit through at one instant."""
+    return TIME_EPS if interval > 2 * TIME_EPS else interval / 2
 
 
 def _floor(x: float) -> int:
@@ -192,7 +200,7 @@ def gcra(
     tolerance = burst * interval
     base = now if tat is None or tat < now else tat
     new_tat = base + cost * interval
-    slack = tolerance + TIME_EPS
+    slack = tolerance + bucket_slack(interval)
     if cost <= burst and new_tat - now <= slack:
         if commit:
             return (

@@ -9,20 +9,21 @@ id -> expiry on the server's clock), changed by one Lua script per operation.
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, RedisBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
-from scalekit.errors import BackendError, ConcurrencyLimitExceeded, ConfigurationError
+from scalekit.errors import BackendDataError, ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit.limiter import FailurePolicy, log
+from scalekit.ratelimit.redis import FORMAT_VERSION
 
 __all__ = ["AsyncConcurrencyLimiter", "ConcurrencyLimiter", "Lease"]
 
@@ -98,22 +99,19 @@ class _ConcurrencyCore:
         backend_cooldown: float = 5.0,
         prefix: str = "scalekit:cc",
     ) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be an int >= 1, got {limit!r}")
-        if not isinstance(lease_ttl, int | float) or not 0 < lease_ttl < math.inf:
-            raise ConfigurationError(
-                f"lease_ttl must be a positive number of seconds, got {lease_ttl!r}"
-            )
+        limit = _validate.count(limit, "limit")
+        ttl = _validate.duration(lease_ttl, "lease_ttl")
+        cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        name = _validate.name(name, "name")
         if on_backend_error not in ("fail_open", "fail_closed", "local_fallback"):
             raise ConfigurationError(
                 f"unknown on_backend_error {on_backend_error!r}; expected fail_open, "
                 "fail_closed or local_fallback"
             )
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
         self.backend = as_backend(backend)
         self.limit = limit
-        self.lease_ttl = float(lease_ttl)
+        self.lease_ttl = ttl
+        self._ttl_us = str(max(1, round(ttl * 1_000_000)))
         self.name = name
         self.clock = as_clock(clock)
         self.on_backend_error = on_backend_error
@@ -121,33 +119,47 @@ class _ConcurrencyCore:
         max_keys = self.backend.max_keys if isinstance(self.backend, MemoryBackend) else 1_000_000
         self._memory = _MemoryLeases(max_keys) if isinstance(self.backend, MemoryBackend) else None
         self._fallback = _MemoryLeases(max_keys)
-        if not isinstance(backend_cooldown, int | float) or not 0 < backend_cooldown < math.inf:
-            raise ConfigurationError(
-                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
-            )
+        self.corrupt_keys = 0
         self._guard = _BackendGuard(
             name,
-            float(backend_cooldown),
+            cooldown,
             self.clock.now,
             kind="concurrency limiter",
             logger=log,
         )
         self._script = load_script("scalekit.ratelimit", "concurrency")
 
-    def _check_key(self, key: object) -> None:
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError(f"a concurrency key must be a non-empty str, got {key!r}")
+    @staticmethod
+    def _check_key(key: object) -> str:
+        k = _validate.key(key, "a concurrency key")
+        if not k:
+            raise ConfigurationError("a concurrency key must be a non-empty str, got ''")
+        return k
 
     def _redis_call(self, op: str, key: str, lid: str) -> tuple[list[str], list[str]]:
         assert isinstance(self.backend, RedisBackend)
         now = self.backend.server_now
-        keys = [build_key(self._prefix, escape(self.name), tag=key)]
-        args = [op, repr(now()) if now else "", lid, str(self.limit), repr(self.lease_ttl)]
+        # the format version in the key: state of an older layout is never read
+        keys = [build_key(self._prefix, FORMAT_VERSION, escape(self.name), tag=key)]
+        us = str(int(now() * 1_000_000)) if now else ""
+        args = [op, us, lid, str(self.limit), self._ttl_us]
         return keys, args
 
     @staticmethod
     def _parse(raw: Any) -> tuple[bool, int, float]:
-        return raw[0] == 1, int(raw[1]), float(raw[2])
+        return raw[0] == 1, int(raw[1]), int(raw[2]) / 1e6
+
+    def _corrupt(self, key: str, exc: BackendDataError) -> list[str]:
+        """A data error on ``key``'s lease set (a wrong type): count, log, its key."""
+        self.corrupt_keys += 1
+        log.warning(
+            "concurrency limiter %r: the state of key %r is not a lease set (%s); "
+            "resetting that key",
+            self.name,
+            key,
+            exc,
+        )
+        return self._redis_call("count", key, "")[0]
 
     def _degraded(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
         if self.on_backend_error == "fail_open":
@@ -172,27 +184,33 @@ class ConcurrencyLimiter(_ConcurrencyCore):
     def _op(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
         if self._memory is not None:
             return self._local(op, key, lid)
-        if self._guard.skip():
-            return self._degraded(op, key, lid)
-        try:
+        backend = self.backend
+        assert isinstance(backend, RedisBackend)
+
+        def call() -> tuple[bool, int, float]:
             keys, args = self._redis_call(op, key, lid)
-            raw = self.backend.evalsha(self._script, keys, args)  # type: ignore[union-attr]
-        except BackendError as exc:
-            self._guard.failure(exc)
+            try:
+                return self._parse(backend.evalsha(self._script, keys, args))
+            except BackendDataError as exc:  # that key's problem: reset it, decide again
+                backend.delete(self._corrupt(key, exc))
+                return self._parse(backend.evalsha(self._script, keys, args))
+
+        try:
+            return self._guard.call(call, lambda _exc: self._degraded(op, key, lid))
+        except BackendDataError:  # still corrupt after the reset: this call only
             return self._degraded(op, key, lid)
-        self._guard.success()
-        return self._parse(raw)
 
     def try_acquire(self, key: str) -> Lease | None:
         """Take a slot now, or return ``None``."""
-        self._check_key(key)
+        key = self._check_key(key)
         lid = secrets.token_hex(8)
         ok, _, _ = self._op("acquire", key, lid)
         return Lease(key, lid) if ok else None
 
     def acquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
         """Take a slot, waiting up to ``timeout`` seconds (``None``: no bound)."""
-        self._check_key(key)
+        key = self._check_key(key)
+        timeout = _validate.timeout(timeout)
         lid = secrets.token_hex(8)
         deadline = None if timeout is None else self.clock.now() + timeout
         poll = _MIN_POLL
@@ -220,7 +238,7 @@ class ConcurrencyLimiter(_ConcurrencyCore):
 
     def in_flight(self, key: str) -> int:
         """Live leases for ``key``."""
-        self._check_key(key)
+        key = self._check_key(key)
         return self._op("count", key, "")[1]
 
     @contextlib.contextmanager
@@ -238,25 +256,31 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
     async def _op(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
         if self._memory is not None:
             return self._local(op, key, lid)
-        if self._guard.skip():
-            return self._degraded(op, key, lid)
-        try:
+        backend = self.backend
+        assert isinstance(backend, RedisBackend)
+
+        async def call() -> tuple[bool, int, float]:
             keys, args = self._redis_call(op, key, lid)
-            raw = await self.backend.aevalsha(self._script, keys, args)  # type: ignore[union-attr]
-        except BackendError as exc:
-            self._guard.failure(exc)
+            try:
+                return self._parse(await backend.aevalsha(self._script, keys, args))
+            except BackendDataError as exc:  # that key's problem: reset it, decide again
+                await backend.adelete(self._corrupt(key, exc))
+                return self._parse(await backend.aevalsha(self._script, keys, args))
+
+        try:
+            return await self._guard.acall(call, lambda _exc: self._degraded(op, key, lid))
+        except BackendDataError:  # still corrupt after the reset: this call only
             return self._degraded(op, key, lid)
-        self._guard.success()
-        return self._parse(raw)
 
     async def try_acquire(self, key: str) -> Lease | None:
-        self._check_key(key)
+        key = self._check_key(key)
         lid = secrets.token_hex(8)
         ok, _, _ = await self._op("acquire", key, lid)
         return Lease(key, lid) if ok else None
 
     async def acquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
-        self._check_key(key)
+        key = self._check_key(key)
+        timeout = _validate.timeout(timeout)
         lid = secrets.token_hex(8)
         deadline = None if timeout is None else self.clock.now() + timeout
         poll = _MIN_POLL
@@ -281,7 +305,7 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
         return (await self._op("renew", lease.key, lease.id))[0]
 
     async def in_flight(self, key: str) -> int:
-        self._check_key(key)
+        key = self._check_key(key)
         return (await self._op("count", key, ""))[1]
 
     @contextlib.asynccontextmanager

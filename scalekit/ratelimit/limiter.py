@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeAlias
 
+from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
-from scalekit.errors import BackendError, ConfigurationError, RateLimitExceeded
+from scalekit.errors import BackendDataError, ConfigurationError, RateLimitExceeded
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.memory import HitFn, MemoryRateStore, StoreFull
@@ -29,6 +30,7 @@ log = logging.getLogger("scalekit.ratelimit")
 
 FailurePolicy: TypeAlias = Literal["fail_open", "fail_closed", "local_fallback"]
 _FAILURE_POLICIES = ("fail_open", "fail_closed", "local_fallback")
+_MAX_COST = 2**63 - 1  # above any limit: denied for ever, but a number Redis can parse
 
 Store: TypeAlias = MemoryRateStore | RedisRateStore
 
@@ -59,20 +61,11 @@ class _LimiterCore:
                 f"unknown on_backend_error {on_backend_error!r}; expected one of "
                 f"{', '.join(_FAILURE_POLICIES)}"
             )
-        if (
-            isinstance(fallback_instances, bool)
-            or not isinstance(fallback_instances, int)
-            or (fallback_instances < 1)
-        ):
-            raise ConfigurationError(
-                f"fallback_instances must be an int >= 1, got {fallback_instances!r}"
-            )
-        if not isinstance(backend_cooldown, int | float) or not 0 < backend_cooldown < math.inf:
-            raise ConfigurationError(
-                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
-            )
-        if name is not None and (not isinstance(name, str) or not name):
-            raise ConfigurationError(f"name must be a non-empty string, got {name!r}")
+        fallback_instances = _validate.count(fallback_instances, "fallback_instances")
+        cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        if name is not None:
+            name = _validate.name(name, "name")
+        prefix = _validate.name(prefix, "prefix")
         self.backend = as_backend(backend)
         self.algorithm: Algorithm = algorithm
         self.clock = as_clock(clock)
@@ -107,7 +100,8 @@ class _LimiterCore:
             if fast is not None:
                 self._install_fast_path(fast)
         self._fallbacks: dict[int, MemoryRateStore] = {}
-        self._guard = _BackendGuard(base, float(backend_cooldown), self.clock.now, logger=log)
+        self._cooldown = cooldown
+        self._guard = _BackendGuard(base, cooldown, self.clock.now, logger=log)
         self._lock = threading.Lock()
         self._remote_allowed = 0
         self._remote_denied = 0
@@ -119,7 +113,8 @@ class _LimiterCore:
             return MemoryRateStore(
                 self.algorithm, policy, now=self.clock.now, max_keys=self.max_keys
             )
-        rates = ",".join(str(r).replace(" ", "") for r in policy.rates)
+        # exact (whole microseconds): "2/3600000000" and "2/3600000400" never share keys
+        rates = ",".join(f"{r.limit}/{r.period_us}" for r in policy.rates)
         return RedisRateStore(
             self.backend,
             self.algorithm,
@@ -146,10 +141,14 @@ class _LimiterCore:
         return store
 
     @staticmethod
-    def _bad_call(key: object, cost: object) -> None:
-        if not isinstance(key, str) or not key:
-            raise ConfigurationError(f"a rate-limit key must be a non-empty str, got {key!r}")
-        raise ConfigurationError(f"cost must be an int >= 1, got {cost!r}")
+    def _checked(key: object, cost: object) -> tuple[str, int]:
+        """The slow path of every call's argument check: ``key`` a non-empty ``str``
+        (a ``StrEnum`` member is reduced to its value), ``cost`` an int >= 1 (not a
+        ``bool``). A cost above every limit is allowed: it is denied for ever."""
+        k = _validate.key(key, "a rate-limit key")
+        if not k:
+            raise ConfigurationError("a rate-limit key must be a non-empty str, got ''")
+        return k, _validate.count(cost, "cost", maximum=_MAX_COST)
 
     def _install_fast_path(self, fast: HitFn) -> None:
         """Sync and async limiters install a memory fast path their own way."""
@@ -157,8 +156,8 @@ class _LimiterCore:
     def _local_hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         """``hit`` on a memory store (sync; the fast paths fall back to it)."""
         store = self._store(tier)
-        if not isinstance(key, str) or not key or cost.__class__ is not int or cost < 1:
-            self._bad_call(key, cost)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            key, cost = self._checked(key, cost)
         assert isinstance(store, MemoryRateStore)
         try:
             return store.decide(key, cost, True)
@@ -224,6 +223,15 @@ class _LimiterCore:
             store, key, cost, commit, self.on_backend_error, self._guard.retry_in()
         )
 
+    def _on_data_error(self, store: Store, key: str, cost: int, commit: bool) -> Decision:
+        """The store reset ``key`` after a data error and its clean state failed too
+        (something keeps writing there): this one call gets the failure policy; the
+        guard is not tripped, so every other key is decided as usual. A refusal says to
+        retry after ``backend_cooldown`` (an ``acquire`` must not spin on such a key)."""
+        return self._degraded_decision(
+            store, key, cost, commit, self.on_backend_error, self._cooldown
+        )
+
     def _count(self, d: Decision) -> Decision:
         with self._lock:
             if d.allowed:
@@ -234,12 +242,17 @@ class _LimiterCore:
 
     # -- introspection -----------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counters since creation: decisions, degraded decisions, backend episodes."""
+        """Counters since creation: decisions, degraded decisions, backend episodes,
+        and ``corrupt_keys``: Redis keys whose state was not what the script expects
+        (a wrong type, garbage) and was reset -- that key's problem, never an outage."""
         allowed, denied = self._remote_allowed, self._remote_denied
+        corrupt = 0
         for s in self._stores.values():
             if isinstance(s, MemoryRateStore):
                 allowed += s.allowed
                 denied += s.denied
+            else:
+                corrupt += s.corrupt_keys
         return {
             "allowed": allowed,
             "denied": denied,
@@ -247,6 +260,7 @@ class _LimiterCore:
             "refused_full": self._full_refusals,
             "backend_errors": self._guard.errors,
             "backend_episodes": self._guard.episodes,
+            "corrupt_keys": corrupt,
         }
 
     def __repr__(self) -> str:
@@ -281,7 +295,7 @@ class RateLimiter(_LimiterCore):
         if store is None:
             store = self._store(tier)
         if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
-            self._bad_call(key, cost)
+            key, cost = self._checked(key, cost)
         if store.local:
             try:
                 return store.decide(key, cost, True)
@@ -292,8 +306,8 @@ class RateLimiter(_LimiterCore):
     def peek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         """Would ``hit(key, cost)`` be allowed now? Consumes nothing."""
         store = self._store(tier)
-        if not isinstance(key, str) or not key or not isinstance(cost, int) or cost < 1:
-            self._bad_call(key, cost)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            key, cost = self._checked(key, cost)
         if isinstance(store, MemoryRateStore):
             return store.decide(key, cost, False)
         return self._remote(store, key, cost, False)
@@ -308,8 +322,7 @@ class RateLimiter(_LimiterCore):
         """Block until ``hit`` allows, or raise :class:`RateLimitExceeded` once the
         wait would exceed ``timeout`` seconds (``None``: no bound). Waits with the
         limiter's clock; no queue, so under contention it is not FIFO-fair."""
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
-            raise ConfigurationError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        timeout = _validate.timeout(timeout)
         deadline = None if timeout is None else self.clock.now() + timeout
         while True:
             d = self.hit(key, cost, tier=tier)
@@ -321,15 +334,13 @@ class RateLimiter(_LimiterCore):
             self.clock.sleep(max(wait, 1e-6))
 
     def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
-        if self._guard.skip():
-            return self._on_error(store, key, cost, commit)
         try:
-            d = store.decide(key, cost, commit)
-        except BackendError as exc:
-            self._guard.failure(exc)
-            return self._on_error(store, key, cost, commit)
-        self._guard.success()
-        return self._count(d)
+            return self._guard.call(
+                lambda: self._count(store.decide(key, cost, commit)),
+                lambda _exc: self._on_error(store, key, cost, commit),
+            )
+        except BackendDataError:
+            return self._on_data_error(store, key, cost, commit)
 
 
 class AsyncRateLimiter(_LimiterCore):
@@ -349,7 +360,7 @@ class AsyncRateLimiter(_LimiterCore):
         if store is None:
             store = self._store(tier)
         if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
-            self._bad_call(key, cost)
+            key, cost = self._checked(key, cost)
         if store.local:
             try:
                 return store.decide(key, cost, True)
@@ -360,8 +371,8 @@ class AsyncRateLimiter(_LimiterCore):
     async def peek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         """Would ``hit(key, cost)`` be allowed now? Consumes nothing."""
         store = self._store(tier)
-        if not isinstance(key, str) or not key or not isinstance(cost, int) or cost < 1:
-            self._bad_call(key, cost)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            key, cost = self._checked(key, cost)
         if isinstance(store, MemoryRateStore):
             return store.decide(key, cost, False)
         return await self._remote(store, key, cost, False)
@@ -379,8 +390,7 @@ class AsyncRateLimiter(_LimiterCore):
     ) -> Decision:
         """Wait until ``hit`` allows, or raise :class:`RateLimitExceeded` once the
         wait would exceed ``timeout`` seconds (``None``: no bound)."""
-        if timeout is not None and (not isinstance(timeout, int | float) or timeout < 0):
-            raise ConfigurationError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        timeout = _validate.timeout(timeout)
         deadline = None if timeout is None else self.clock.now() + timeout
         while True:
             d = await self.hit(key, cost, tier=tier)
@@ -392,12 +402,12 @@ class AsyncRateLimiter(_LimiterCore):
             await self.clock.asleep(max(wait, 1e-6))
 
     async def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
-        if self._guard.skip():
-            return self._on_error(store, key, cost, commit)
+        async def decide() -> Decision:
+            return self._count(await store.adecide(key, cost, commit))
+
         try:
-            d = await store.adecide(key, cost, commit)
-        except BackendError as exc:
-            self._guard.failure(exc)
-            return self._on_error(store, key, cost, commit)
-        self._guard.success()
-        return self._count(d)
+            return await self._guard.acall(
+                decide, lambda _exc: self._on_error(store, key, cost, commit)
+            )
+        except BackendDataError:
+            return self._on_data_error(store, key, cost, commit)

@@ -111,6 +111,10 @@ class MemoryRateStore:
         else:
             self._gens = [_Generations(r.capacity * r.period / r.limit) for r in policy.rates]
         self._bucket_fn = alg.gcra  # token_bucket is the same algorithm (see alg.gcra)
+        # The bucket states are times relative to this epoch: the TAT's float keeps
+        # sub-microsecond emission intervals near 0, not near 1.7e9 (Unix time, a test
+        # clock), where one unit at 10**7/second would round away.
+        self._epoch = now() if algorithm in ("gcra", "token_bucket") else 0.0
         self._decide: Callable[[str, int, bool], Decision] = {
             "fixed_window": self._fixed_window,
             "sliding_window": self._sliding_window,
@@ -216,7 +220,7 @@ class MemoryRateStore:
 
     def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
         # token_bucket and gcra: one float per key and window (self._bucket_fn's state)
-        now = self._now()
+        now = self._now() - self._epoch
         results = []
         for i, (limit, period, cap) in enumerate(self._rates):
             g = self._gens[i]
@@ -233,7 +237,7 @@ class MemoryRateStore:
     def _bucket_single(self, key: str, cost: int, commit: bool) -> Decision:
         # One window without the per-window lists; the arithmetic is alg.gcra's
         # (token_bucket is the same algorithm).
-        now = self._now()
+        now = self._now() - self._epoch
         g = self._gens[0]
         if now - g.start >= g.length:
             g.rotate(now)
@@ -285,8 +289,9 @@ class MemoryRateStore:
         limit, period, cap = self._rates[0]
         interval = period / limit
         tolerance = cap * interval
-        slack = tolerance + alg.TIME_EPS
+        slack = tolerance + alg.bucket_slack(interval)
         name, new, eps, gcra = self._name, _new_decision, alg.EPS, alg.gcra
+        epoch = self._epoch
 
         def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
             if tier is not None or key.__class__ is not str or cost.__class__ is not int:
@@ -295,7 +300,7 @@ class MemoryRateStore:
                 return slow(key, cost)
             acquire()
             try:
-                now = now_fn()
+                now = now_fn() - epoch
                 if now - g.start >= g.length:
                     g.rotate(now)
                 cur = g.cur

@@ -7,13 +7,13 @@ several windows applied all-or-nothing; a mapping ``{"free": "20/minute",
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TypeAlias
 
+from scalekit import _validate
 from scalekit.errors import ConfigurationError
 
 __all__ = ["Policy", "PolicyLike", "Rate", "Tiers", "as_policy", "as_tiers"]
@@ -31,9 +31,10 @@ for _names, _unit_seconds in (
 
 _UNIT_NAMES = {1.0: "second", 60.0: "minute", 3600.0: "hour", 86400.0: "day", 604800.0: "week"}
 
+# ASCII only: \d would also take Arabic-Indic digits and \s a non-breaking space
 _RATE_RE = re.compile(
     r"^\s*(?P<limit>[+-]?\d+)\s*(?:/|per)\s*(?P<count>\d+(?:\.\d+)?)?\s*(?P<unit>[a-z]+)\s*$",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 _ALLOWED_FORMS = (
@@ -42,15 +43,25 @@ _ALLOWED_FORMS = (
 )
 
 
-def _seconds(value: float | timedelta, what: str) -> float:
-    if isinstance(value, timedelta):
-        value = value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigurationError(f"{what} must be seconds (float) or a timedelta, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(f"{what} must be a positive, finite duration, got {value!r}")
-    return value
+def _seconds(value: object, what: str) -> float:
+    """A positive duration in seconds (sampling's estimate imports this name)."""
+    return _validate.duration(value, what)
+
+
+def _microseconds(value: object) -> int:
+    """A period as whole microseconds (the resolution of every decision and of Redis
+    ``TIME``), validated once: positive, at least 1 us, at most ``MAX_SECONDS``."""
+    seconds = _validate.duration(value, "a rate's period")
+    us = round(seconds * 1_000_000)
+    if us < 1:
+        raise ConfigurationError(f"a rate's period must be at least 1 microsecond, got {value!r}")
+    return us
+
+
+def _format_seconds(us: int) -> str:
+    """Exact decimal seconds for a whole number of microseconds ("3600.0004")."""
+    whole, frac = divmod(us, 1_000_000)
+    return f"{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else str(whole)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +71,10 @@ class Rate:
     ``burst`` is the bucket's capacity for ``token_bucket`` and ``gcra`` (how many
     can be spent at once after an idle spell); it defaults to ``limit``. The
     window algorithms ignore it.
+
+    Limits and bursts are at most ``MAX_COUNT`` (10**12) and periods at most
+    ``MAX_SECONDS`` (100 years), what Redis can compute with exactly; a period is
+    rounded to whole microseconds, the resolution of every decision.
     """
 
     limit: int
@@ -67,17 +82,17 @@ class Rate:
     burst: int | None = None
 
     def __init__(self, limit: int, period: float | timedelta, *, burst: int | None = None) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise ConfigurationError(f"a rate's limit must be an int >= 1, got {limit!r}")
-        if limit < 1:
-            raise ConfigurationError(f"a rate's limit must be >= 1, got {limit}")
-        if burst is not None and (
-            isinstance(burst, bool) or not isinstance(burst, int) or burst < 1
-        ):
-            raise ConfigurationError(f"burst must be an int >= 1 or None, got {burst!r}")
+        limit = _validate.count(limit, "a rate's limit")
+        if burst is not None:
+            burst = _validate.count(burst, "burst")
         object.__setattr__(self, "limit", limit)
-        object.__setattr__(self, "period", _seconds(period, "a rate's period"))
+        object.__setattr__(self, "period", _microseconds(period) / 1_000_000)
         object.__setattr__(self, "burst", burst)
+
+    @property
+    def period_us(self) -> int:
+        """The period in whole microseconds (what the Redis scripts and keys use)."""
+        return round(self.period * 1_000_000)
 
     @property
     def capacity(self) -> int:
@@ -89,7 +104,7 @@ class Rate:
         """Parse ``"60/hour"``, ``"100/5 minutes"``, ``"10 per 30s"``."""
         if not isinstance(text, str):
             raise ConfigurationError(f"a rate must be a string like '60/hour', got {text!r}")
-        m = _RATE_RE.match(text)
+        m = _RATE_RE.match(text) if text.isascii() else None
         if m is None:
             raise ConfigurationError(f"malformed rate {text!r}: expected {_ALLOWED_FORMS}")
         unit = m["unit"].lower()
@@ -112,7 +127,7 @@ class Rate:
             if n >= 1 and n == int(n):
                 unit = _UNIT_NAMES[seconds]
                 return f"{self.limit}/{unit}" if n == 1 else f"{self.limit}/{int(n)} {unit}s"
-        return f"{self.limit}/{p:g} seconds"
+        return f"{self.limit}/{_format_seconds(self.period_us)} seconds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +149,7 @@ class Policy:
         parsed = tuple(sorted(parsed, key=lambda r: r.period))
         if name is None:
             name = "; ".join(map(str, parsed))
-        if not isinstance(name, str) or not name:
-            raise ConfigurationError(f"a policy name must be a non-empty string, got {name!r}")
+        name = _validate.name(name, "a policy name")
         object.__setattr__(self, "rates", parsed)
         object.__setattr__(self, "name", name)
 
@@ -179,8 +193,7 @@ def as_tiers(value: Mapping[str, PolicyLike]) -> dict[str, Policy]:
         raise ConfigurationError("a tier mapping needs at least one tier")
     tiers: dict[str, Policy] = {}
     for tier, pol in value.items():
-        if not isinstance(tier, str) or not tier:
-            raise ConfigurationError(f"tier names must be non-empty strings, got {tier!r}")
+        tier = _validate.name(tier, "a tier name")
         p = as_policy(pol)
         if isinstance(pol, str | Rate):
             p = Policy(p.rates, name=tier)

@@ -187,5 +187,8 @@ async def test_decisions_match_the_memory_backend(
             expected, got = reference.hit(key, cost), await call(limiter.hit(key, cost))
         assert got[:3] == expected[:3], f"step {step}: {got} != {expected}"
         assert got[5:] == expected[5:]
+        # Redis works in whole microseconds: the test clock's float time is floored to
+        # one and the times it reports are rounded up to one (a retry_after is never
+        # shorter than needed), so they may differ from the float arithmetic by 2 us.
         for a, b in zip(got[3:5], expected[3:5], strict=True):
-            assert a == pytest.approx(b, abs=1e-6), f"step {step}: {got} != {expected}"
+            assert a == pytest.approx(b, abs=2e-6), f"step {step}: {got} != {expected}"

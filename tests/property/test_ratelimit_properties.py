@@ -865,17 +865,39 @@ def test_a_new_key_refused_by_a_full_store_returns(algorithm: str) -> None:
         assert not lim.hit("b").allowed  # the store is full: fail_closed refuses
 
 
-def test_gcra_remaining_is_not_negative_at_a_high_rate() -> None:
-    """At 10M/second the emission interval (1e-7 s) is below the 1 us slack: a hit
-    that fits only thanks to the slack must report remaining 0, not a negative."""
+def test_gcra_admits_no_extra_unit_at_a_high_rate() -> None:
+    """At 10M/second the emission interval (1e-7 s) is below the 1 us slack: the slack
+    used to admit 10 extra units per instant. A hit 2 units too many is refused now,
+    and remaining is never negative."""
     clock = FakeClock()
     lim = limiter("gcra", [Rate(10_000_000, 1.0)], clock)
     assert lim.hit("k", 10_000_000).allowed  # the whole burst: tat = now + 1 s
-    clock.advance(3e-7)  # 3 units have dripped back
-    d = lim.hit("k", 5)  # 2 units too many, within the 1 us slack: allowed
-    assert d.allowed
-    assert d.remaining >= 0, d
+    d = lim.hit("k", 1)  # the same instant: nothing has dripped back
+    assert not d.allowed, d
+    assert d.remaining == 0, d
     assert d.remaining == lim.peek("k").remaining  # what the generic path reports
+
+
+@pytest.mark.parametrize("algorithm", BUCKETS)
+@settings(max_examples=200, deadline=None)
+@given(
+    limit=st.integers(1, 10**12),
+    period=st.sampled_from([1e-3, 0.5, 1.0, 60.0]),
+    burst=st.integers(1, 10**6),
+    first=st.integers(1, 10**6),
+)
+def test_buckets_admit_at_most_the_burst_at_one_instant(
+    algorithm: str, limit: int, period: float, burst: int, first: int
+) -> None:
+    """At any rate (up to 10**12 per millisecond), one instant admits exactly ``burst``."""
+    lim = limiter(algorithm, [Rate(limit, period, burst=burst)], FakeClock())
+    first = min(first, burst)
+    assert lim.hit("k", first).allowed
+    if first < burst:
+        assert lim.hit("k", burst - first).allowed
+    d = lim.hit("k", 1)
+    assert not d.allowed, (limit, period, burst, d)
+    assert d.remaining == 0
 
 
 @pytest.mark.parametrize("algorithm", BUCKETS)

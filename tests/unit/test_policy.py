@@ -93,7 +93,7 @@ def test_limiter_rejects_bad_configuration() -> None:
         RateLimiter("memory://", "1/second", fallback_instances=0)
     with pytest.raises(ConfigurationError, match="backend_cooldown"):
         RateLimiter("memory://", "1/second", backend_cooldown=-1)
-    with pytest.raises(ConfigurationError, match="tier names"):
+    with pytest.raises(ConfigurationError, match="tier name"):
         RateLimiter("memory://", {"": "1/second"})
     with pytest.raises(ConfigurationError, match="at least one tier"):
         RateLimiter("memory://", {})
