@@ -12,8 +12,11 @@ redis-py's ``BlockingConnectionPool``. It adds:
   PostgreSQL: ``client.connection_pool.stats()`` or :func:`pool_stats`.
 
 ``pre_ping_after`` maps to redis-py's ``health_check_interval`` (a PING before a
-command on a connection idle that long). ``min_size`` and ``max_idle`` do not apply:
-redis-py opens connections on demand and keeps them.
+command on a connection idle that long). ``max_idle``: a connection that has sat in
+the pool that long is closed (checked when a connection is taken or given back, so an
+idle process keeps its sockets until its next command; asyncio clients only).
+``min_size`` does not apply:
+redis-py opens connections on demand.
 """
 
 from __future__ import annotations
@@ -63,7 +66,29 @@ class _Lifetimes:
         self._sk_now = as_clock(clock).now
         self._sk_rng = rng if rng is not None else random.Random()
         self._sk_lifetime = settings.seconds("max_lifetime")
+        self._sk_max_idle = settings.seconds("max_idle")
+        self._sk_next_sweep = 0.0
         self._sk_pid = os.getpid()
+
+    def _sk_idle_expired(self, idle: list[Any], now: float) -> list[Any]:
+        """The connections of ``idle`` (free, in the pool) unused for ``max_idle``.
+
+        Runs at most four times per ``max_idle``; a connection is stamped when given back.
+        """
+        max_idle = self._sk_max_idle
+        if max_idle is None or now < self._sk_next_sweep:
+            return []
+        self._sk_next_sweep = now + max_idle / 4
+        limit = now - max_idle
+        return [
+            c for c in idle if getattr(c, "_sk_released", now) <= limit and self._sk_connected(c)
+        ]
+
+    @staticmethod
+    def _sk_connected(connection: Any) -> bool:
+        return getattr(connection, "_sock", None) is not None or (
+            getattr(connection, "_writer", None) is not None
+        )
 
     def _sk_expired(self, connection: Any, now: float) -> bool:
         """Stamp a new connection; True (and restamp) when an old one must be replaced."""
@@ -217,10 +242,34 @@ def _async_pool_class() -> Any:
 
         async def release(self, connection: Any) -> None:
             self.sk_counters.in_use -= 1
+            now = self._sk_now()
+            connection._sk_released = now
             await super().release(connection)
+            stale = self._sk_idle_expired(self._available_connections, now)
+            for c in stale:  # out of reach of other tasks while they are closed
+                self._available_connections.remove(c)
+            for c in stale:
+                try:
+                    await c.disconnect(nowait=True)
+                finally:
+                    self._available_connections.insert(0, c)  # reconnects when next used
+
+        def sk_has_room(self) -> bool:
+            """True if a connection can be had now without waiting."""
+            return bool(self._available_connections) or (
+                len(self._in_use_connections) < self.max_connections
+            )
+
+        def sk_open_connections(self) -> int:
+            """Connections of this pool with an open socket."""
+            return sum(
+                1
+                for c in (*self._available_connections, *self._in_use_connections)
+                if self._sk_connected(c)
+            )
 
         def stats(self) -> PoolStats:
-            size = len(self._available_connections) + len(self._in_use_connections)
+            size = self.sk_open_connections()
             return self.sk_counters.snapshot(
                 name=self.sk_settings.label,
                 kind="redis",
@@ -275,7 +324,7 @@ def redis_client(
 
     kwargs = _pool_kwargs(settings) | {"sk_clock": clock, "sk_rng": rng} | options
     pool = _sync_pool_class().from_url(settings.url, **kwargs)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)  # close() closes the pool too
 
 
 def async_redis_client(
@@ -293,7 +342,7 @@ def async_redis_client(
     redis = _import_redis()
     kwargs = _pool_kwargs(settings) | {"sk_clock": clock, "sk_rng": rng} | options
     pool = _async_pool_class().from_url(settings.url, **kwargs)
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # aclose() closes the pool too
 
 
 def pool_stats(client: Any) -> PoolStats:

@@ -1,0 +1,242 @@
+"""Automatic pipelining for asyncio over redis-py's connections (one event loop).
+
+Every command issued by the tasks of one loop during one tick is queued; a callback
+scheduled with ``call_soon`` at the end of the tick packs the queue into one write on
+one connection, and a reader task per connection reads the replies in order and
+hands each to the future of the caller that sent it (ioredis' and node-redis'
+technique, built here on redis-py's ``Connection`` so that TLS, unix sockets, AUTH,
+SELECT and the RESP parser stay redis-py's).
+
+Connections come from the backend's bounded pool (:mod:`scalekit.pools.redis`) and
+go back to it as soon as every reply on them has been read. A batch goes to a free
+connection, else to one still being opened, else to a new one while the pool has
+room, else behind the shortest queue of replies: a burst of any size needs one
+connection, and never more than the pool's bound.
+
+Guarantees (tested in ``tests/integration/test_redis_layer.py``):
+
+- a cancelled caller never corrupts another's reply: its command, if already
+  written, keeps its place and its reply is read and dropped; if not yet written, it
+  is never sent;
+- a connection error or a reply later than ``socket_timeout`` (measured from the
+  last reply read on that connection) fails every caller waiting on that
+  connection with the driver's error, which the backend maps to
+  :class:`~scalekit.errors.BackendError`; the connection is closed, never reused;
+- nothing waits without a deadline: the pool's ``acquire_timeout`` bounds the wait
+  for a connection, ``connect_timeout`` the connect, ``socket_timeout`` each reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any
+
+__all__ = ["AutoPipeline"]
+
+#: queue behind a busy connection rather than open another, up to this many replies
+_DEPTH_BEFORE_NEW_CONNECTION = 256
+
+
+class _Pipe:
+    """One pooled connection lent to the pipeline, and the callers waiting on it."""
+
+    __slots__ = ("conn", "fifo", "pending", "reader")
+
+    def __init__(self) -> None:
+        self.conn: Any = None  # None while being acquired / connected
+        self.fifo: deque[asyncio.Future[Any]] = deque()
+        self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self.reader: asyncio.Task[None] | None = None
+
+
+class AutoPipeline:
+    """The auto-pipeliner of one asyncio client (one event loop)."""
+
+    def __init__(self, client: Any, socket_timeout: float) -> None:
+        import redis.exceptions
+
+        self._response_error: type[Exception] = redis.exceptions.ResponseError
+        self._connection_error: type[Exception] = redis.exceptions.ConnectionError
+        self._timeout_error: type[Exception] = redis.exceptions.TimeoutError
+        self._pool = client.connection_pool
+        self._callbacks: dict[str, Any] = dict(client.response_callbacks)
+        self._loop = asyncio.get_running_loop()
+        self._timeout = socket_timeout
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._scheduled = False
+        self._pipes: list[_Pipe] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+        # counters for stats()
+        self.commands = 0
+        self.batches = 0
+        self.max_depth = 0
+        self.errors = 0
+
+    # -- the caller's side ---------------------------------------------------------
+    async def execute(self, *args: Any) -> Any:
+        """Send one command in the current tick's batch and wait for its reply."""
+        if self.closed:
+            raise self._connection_error("the auto-pipeline of this event loop is closed")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._queue.append((args, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+        reply = await fut
+        callback = self._callbacks.get(args[0]) if isinstance(args[0], str) else None
+        return reply if callback is None else callback(reply)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(p.fifo) + len(p.pending) for p in self._pipes) + len(self._queue)
+
+    @property
+    def connections(self) -> int:
+        return len(self._pipes)
+
+    # -- batching ------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._scheduled = False
+        batch = [item for item in self._queue if not item[1].done()]
+        self._queue = []
+        if not batch:
+            return
+        self.batches += 1
+        self.commands += len(batch)
+        pipe = self._pick()
+        if pipe is None:
+            pipe = _Pipe()
+            pipe.pending = batch
+            self._pipes.append(pipe)
+            self._spawn(self._open(pipe))
+        elif pipe.conn is None:
+            pipe.pending.extend(batch)
+        else:
+            self._write(pipe, batch)
+
+    def _pick(self) -> _Pipe | None:
+        """The connection for the next batch; None: open another one."""
+        best: _Pipe | None = None
+        for pipe in self._pipes:
+            if pipe.conn is None or not pipe.fifo:
+                return pipe  # being opened (join its first batch), or free
+            if best is None or len(pipe.fifo) < len(best.fifo):
+                best = pipe
+        if best is None:
+            return None
+        if len(best.fifo) >= _DEPTH_BEFORE_NEW_CONNECTION and self._pool.sk_has_room():
+            return None
+        return best
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _open(self, pipe: _Pipe) -> None:
+        try:
+            conn = await self._pool.get_connection()
+        except BaseException as exc:
+            self._pipes.remove(pipe)
+            batch, pipe.pending = pipe.pending, []
+            self._fail([f for _, f in batch], exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        pipe.conn = conn
+        batch, pipe.pending = pipe.pending, []
+        self._write(pipe, batch)
+        if not pipe.fifo and pipe.reader is None:  # every caller left meanwhile
+            self._pipes.remove(pipe)
+            await self._pool.release(conn)
+
+    def _write(self, pipe: _Pipe, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        conn = pipe.conn
+        chunks: list[bytes] = []
+        futures: list[asyncio.Future[Any]] = []
+        for args, fut in batch:
+            if fut.done():
+                continue  # cancelled before it was sent: never sent
+            try:
+                chunks.extend(conn.pack_command(*args))
+            except Exception as exc:  # a value redis-py cannot encode: that caller's
+                fut.set_exception(exc)
+                continue
+            futures.append(fut)
+        if not futures:
+            return
+        writer = conn._writer
+        if writer is None or writer.transport.is_closing():
+            self._fail(futures, self._connection_error("Connection closed before write"))
+            return
+        try:
+            writer.writelines(chunks)
+        except Exception as exc:
+            self._fail(futures, exc)
+            return
+        pipe.fifo.extend(futures)
+        depth = len(pipe.fifo)
+        if depth > self.max_depth:
+            self.max_depth = depth
+        if pipe.reader is None:
+            pipe.reader = self._spawn(self._read(pipe))
+
+    async def _read(self, pipe: _Pipe) -> None:
+        conn = pipe.conn
+        parser = conn._parser
+        fifo = pipe.fifo
+        loop = self._loop
+        error_type = self._response_error
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while fifo:
+                    deadline.reschedule(loop.time() + self._timeout)
+                    reply = await parser.read_response()
+                    fut = fifo.popleft()
+                    if fut.done():
+                        continue  # its caller was cancelled: the reply is dropped
+                    if isinstance(reply, error_type):
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(reply)
+        except BaseException as exc:
+            self._pipes.remove(pipe)
+            failed = list(fifo)
+            fifo.clear()
+            if isinstance(exc, TimeoutError):
+                exc = self._timeout_error(f"Timeout reading from {conn.host}:{conn.port}")
+            self._fail(failed, exc)
+            try:  # never reuse a connection whose replies are out of step
+                await conn.disconnect(nowait=True)
+                await self._pool.release(conn)
+            finally:
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            return
+        # every reply read: give the connection back to the pool
+        self._pipes.remove(pipe)
+        pipe.reader = None
+        await self._pool.release(conn)
+
+    def _fail(self, futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
+        if not isinstance(exc, Exception):  # cancellation of the pipeline's own task
+            exc = self._connection_error(f"the auto-pipeline stopped ({exc!r})")
+        for fut in futures:
+            if not fut.done():
+                self.errors += 1
+                fut.set_exception(exc)
+
+    # -- shutdown --------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Fail what is queued, stop the readers; the pool closes the connections."""
+        self.closed = True
+        queued, self._queue = self._queue, []
+        self._fail([f for _, f in queued], self._connection_error("the backend was closed"))
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
