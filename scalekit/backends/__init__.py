@@ -83,6 +83,13 @@ _SCHEMES: dict[str, _Scheme] = {
 }
 
 
+_KINDS: dict[Callable[[str], Any], str] = {
+    int: "an integer",
+    float: "a number (seconds)",
+    _REDIS_URL_PARSERS["autopipeline"]: "true or false",
+}
+
+
 def parse_backend_url(url: str) -> tuple[str, dict[str, Any]]:
     """``(scheme, options)`` of a backend URL, each option parsed to its type.
 
@@ -117,8 +124,9 @@ def parse_backend_url(url: str) -> tuple[str, dict[str, Any]]:
         try:
             options[name] = parser(raw)
         except ValueError:
+            kind = _KINDS.get(parser, "valid")
             raise ConfigurationError(
-                f"option {name!r} in a {scheme}:// URL has an invalid value {raw!r}"
+                f"{name} must be {kind} in a {scheme}:// URL, got {raw!r}"
             ) from None
     return scheme, options
 

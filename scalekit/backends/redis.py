@@ -55,7 +55,7 @@ DEFAULT_TIMEOUT = 0.25
 #: connection while the server is busy with everyone else's
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_MAX_CONNECTIONS = 16
-DEFAULT_POOL_TIMEOUT = 1.0
+DEFAULT_POOL_TIMEOUT = 5.0  # the pools' own acquire_timeout default
 DEFAULT_MAX_IDLE = 300.0
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 #: URL options this backend applies itself (the rest are redis-py's)
@@ -182,7 +182,7 @@ class RedisBackend:
     ``socket_timeout`` (0.25 s): the longest wait for a reply; ``connect_timeout``
     (1 s): the longest wait to open a connection.
 
-    ``max_connections`` (16) / ``pool_timeout`` (1 s): each client (the sync one,
+    ``max_connections`` (16) / ``pool_timeout`` (5 s): each client (the sync one,
     and one per event loop) holds at most ``max_connections`` connections; a caller
     finding them all busy waits up to ``pool_timeout`` and then fails with
     :class:`~scalekit.errors.BackendError`. Size it so that processes x event loops
