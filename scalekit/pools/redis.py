@@ -21,9 +21,12 @@ redis-py opens connections on demand.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -196,7 +199,6 @@ def _async_pool_class() -> Any:
     if "async" in _CLASSES:
         return _CLASSES["async"]
     redis = _import_redis()
-    no_connection = redis.exceptions.ConnectionError
 
     base: Any = redis.asyncio.BlockingConnectionPool
 
@@ -210,41 +212,87 @@ def _async_pool_class() -> Any:
             **kwargs: Any,
         ) -> None:
             self._sk_setup(sk_settings, sk_clock, sk_rng)
+            self._sk_queue: deque[asyncio.Future[Any]] = deque()
             super().__init__(**kwargs)
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            """A connection, waiting in FIFO order (no barging) up to ``acquire_timeout``.
+
+            redis-py's own blocking pool wakes waiters through a condition whose lock a
+            task releasing and re-acquiring in a loop wins again and again: under a
+            steady load the oldest waiters starve until their timeout. Here a released
+            connection goes straight to the oldest waiter.
+            """
             self._sk_check_pid()
             c = self.sk_counters
             now = self._sk_now
             start = now()
-            c.waiters += 1
-            try:
-                connection = await super().get_connection(*args, **kwargs)
-            except no_connection as exc:
-                if str(exc) != _NO_CONNECTION:
-                    raise
-                c.waited(now() - start)
-                raise self._sk_exhausted() from None
-            finally:
-                c.waiters -= 1
+            if self._sk_queue or not self.sk_has_room():
+                connection = await self._sk_wait(start)
+            else:
+                connection = self._sk_checkout()
             t = now()
             try:
+                await self.ensure_connection(connection)
                 if self._sk_expired(connection, t):
                     await connection.disconnect()
                     await connection.connect()
             except BaseException:
-                await super().release(connection)
+                self._sk_hand_over(connection, now())
                 raise
             c.waited(t - start)
             c.acquired += 1
             c.in_use += 1
             return connection
 
+        async def _sk_wait(self, start: float) -> Any:
+            c = self.sk_counters
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._sk_queue.append(fut)
+            c.waiters += 1
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await fut
+            except TimeoutError:
+                if fut.done() and not fut.cancelled():
+                    return fut.result()  # handed over as the timeout fired
+                c.waited(self._sk_now() - start)
+                raise self._sk_exhausted() from None
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._sk_hand_over(fut.result(), self._sk_now())  # to the next one
+                raise
+            finally:
+                c.waiters -= 1
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._sk_queue.remove(fut)
+
+        def _sk_checkout(self) -> Any:
+            try:
+                connection = self._available_connections.pop()
+            except IndexError:
+                connection = self.make_connection()
+            self._in_use_connections.add(connection)
+            return connection
+
+        def _sk_hand_over(self, connection: Any, now: float) -> None:
+            """Give ``connection`` to the oldest waiter, else back to the pool."""
+            connection._sk_released = now
+            queue = self._sk_queue
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(connection)  # stays in use, now the waiter's
+                    return
+            self._in_use_connections.discard(connection)
+            self._available_connections.append(connection)
+
         async def release(self, connection: Any) -> None:
             self.sk_counters.in_use -= 1
             now = self._sk_now()
-            connection._sk_released = now
-            await super().release(connection)
+            self._sk_hand_over(connection, now)
             stale = self._sk_idle_expired(self._available_connections, now)
             for c in stale:  # out of reach of other tasks while they are closed
                 self._available_connections.remove(c)
