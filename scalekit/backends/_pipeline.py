@@ -60,7 +60,7 @@ class AutoPipeline:
         self._connection_error: type[Exception] = redis.exceptions.ConnectionError
         self._timeout_error: type[Exception] = redis.exceptions.TimeoutError
         self._pool = client.connection_pool
-        self._callbacks: dict[str, Any] = dict(client.response_callbacks)
+        self._callbacks: Any = client.response_callbacks  # case-insensitive, like redis-py
         self._loop = asyncio.get_running_loop()
         self._timeout = socket_timeout
         self._queue: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []

@@ -392,7 +392,8 @@ class RedisBackend:
                 pipeline = AutoPipeline(client, self.socket_timeout)
         state = _LoopClient(client, pipeline)
         self._loops[loop] = state
-        self._watch_loop(state)
+        if not getattr(loop, "_asyncgens_shutdown_called", False):
+            self._watch_loop(state)  # (else the loop is ending: aclose() or the GC closes it)
         return state
 
     def _watch_loop(self, state: _LoopClient) -> None:
@@ -555,7 +556,13 @@ class RedisBackend:
         if pending is None:
             pending = asyncio.ensure_future(pipeline.execute("SCRIPT", "LOAD", script.source))
             self._script_loads[key] = pending
-            pending.add_done_callback(lambda _: self._script_loads.pop(key, None))
+
+            def done(f: asyncio.Future[Any]) -> None:
+                self._script_loads.pop(key, None)
+                if not f.cancelled():
+                    f.exception()  # retrieved: every waiter may have been cancelled
+
+            pending.add_done_callback(done)
         await asyncio.shield(pending)
 
     def execute(self, *command: Any) -> Any:
