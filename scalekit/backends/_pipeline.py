@@ -8,7 +8,7 @@ technique, built here on redis-py's ``Connection`` so that TLS, unix sockets, AU
 SELECT and the RESP parser stay redis-py's).
 
 Connections come from the backend's bounded pool (:mod:`scalekit.pools.redis`) and
-go back to it as soon as every reply on them has been read. A batch goes to a free
+go back to it once idle for half a second (at once if others wait for one). A batch goes to a free
 connection, else to one still being opened, else to a new one while the pool has
 room, else behind the shortest queue of replies: a burst of any size needs one
 connection, and never more than the pool's bound.
@@ -36,18 +36,50 @@ __all__ = ["AutoPipeline"]
 
 #: queue behind a busy connection rather than open another, up to this many replies
 _DEPTH_BEFORE_NEW_CONNECTION = 256
+#: seconds an idle connection stays with the pipeline before going back to the pool
+#: (at once when the pool has waiters)
+_LINGER = 0.5
+
+
+def _packer(data_error: type[Exception]) -> Any:
+    """RESP encoding of one command, as redis-py's encoder does it for UTF-8 clients
+    (bytes as is, str as UTF-8, int and float by ``repr``; bool and others refused
+    with redis-py's ``DataError``), in one pass and one bytes object."""
+
+    def pack(args: tuple[Any, ...]) -> bytes:
+        first = args[0]
+        if isinstance(first, str) and " " in first:  # "SCRIPT LOAD": two words
+            args = (*first.split(), *args[1:])
+        out = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, str):
+                a = a.encode()
+            elif isinstance(a, bytes | memoryview):
+                pass
+            elif isinstance(a, bool) or not isinstance(a, int | float):
+                raise data_error(
+                    f"Invalid input of type: '{type(a).__name__}'. "
+                    "Convert to a bytes, string, int or float first."
+                )
+            else:
+                a = repr(a).encode()
+            out.append(b"$%d\r\n%b\r\n" % (len(a), a))
+        return b"".join(out)
+
+    return pack
 
 
 class _Pipe:
     """One pooled connection lent to the pipeline, and the callers waiting on it."""
 
-    __slots__ = ("conn", "fifo", "pending", "reader")
+    __slots__ = ("conn", "fifo", "pending", "reader", "wakeup")
 
     def __init__(self) -> None:
         self.conn: Any = None  # None while being acquired / connected
         self.fifo: deque[asyncio.Future[Any]] = deque()
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self.reader: asyncio.Task[None] | None = None
+        self.wakeup: asyncio.Future[None] | None = None  # set while the reader idles
 
 
 class AutoPipeline:
@@ -60,6 +92,13 @@ class AutoPipeline:
         self._connection_error: type[Exception] = redis.exceptions.ConnectionError
         self._timeout_error: type[Exception] = redis.exceptions.TimeoutError
         self._pool = client.connection_pool
+        kwargs = self._pool.connection_kwargs
+        utf8 = str(kwargs.get("encoding", "utf-8")).lower().replace("_", "-") in ("utf-8", "utf8")
+        self._pack: Any = (
+            _packer(redis.exceptions.DataError)
+            if utf8 and kwargs.get("encoding_errors", "strict") == "strict"
+            else None  # another encoding: redis-py's own packer
+        )
         self._callbacks: Any = client.response_callbacks  # case-insensitive, like redis-py
         self._loop = asyncio.get_running_loop()
         self._timeout = socket_timeout
@@ -155,14 +194,18 @@ class AutoPipeline:
 
     def _write(self, pipe: _Pipe, batch: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         conn = pipe.conn
+        pack = self._pack
         chunks: list[bytes] = []
         futures: list[asyncio.Future[Any]] = []
         for args, fut in batch:
             if fut.done():
                 continue  # cancelled before it was sent: never sent
             try:
-                chunks.extend(conn.pack_command(*args))
-            except Exception as exc:  # a value redis-py cannot encode: that caller's
+                if pack is not None:
+                    chunks.append(pack(args))
+                else:
+                    chunks.extend(conn.pack_command(*args))
+            except Exception as exc:  # a value that cannot be encoded: that caller's
                 fut.set_exception(exc)
                 continue
             futures.append(fut)
@@ -173,7 +216,7 @@ class AutoPipeline:
             self._fail(futures, self._connection_error("Connection closed before write"))
             return
         try:
-            writer.writelines(chunks)
+            writer.write(b"".join(chunks))
         except Exception as exc:
             self._fail(futures, exc)
             return
@@ -183,27 +226,20 @@ class AutoPipeline:
             self.max_depth = depth
         if pipe.reader is None:
             pipe.reader = self._spawn(self._read(pipe))
+        elif pipe.wakeup is not None and not pipe.wakeup.done():
+            pipe.wakeup.set_result(None)
 
     async def _read(self, pipe: _Pipe) -> None:
+        """Read replies in order for as long as there are any, then linger idle
+        (``_LINGER`` s, holding the connection so that the next batch needs no pool
+        round trip) unless the pool has waiters; then give the connection back."""
         conn = pipe.conn
-        parser = conn._parser
-        fifo = pipe.fifo
-        loop = self._loop
-        error_type = self._response_error
         try:
-            async with asyncio.timeout(None) as deadline:
-                while fifo:
-                    deadline.reschedule(loop.time() + self._timeout)
-                    reply = await parser.read_response()
-                    fut = fifo.popleft()
-                    if fut.done():
-                        continue  # its caller was cancelled: the reply is dropped
-                    if isinstance(reply, error_type):
-                        fut.set_exception(reply)
-                    else:
-                        fut.set_result(reply)
+            while not await self._read_some(pipe):
+                pass  # idle time ran out just as a batch arrived: keep reading
         except BaseException as exc:
             self._pipes.remove(pipe)
+            fifo = pipe.fifo
             failed = list(fifo)
             fifo.clear()
             if isinstance(exc, TimeoutError):
@@ -216,10 +252,48 @@ class AutoPipeline:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             return
-        # every reply read: give the connection back to the pool
+        # idle: give the connection back to the pool
         self._pipes.remove(pipe)
         pipe.reader = None
         await self._pool.release(conn)
+
+    async def _read_some(self, pipe: _Pipe) -> bool:
+        """Read until idle for ``_LINGER``; True when done, False if a batch came in
+        as the idle time ran out. Raises TimeoutError for a reply later than the
+        socket timeout."""
+        parser = pipe.conn._parser
+        fifo = pipe.fifo
+        loop = self._loop
+        error_type = self._response_error
+        pool = self._pool
+        idle = False
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    while fifo:
+                        deadline.reschedule(loop.time() + self._timeout)
+                        reply = await parser.read_response()
+                        fut = fifo.popleft()
+                        if fut.done():
+                            continue  # its caller was cancelled: the reply is dropped
+                        if isinstance(reply, error_type):
+                            fut.set_exception(reply)
+                        else:
+                            fut.set_result(reply)
+                    if self.closed or getattr(pool, "_sk_queue", None):
+                        return True  # others wait for a connection: no lingering
+                    idle = True
+                    deadline.reschedule(loop.time() + _LINGER)
+                    wakeup = pipe.wakeup = loop.create_future()
+                    try:
+                        await wakeup
+                    finally:
+                        pipe.wakeup = None
+                    idle = False
+        except TimeoutError:
+            if not idle:
+                raise
+            return not fifo
 
     def _fail(self, futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
         if not isinstance(exc, Exception):  # cancellation of the pipeline's own task

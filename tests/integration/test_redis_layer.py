@@ -23,7 +23,7 @@ from servers import RedisServer
 
 from scalekit.backends import RedisBackend, backend_from_url
 from scalekit.backends._lua import LuaScript
-from scalekit.errors import BackendError, ConcurrencyLimitExceeded
+from scalekit.errors import BackendDataError, BackendError, ConcurrencyLimitExceeded
 from scalekit.ratelimit import AsyncConcurrencyLimiter, AsyncRateLimiter
 from scalekit.resilience import CircuitBreaker
 
@@ -251,6 +251,21 @@ def test_cancelled_callers_never_corrupt_other_replies(redis_kind_server: RedisS
 
     run(main())
     admin.close()
+
+
+def test_a_value_that_cannot_be_encoded_fails_only_its_caller(redis_kind_url: str) -> None:
+    backend = RedisBackend(redis_kind_url)
+
+    async def main() -> None:
+        good = [backend.aexecute("ECHO", f"e{i}") for i in range(10)]
+        bad = backend.aexecute("SET", "k", None)  # type: ignore[arg-type]
+        results = await asyncio.gather(bad, *good, return_exceptions=True)
+        assert isinstance(results[0], BackendDataError)
+        assert results[1:] == [f"e{i}".encode() for i in range(10)]
+        assert await backend.aexecute("ECHO", b"\x00\xff") == b"\x00\xff"
+        assert await backend.aexecute("ECHO", 1.5) == b"1.5"
+
+    run(main())
 
 
 def test_noscript_inside_a_batch_loads_once_and_retries(redis_kind_url: str) -> None:
