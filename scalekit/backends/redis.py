@@ -55,6 +55,9 @@ DEFAULT_TIMEOUT = 0.25
 #: connection while the server is busy with everyone else's
 DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_MAX_CONNECTIONS = 16
+#: redis-py's cluster clients do not queue a caller beyond the bound (they fail it at
+#: once), so their default bound per node is wide enough for a burst
+DEFAULT_CLUSTER_MAX_CONNECTIONS = 1000
 DEFAULT_POOL_TIMEOUT = 5.0  # the pools' own acquire_timeout default
 DEFAULT_MAX_IDLE = 300.0
 _SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
@@ -185,7 +188,9 @@ class RedisBackend:
     ``max_connections`` (16) / ``pool_timeout`` (5 s): each client (the sync one,
     and one per event loop) holds at most ``max_connections`` connections; a caller
     finding them all busy waits up to ``pool_timeout`` and then fails with
-    :class:`~scalekit.errors.BackendError`. Size it so that processes x event loops
+    :class:`~scalekit.errors.BackendError`. On Redis Cluster the bound is per node
+    and defaults to 1,000: redis-py's cluster clients fail a caller beyond it at once
+    instead of queueing it. Size it so that processes x event loops
     x ``max_connections`` stays well below the server's ``maxclients`` (10,000 by
     default). ``max_idle`` (300 s): an asyncio client closes connections unused
     that long.
@@ -214,7 +219,7 @@ class RedisBackend:
         clock: Clock | Callable[[], float] | None = None,
         client: Any = None,
         async_client_factory: Callable[[], Any] | None = None,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections: int | None = None,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         max_idle: float | None = DEFAULT_MAX_IDLE,
         autopipeline: bool = True,
@@ -236,6 +241,11 @@ class RedisBackend:
         self.connect_timeout = _seconds("connect_timeout", connect_timeout)
         self.pool_timeout = _seconds("pool_timeout", pool_timeout)
         self.max_idle = None if max_idle is None else _seconds("max_idle", max_idle)
+        cluster = scheme.endswith("+cluster")
+        if max_connections is None:
+            max_connections = (
+                DEFAULT_CLUSTER_MAX_CONNECTIONS if cluster else DEFAULT_MAX_CONNECTIONS
+            )
         if (
             isinstance(max_connections, bool)
             or not isinstance(max_connections, int)
@@ -248,7 +258,7 @@ class RedisBackend:
             raise ConfigurationError(f"autopipeline must be True or False, got {autopipeline!r}")
         self.max_connections = max_connections
         self.url = url
-        self.cluster = scheme.endswith("+cluster")
+        self.cluster = cluster
         self.autopipeline = autopipeline and not self.cluster and async_client_factory is None
         self._client_url = self._driver_url(url)
         self.server_now: Callable[[], float] | None = None if clock is None else as_clock(clock).now

@@ -195,6 +195,21 @@ def test_cold_burst_through_a_shared_circuit_breaker(
     admin.close()
 
 
+def test_cold_burst_on_redis_cluster(redis_cluster_url: str) -> None:
+    """No auto-pipelining on a cluster; its per-node bound (1,000) holds a burst."""
+    backend = RedisBackend(redis_cluster_url)
+    assert not backend.autopipeline and backend.max_connections == 1000
+
+    async def main() -> tuple[int, dict[str, int]]:
+        limiter = AsyncRateLimiter(backend, "100/hour", prefix=f"cl{time.monotonic_ns()}")
+        decisions = await asyncio.gather(*(limiter.hit("user") for _ in range(BURST)))
+        return sum(d.allowed for d in decisions), limiter.stats()
+
+    allowed, stats = run(main())
+    assert allowed == 100
+    assert stats["degraded"] == 0 and stats["backend_errors"] == 0
+
+
 # -- the auto-pipeline's guarantees -------------------------------------------------------------
 
 
