@@ -338,8 +338,11 @@ def test_server_stopped_or_killed_mid_pipeline(redis_kind_server: RedisServer, h
 
 
 def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> None:
-    """A loop-lag probe ticks every 5 ms while 200 decisions wait on a stopped Redis."""
-    backend = RedisBackend(redis_server.url, socket_timeout=0.3, connect_timeout=0.3)
+    """A loop-lag probe ticks every 5 ms while 200 decisions wait on a stopped Redis.
+
+    Any blocking call to the stopped server would stall the loop for a whole socket
+    timeout (1 s); the bound below leaves room for a busy machine's scheduling."""
+    backend = RedisBackend(redis_server.url, socket_timeout=1.0, connect_timeout=1.0)
 
     async def main() -> float:
         limiter = AsyncRateLimiter(backend, "10/second")
@@ -358,7 +361,7 @@ def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> N
 
         with stopped(redis_server):
             task = asyncio.ensure_future(probe())
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(5):
                 await asyncio.gather(*(limiter.hit(f"k{i % 7}") for i in range(200)))
                 # the second round: the guard is cooling down, the backend is skipped
                 await asyncio.gather(*(limiter.hit("k") for _ in range(200)))
@@ -366,7 +369,7 @@ def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> N
             await task
         return worst
 
-    assert run(main()) < 0.1
+    assert run(main()) < 0.5
 
 
 def test_pool_exhausted_is_a_backend_error_within_pool_timeout(redis_kind_url: str) -> None:
