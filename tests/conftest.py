@@ -56,18 +56,25 @@ def _start(start: Callable[[], T]) -> T:
     pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a Redis server (``SCALEKIT_TEST_REDIS_URL`` or a private redis-server)."""
-    external = os.environ.get("SCALEKIT_TEST_REDIS_URL")
+def _served(env_var: str, start: Callable[[], RedisServer | RedisCluster]) -> Iterator[str]:
+    """The URL in ``env_var``, else of a server ``start()`` gives, stopped afterwards."""
+    external = os.environ.get(env_var)
     if external:
         yield external
         return
-    server = _start(lambda: RedisServer(tmp_path_factory.mktemp("redis")).start())
+    server = _start(start)
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis server (``SCALEKIT_TEST_REDIS_URL`` or a private redis-server)."""
+    yield from _served(
+        "SCALEKIT_TEST_REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis")).start()
+    )
 
 
 @pytest.fixture
@@ -99,15 +106,9 @@ def _kind_server(kind: RedisKind, directory: Path) -> RedisServer:
 
 
 def _kind_url(kind: RedisKind, factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get(f"SCALEKIT_TEST_{kind.upper()}_URL")
-    if external:
-        yield external
-        return
-    server = _start(lambda: _kind_server(kind, factory.mktemp(kind)))
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    yield from _served(
+        f"SCALEKIT_TEST_{kind.upper()}_URL", lambda: _kind_server(kind, factory.mktemp(kind))
+    )
 
 
 @pytest.fixture(scope="session")
@@ -157,15 +158,10 @@ def redis_kind_server(
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis+cluster://host:port`` of a 3-master Redis Cluster (env or local)."""
-    external = os.environ.get("SCALEKIT_TEST_REDIS_CLUSTER_URL")
-    if external:
-        yield external
-        return
-    cluster = _start(lambda: RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start())
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+    yield from _served(
+        "SCALEKIT_TEST_REDIS_CLUSTER_URL",
+        lambda: RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start(),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -495,40 +496,39 @@ class RedisBackend:
 
     def health(self) -> HealthReport:
         """PING through the sync client; never raises (the error is in the report)."""
-        from scalekit.pools.redis import redis_health_check
-
-        client = self.sync_client
-        if hasattr(getattr(client, "connection_pool", None), "stats"):
-            return redis_health_check(client)
-        return _plain_health(self._where, self.max_connections, client.ping)
+        start = time.monotonic()
+        try:
+            self.execute("PING")
+        except Exception as exc:
+            return self._report(self.sync_client, start, repr(exc))
+        return self._report(self.sync_client, start, None)
 
     async def ahealth(self) -> HealthReport:
         """PING through this loop's client (auto-pipelined when on); never raises."""
-        from scalekit.pools.redis import async_redis_health_check
-
         state = self._loop_client()
-        if state.pipeline is not None:
-            import time
+        start = time.monotonic()
+        try:
+            await self.aexecute("PING")
+        except Exception as exc:
+            return self._report(state.client, start, repr(exc))
+        return self._report(state.client, start, None)
 
-            from scalekit.pools.postgres import HealthReport
+    def _report(self, client: Any, start: float, error: str | None) -> HealthReport:
+        from scalekit.pools.postgres import HealthReport
 
-            start = time.monotonic()
-            error = None
-            try:
-                await self.aexecute("PING")
-            except Exception as exc:
-                error = repr(exc)
-            stats = state.client.connection_pool.stats()
-            return HealthReport(
-                name=stats.name,
-                ok=error is None,
-                latency=time.monotonic() - start,
-                error=error,
-                stats=stats,
+        latency = time.monotonic() - start
+        stats = getattr(getattr(client, "connection_pool", None), "stats", None)
+        if stats is not None:
+            snapshot: PoolStats = stats()
+        else:  # Redis Cluster or a client you brought: no pool of scalekit's
+            from scalekit.pools.metrics import PoolCounters
+
+            snapshot = PoolCounters().snapshot(
+                name=self._where, kind="redis", max_size=self.max_connections, size=0
             )
-        if hasattr(getattr(state.client, "connection_pool", None), "stats"):
-            return await async_redis_health_check(state.client)
-        return await _aplain_health(self._where, self.max_connections, state.client.ping)
+        return HealthReport(
+            name=self._where, ok=error is None, latency=latency, error=error, stats=snapshot
+        )
 
     # -- operations ------------------------------------------------------------
     def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -615,50 +615,3 @@ def _finish(agen: AsyncGenerator[None, None] | None) -> None:
         step.send(None)
     except (StopIteration, RuntimeError):
         pass
-
-
-def _empty_stats(name: str, max_size: int) -> PoolStats:
-    """Stats for a client not built on scalekit.pools (Redis Cluster, a client you bring)."""
-    from scalekit.pools.metrics import PoolCounters
-
-    return PoolCounters().snapshot(name=name, kind="redis", max_size=max_size, size=0)
-
-
-def _plain_health(where: str, max_size: int, ping: Callable[[], Any]) -> HealthReport:
-    import time
-
-    from scalekit.pools.postgres import HealthReport
-
-    start = time.monotonic()
-    error = None
-    try:
-        ping()
-    except Exception as exc:
-        error = repr(exc)
-    return HealthReport(
-        name=where,
-        ok=error is None,
-        latency=time.monotonic() - start,
-        error=error,
-        stats=_empty_stats(where, max_size),
-    )
-
-
-async def _aplain_health(where: str, max_size: int, ping: Callable[[], Any]) -> HealthReport:
-    import time
-
-    from scalekit.pools.postgres import HealthReport
-
-    start = time.monotonic()
-    error = None
-    try:
-        await ping()
-    except Exception as exc:
-        error = repr(exc)
-    return HealthReport(
-        name=where,
-        ok=error is None,
-        latency=time.monotonic() - start,
-        error=error,
-        stats=_empty_stats(where, max_size),
-    )

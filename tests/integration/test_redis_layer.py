@@ -389,6 +389,42 @@ def test_pool_exhausted_is_a_backend_error_within_pool_timeout(redis_kind_url: s
     run(main())
 
 
+def test_pool_waiters_are_served_in_arrival_order(redis_kind_url: str) -> None:
+    """A released connection goes to the oldest waiter: callers that release and take
+    again at once (a busy loop of commands) cannot starve one that waits."""
+    backend = RedisBackend(redis_kind_url, max_connections=1, autopipeline=False)
+
+    async def main() -> tuple[int, int]:
+        pool = backend.async_client().connection_pool
+        cycles = 0
+        served_at: list[int] = []
+        busy = asyncio.Event()
+
+        async def hot() -> None:
+            nonlocal cycles
+            for _ in range(200):
+                connection = await pool.get_connection()
+                cycles += 1
+                if cycles == 10:
+                    busy.set()
+                await asyncio.sleep(0)  # use it across a loop iteration
+                await pool.release(connection)  # ... and take it again at once
+
+        async def cold() -> None:
+            connection = await pool.get_connection()
+            served_at.append(cycles)
+            await pool.release(connection)
+
+        hot_tasks = [asyncio.ensure_future(hot()) for _ in range(3)]
+        await busy.wait()
+        start = cycles
+        await asyncio.gather(cold(), *hot_tasks)
+        return start, served_at[0]
+
+    start, served = run(main())
+    assert served - start <= 4  # behind the three hot callers at most, then served
+
+
 # -- lifetimes ---------------------------------------------------------------------------------
 
 
