@@ -193,8 +193,8 @@ class RedisBackend:
     and defaults to 1,000: redis-py's cluster clients fail a caller beyond it at once
     instead of queueing it. Size it so that processes x event loops
     x ``max_connections`` stays well below the server's ``maxclients`` (10,000 by
-    default). ``max_idle`` (300 s): an asyncio client closes connections unused
-    that long.
+    default). ``max_idle`` (300 s): a client closes connections unused that long
+    (when it is next used).
 
     ``autopipeline`` (True): asyncio commands issued in one loop tick share one
     write on one connection. Not applied to Redis Cluster (the commands of one tick

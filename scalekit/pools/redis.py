@@ -14,7 +14,7 @@ redis-py's ``BlockingConnectionPool``. It adds:
 ``pre_ping_after`` maps to redis-py's ``health_check_interval`` (a PING before a
 command on a connection idle that long). ``max_idle``: a connection that has sat in
 the pool that long is closed (checked when a connection is taken or given back, so an
-idle process keeps its sockets until its next command; asyncio clients only).
+idle process keeps its sockets until its next command).
 ``min_size`` does not apply:
 redis-py opens connections on demand.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import queue
 import random
 import threading
 from collections import deque
@@ -180,10 +181,33 @@ def _sync_pool_class() -> Any:
         def release(self, connection: Any) -> None:
             with self._sk_lock:
                 self.sk_counters.in_use -= 1
+            now = self._sk_now()
+            connection._sk_released = now
             super().release(connection)
+            if self._sk_max_idle is not None and now >= self._sk_next_sweep:
+                self._sk_sweep(now)
+
+        def _sk_sweep(self, now: float) -> None:
+            """Close the free connections idle for ``max_idle``: they are taken out of
+            the queue while closed (another thread finds it empty for that instant and
+            waits), then put back unconnected, to reconnect when next used."""
+            taken: list[Any] = []
+            with self._sk_lock:
+                try:
+                    while True:
+                        taken.append(self.pool.get_nowait())
+                except queue.Empty:
+                    pass
+                try:
+                    free = [c for c in taken if c is not None]
+                    for stale in self._sk_idle_expired(free, now):
+                        stale.disconnect()
+                finally:
+                    for c in reversed(taken):  # the LIFO order as it was
+                        self.pool.put_nowait(c)
 
         def stats(self) -> PoolStats:
-            size = len(self._connections)
+            size = sum(1 for c in list(self._connections) if self._sk_connected(c))
             return self.sk_counters.snapshot(
                 name=self.sk_settings.label,
                 kind="redis",

@@ -487,6 +487,19 @@ def test_health_reports_a_dead_server_without_raising() -> None:
     run(main())
 
 
+def test_idle_sync_connections_are_closed(redis_kind_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = RedisBackend(redis_kind_url, max_idle=0.05)
+    with ThreadPoolExecutor(8) as threads:
+        list(threads.map(lambda i: backend.execute("BLPOP", f"none{i}", "0.02"), range(16)))
+    assert backend.stats().connections > 1
+    time.sleep(0.1)  # the idleness under test, not a wait for an event
+    backend.execute("PING")  # a release sweeps the idle ones
+    assert backend.stats().connections == 1
+    backend.close()
+
+
 def test_idle_connections_are_closed(redis_kind_url: str) -> None:
     backend = RedisBackend(redis_kind_url, max_idle=0.05, autopipeline=False)
 
