@@ -72,14 +72,17 @@ def _packer(data_error: type[Exception]) -> Any:
 class _Pipe:
     """One pooled connection lent to the pipeline, and the callers waiting on it."""
 
-    __slots__ = ("conn", "fifo", "pending", "reader", "wakeup")
+    __slots__ = ("conn", "fifo", "pending", "progress", "reader", "timed_out", "wakeup", "watch")
 
     def __init__(self) -> None:
         self.conn: Any = None  # None while being acquired / connected
         self.fifo: deque[asyncio.Future[Any]] = deque()
         self.pending: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self.reader: asyncio.Task[None] | None = None
-        self.wakeup: asyncio.Future[None] | None = None  # set while the reader idles
+        self.wakeup: asyncio.Future[bool] | None = None  # set while the reader idles
+        self.progress = 0.0  # loop time of the last reply (or of the start of reading)
+        self.watch: asyncio.TimerHandle | None = None
+        self.timed_out = False
 
 
 class AutoPipeline:
@@ -227,22 +230,57 @@ class AutoPipeline:
         if pipe.reader is None:
             pipe.reader = self._spawn(self._read(pipe))
         elif pipe.wakeup is not None and not pipe.wakeup.done():
-            pipe.wakeup.set_result(None)
+            pipe.wakeup.set_result(True)
 
     async def _read(self, pipe: _Pipe) -> None:
         """Read replies in order for as long as there are any, then linger idle
         (``_LINGER`` s, holding the connection so that the next batch needs no pool
-        round trip) unless the pool has waiters; then give the connection back."""
+        round trip) unless the pool has waiters; then give the connection back.
+
+        Deadlines cost no timer per reply: each reply stamps ``pipe.progress`` and a
+        watchdog (:meth:`_watch`), armed once per socket timeout or idle period,
+        cancels the reader when no reply came for ``socket_timeout``."""
         conn = pipe.conn
+        parser = conn._parser
+        fifo = pipe.fifo
+        loop = self._loop
+        error_type = self._response_error
+        pool = self._pool
+        pipe.progress = loop.time()
+        pipe.watch = loop.call_at(pipe.progress + self._timeout, self._watch, pipe)
         try:
-            while not await self._read_some(pipe):
-                pass  # idle time ran out just as a batch arrived: keep reading
+            while True:
+                while fifo:
+                    reply = await parser.read_response()
+                    pipe.progress = loop.time()
+                    fut = fifo.popleft()
+                    if fut.done():
+                        continue  # its caller was cancelled: the reply is dropped
+                    if isinstance(reply, error_type):
+                        fut.set_exception(reply)
+                    else:
+                        fut.set_result(reply)
+                if self.closed or getattr(pool, "_sk_queue", None):
+                    break  # others wait for a connection: no lingering
+                wakeup = pipe.wakeup = loop.create_future()
+                pipe.watch.cancel()
+                pipe.watch = loop.call_at(pipe.progress + _LINGER, self._watch, pipe)
+                try:
+                    more = await wakeup
+                finally:
+                    pipe.wakeup = None
+                pipe.progress = loop.time()  # reading again: the deadline restarts
+                if not more:  # idle for _LINGER: the watchdog is no longer armed
+                    if not fifo:
+                        break
+                    # a batch was written as the idle time ran out: read it first
+                    pipe.watch = loop.call_at(pipe.progress + self._timeout, self._watch, pipe)
         except BaseException as exc:
+            pipe.watch.cancel()
             self._pipes.remove(pipe)
-            fifo = pipe.fifo
             failed = list(fifo)
             fifo.clear()
-            if isinstance(exc, TimeoutError):
+            if pipe.timed_out and isinstance(exc, asyncio.CancelledError):
                 exc = self._timeout_error(f"Timeout reading from {conn.host}:{conn.port}")
             self._fail(failed, exc)
             try:  # never reuse a connection whose replies are out of step
@@ -252,48 +290,30 @@ class AutoPipeline:
                 if isinstance(exc, asyncio.CancelledError):
                     raise
             return
-        # idle: give the connection back to the pool
+        pipe.watch.cancel()
         self._pipes.remove(pipe)
         pipe.reader = None
         await self._pool.release(conn)
 
-    async def _read_some(self, pipe: _Pipe) -> bool:
-        """Read until idle for ``_LINGER``; True when done, False if a batch came in
-        as the idle time ran out. Raises TimeoutError for a reply later than the
-        socket timeout."""
-        parser = pipe.conn._parser
-        fifo = pipe.fifo
-        loop = self._loop
-        error_type = self._response_error
-        pool = self._pool
-        idle = False
-        try:
-            async with asyncio.timeout(None) as deadline:
-                while True:
-                    while fifo:
-                        deadline.reschedule(loop.time() + self._timeout)
-                        reply = await parser.read_response()
-                        fut = fifo.popleft()
-                        if fut.done():
-                            continue  # its caller was cancelled: the reply is dropped
-                        if isinstance(reply, error_type):
-                            fut.set_exception(reply)
-                        else:
-                            fut.set_result(reply)
-                    if self.closed or getattr(pool, "_sk_queue", None):
-                        return True  # others wait for a connection: no lingering
-                    idle = True
-                    deadline.reschedule(loop.time() + _LINGER)
-                    wakeup = pipe.wakeup = loop.create_future()
-                    try:
-                        await wakeup
-                    finally:
-                        pipe.wakeup = None
-                    idle = False
-        except TimeoutError:
-            if not idle:
-                raise
-            return not fifo
+    def _watch(self, pipe: _Pipe) -> None:
+        """The reader's deadline: cancel it when a reply is ``socket_timeout`` late,
+        end its idle time after ``_LINGER``; else look again when either could be due."""
+        now = self._loop.time()
+        wakeup = pipe.wakeup
+        if wakeup is not None and not wakeup.done():  # idle
+            due = pipe.progress + _LINGER
+            if now >= due:
+                wakeup.set_result(False)
+                return
+        else:  # reading, or woken and about to read: the deadline restarts then
+            due = pipe.progress + self._timeout if wakeup is None else now + self._timeout
+            if now >= due:
+                if pipe.fifo and pipe.reader is not None:
+                    pipe.timed_out = True
+                    pipe.reader.cancel()
+                    return
+                due = now + self._timeout
+        pipe.watch = self._loop.call_at(due, self._watch, pipe)
 
     def _fail(self, futures: list[asyncio.Future[Any]], exc: BaseException) -> None:
         if not isinstance(exc, Exception):  # cancellation of the pipeline's own task
