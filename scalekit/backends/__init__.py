@@ -5,6 +5,11 @@ store it needs on top of it. Optional drivers are imported only here, when a
 backend is built, and a missing one raises :class:`~scalekit.errors.MissingDependency`
 naming the extra to install.
 
+One URL grammar for every primitive: a registry of schemes, each declaring the
+options its query string may carry. An unknown or misspelt option is refused with a
+:class:`~scalekit.errors.ConfigurationError` naming the allowed ones
+(:func:`parse_backend_url` does the parsing for anyone who needs it).
+
 =====================================  ====================================
 URL                                    backend
 =====================================  ====================================
@@ -15,17 +20,22 @@ URL                                    backend
 ``redis+cluster://host:port``          Redis Cluster (``rediss+cluster`` for TLS)
 =====================================  ====================================
 
-Redis URLs accept ``socket_timeout`` and ``connect_timeout`` (seconds) in the
-query string; both default to 0.25 s.
+Redis URLs accept ``socket_timeout``, ``connect_timeout``, ``pool_timeout`` and
+``max_idle`` (seconds), ``max_connections`` and ``autopipeline`` (``true`` /
+``false``), plus redis-py's ``db``, ``client_name``, ``health_check_interval``,
+``socket_keepalive``, ``protocol`` and ``ssl_*`` options.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
 from scalekit.backends.memory import MemoryBackend
-from scalekit.backends.redis import RedisBackend  # imports redis-py only when built
+from scalekit.backends.redis import URL_PARSERS as _REDIS_URL_PARSERS
+from scalekit.backends.redis import RedisBackend, RedisStats  # redis-py only when built
 from scalekit.errors import ConfigurationError
 
 __all__ = [
@@ -33,41 +43,98 @@ __all__ = [
     "BackendLike",
     "MemoryBackend",
     "RedisBackend",
-    "backend_from_url",
+    "RedisStats",
     "as_backend",
+    "backend_from_url",
+    "parse_backend_url",
 ]
 
 Backend: TypeAlias = MemoryBackend | RedisBackend
 BackendLike: TypeAlias = str | MemoryBackend | RedisBackend
 
 
-def backend_from_url(url: str, **options: Any) -> Backend:
-    """Build a backend from a URL; ``options`` go to the backend's constructor."""
+@dataclass(frozen=True, slots=True)
+class _Scheme:
+    """One URL scheme: how to build its backend and the options its query may carry."""
+
+    build: Callable[[str, dict[str, Any], dict[str, Any]], Backend]
+    options: Mapping[str, Callable[[str], Any]]
+
+
+def _build_memory(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
+    return MemoryBackend(**{**parsed, **options})
+
+
+def _build_redis(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
+    return RedisBackend.from_url(url, **options)
+
+
+_MEMORY = _Scheme(_build_memory, {"max_keys": int})
+_REDIS = _Scheme(_build_redis, _REDIS_URL_PARSERS)
+
+#: the scheme registry (limits' ``StorageRegistry`` is the model): scheme -> _Scheme
+_SCHEMES: dict[str, _Scheme] = {
+    "memory": _MEMORY,
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "unix": _REDIS,
+    "redis+cluster": _REDIS,
+    "rediss+cluster": _REDIS,
+}
+
+
+_KINDS: dict[Callable[[str], Any], str] = {
+    int: "an integer",
+    float: "a number (seconds)",
+    _REDIS_URL_PARSERS["autopipeline"]: "true or false",
+}
+
+
+def parse_backend_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``(scheme, options)`` of a backend URL, each option parsed to its type.
+
+    ``parse_backend_url("memory://?max_keys=5")`` -> ``("memory", {"max_keys": 5})``.
+    Raises :class:`~scalekit.errors.ConfigurationError` for an unknown scheme, an
+    option the scheme does not declare (the message lists the allowed ones), a
+    repeated option, or a value of the wrong type.
+    """
     if not isinstance(url, str):
         raise ConfigurationError(f"a backend URL must be a string, got {url!r}")
     parts = urlsplit(url)
     scheme = parts.scheme
-    if scheme == "memory":
-        query = dict(parse_qsl(parts.query))
-        unknown = set(query) - {"max_keys"}
-        if unknown:
+    spec = _SCHEMES.get(scheme)
+    if spec is None:
+        from scalekit.backends.redis import _redact
+
+        expected = ", ".join(f"{s}://" for s in _SCHEMES)
+        raise ConfigurationError(
+            f"unsupported backend URL {scheme + '://' if scheme else _redact(url)!r}; "
+            f"expected one of {expected}"
+        )
+    options: dict[str, Any] = {}
+    for name, raw in parse_qsl(parts.query, keep_blank_values=True):
+        parser = spec.options.get(name)
+        if parser is None:
+            allowed = ", ".join(sorted(spec.options)) or "none"
             raise ConfigurationError(
-                f"unknown option(s) {sorted(unknown)} in {url!r}; memory:// accepts max_keys"
+                f"unknown option {name!r} in a {scheme}:// URL; allowed: {allowed}"
             )
-        if "max_keys" in query:
-            try:
-                options.setdefault("max_keys", int(query["max_keys"]))
-            except ValueError:
-                raise ConfigurationError(
-                    f"max_keys must be an integer, got {query['max_keys']!r} in {url!r}"
-                ) from None
-        return MemoryBackend(**options)
-    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
-        return RedisBackend.from_url(url, **options)
-    raise ConfigurationError(
-        f"unsupported backend URL {scheme + '://' if scheme else url!r}; expected memory://, "
-        "redis://, rediss://, unix:// or redis+cluster://"
-    )
+        if name in options:
+            raise ConfigurationError(f"option {name!r} appears twice in a {scheme}:// URL")
+        try:
+            options[name] = parser(raw)
+        except ValueError:
+            kind = _KINDS.get(parser, "valid")
+            raise ConfigurationError(
+                f"{name} must be {kind} in a {scheme}:// URL, got {raw!r}"
+            ) from None
+    return scheme, options
+
+
+def backend_from_url(url: str, **options: Any) -> Backend:
+    """Build a backend from a URL; keyword ``options`` win over the URL's."""
+    scheme, parsed = parse_backend_url(url)
+    return _SCHEMES[scheme].build(url, parsed, options)
 
 
 def as_backend(backend: BackendLike) -> Backend:

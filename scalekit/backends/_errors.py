@@ -13,6 +13,8 @@ httpx's ``map_httpcore_exceptions``). It sorts driver failures into two kinds:
   the primitive resets or misses that key.
 
 ``NOSCRIPT`` is not mapped: the caller loads the script and retries.
+:class:`~scalekit.errors.PoolExhausted` (no connection of the bounded pool became
+free in time) is the backend's problem too: it becomes a ``BackendError``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from scalekit.errors import BackendDataError, BackendError
+from scalekit.errors import BackendDataError, BackendError, PoolExhausted
 
 __all__ = ["classify_redis_error", "map_redis_errors"]
 
@@ -61,6 +63,8 @@ def classify_redis_error(exc: BaseException, where: str) -> BackendError | Backe
 
     ``where`` names the server (a redacted URL) for the message.
     """
+    if isinstance(exc, PoolExhausted):
+        return BackendError(f"Redis at {where}: {exc}")
     ex = _redis()
     if isinstance(exc, ex.ResponseError) and not isinstance(
         exc, ex.NoScriptError | ex.ReadOnlyError | ex.OutOfMemoryError | ex.NoPermissionError

@@ -12,15 +12,22 @@ redis-py's ``BlockingConnectionPool``. It adds:
   PostgreSQL: ``client.connection_pool.stats()`` or :func:`pool_stats`.
 
 ``pre_ping_after`` maps to redis-py's ``health_check_interval`` (a PING before a
-command on a connection idle that long). ``min_size`` and ``max_idle`` do not apply:
-redis-py opens connections on demand and keeps them.
+command on a connection idle that long). ``max_idle``: a connection that has sat in
+the pool that long is closed (checked when a connection is taken or given back, so an
+idle process keeps its sockets until its next command).
+``min_size`` does not apply:
+redis-py opens connections on demand.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import queue
 import random
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +70,29 @@ class _Lifetimes:
         self._sk_now = as_clock(clock).now
         self._sk_rng = rng if rng is not None else random.Random()
         self._sk_lifetime = settings.seconds("max_lifetime")
+        self._sk_max_idle = settings.seconds("max_idle")
+        self._sk_next_sweep = 0.0
         self._sk_pid = os.getpid()
+
+    def _sk_idle_expired(self, idle: list[Any], now: float) -> list[Any]:
+        """The connections of ``idle`` (free, in the pool) unused for ``max_idle``.
+
+        Runs at most four times per ``max_idle``; a connection is stamped when given back.
+        """
+        max_idle = self._sk_max_idle
+        if max_idle is None or now < self._sk_next_sweep:
+            return []
+        self._sk_next_sweep = now + max_idle / 4
+        limit = now - max_idle
+        return [
+            c for c in idle if getattr(c, "_sk_released", now) <= limit and self._sk_connected(c)
+        ]
+
+    @staticmethod
+    def _sk_connected(connection: Any) -> bool:
+        return getattr(connection, "_sock", None) is not None or (
+            getattr(connection, "_writer", None) is not None
+        )
 
     def _sk_expired(self, connection: Any, now: float) -> bool:
         """Stamp a new connection; True (and restamp) when an old one must be replaced."""
@@ -152,10 +181,33 @@ def _sync_pool_class() -> Any:
         def release(self, connection: Any) -> None:
             with self._sk_lock:
                 self.sk_counters.in_use -= 1
+            now = self._sk_now()
+            connection._sk_released = now
             super().release(connection)
+            if self._sk_max_idle is not None and now >= self._sk_next_sweep:
+                self._sk_sweep(now)
+
+        def _sk_sweep(self, now: float) -> None:
+            """Close the free connections idle for ``max_idle``: they are taken out of
+            the queue while closed (another thread finds it empty for that instant and
+            waits), then put back unconnected, to reconnect when next used."""
+            taken: list[Any] = []
+            with self._sk_lock:
+                try:
+                    while True:
+                        taken.append(self.pool.get_nowait())
+                except queue.Empty:
+                    pass
+                try:
+                    free = [c for c in taken if c is not None]
+                    for stale in self._sk_idle_expired(free, now):
+                        stale.disconnect()
+                finally:
+                    for c in reversed(taken):  # the LIFO order as it was
+                        self.pool.put_nowait(c)
 
         def stats(self) -> PoolStats:
-            size = len(self._connections)
+            size = sum(1 for c in list(self._connections) if self._sk_connected(c))
             return self.sk_counters.snapshot(
                 name=self.sk_settings.label,
                 kind="redis",
@@ -171,7 +223,6 @@ def _async_pool_class() -> Any:
     if "async" in _CLASSES:
         return _CLASSES["async"]
     redis = _import_redis()
-    no_connection = redis.exceptions.ConnectionError
 
     base: Any = redis.asyncio.BlockingConnectionPool
 
@@ -185,42 +236,112 @@ def _async_pool_class() -> Any:
             **kwargs: Any,
         ) -> None:
             self._sk_setup(sk_settings, sk_clock, sk_rng)
+            self._sk_queue: deque[asyncio.Future[Any]] = deque()
             super().__init__(**kwargs)
 
         async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+            """A connection, waiting in FIFO order (no barging) up to ``acquire_timeout``.
+
+            redis-py's own blocking pool wakes waiters through a condition whose lock a
+            task releasing and re-acquiring in a loop wins again and again: under a
+            steady load the oldest waiters starve until their timeout. Here a released
+            connection goes straight to the oldest waiter.
+            """
             self._sk_check_pid()
             c = self.sk_counters
             now = self._sk_now
             start = now()
-            c.waiters += 1
-            try:
-                connection = await super().get_connection(*args, **kwargs)
-            except no_connection as exc:
-                if str(exc) != _NO_CONNECTION:
-                    raise
-                c.waited(now() - start)
-                raise self._sk_exhausted() from None
-            finally:
-                c.waiters -= 1
+            if self._sk_queue or not self.sk_has_room():
+                connection = await self._sk_wait(start)
+            else:
+                connection = self._sk_checkout()
             t = now()
             try:
+                await self.ensure_connection(connection)
                 if self._sk_expired(connection, t):
                     await connection.disconnect()
                     await connection.connect()
             except BaseException:
-                await super().release(connection)
+                self._sk_hand_over(connection, now())
                 raise
             c.waited(t - start)
             c.acquired += 1
             c.in_use += 1
             return connection
 
+        async def _sk_wait(self, start: float) -> Any:
+            c = self.sk_counters
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._sk_queue.append(fut)
+            c.waiters += 1
+            try:
+                async with asyncio.timeout(self.timeout):
+                    return await fut
+            except TimeoutError:
+                if fut.done() and not fut.cancelled():
+                    return fut.result()  # handed over as the timeout fired
+                c.waited(self._sk_now() - start)
+                raise self._sk_exhausted() from None
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._sk_hand_over(fut.result(), self._sk_now())  # to the next one
+                raise
+            finally:
+                c.waiters -= 1
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._sk_queue.remove(fut)
+
+        def _sk_checkout(self) -> Any:
+            try:
+                connection = self._available_connections.pop()
+            except IndexError:
+                connection = self.make_connection()
+            self._in_use_connections.add(connection)
+            return connection
+
+        def _sk_hand_over(self, connection: Any, now: float) -> None:
+            """Give ``connection`` to the oldest waiter, else back to the pool."""
+            connection._sk_released = now
+            queue = self._sk_queue
+            while queue:
+                fut = queue.popleft()
+                if not fut.done():
+                    fut.set_result(connection)  # stays in use, now the waiter's
+                    return
+            self._in_use_connections.discard(connection)
+            self._available_connections.append(connection)
+
         async def release(self, connection: Any) -> None:
             self.sk_counters.in_use -= 1
-            await super().release(connection)
+            now = self._sk_now()
+            self._sk_hand_over(connection, now)
+            stale = self._sk_idle_expired(self._available_connections, now)
+            for c in stale:  # out of reach of other tasks while they are closed
+                self._available_connections.remove(c)
+            for c in stale:
+                try:
+                    await c.disconnect(nowait=True)
+                finally:
+                    self._available_connections.insert(0, c)  # reconnects when next used
+
+        def sk_has_room(self) -> bool:
+            """True if a connection can be had now without waiting."""
+            return bool(self._available_connections) or (
+                len(self._in_use_connections) < self.max_connections
+            )
+
+        def sk_open_connections(self) -> int:
+            """Connections of this pool with an open socket."""
+            return sum(
+                1
+                for c in (*self._available_connections, *self._in_use_connections)
+                if self._sk_connected(c)
+            )
 
         def stats(self) -> PoolStats:
-            size = len(self._available_connections) + len(self._in_use_connections)
+            size = self.sk_open_connections()
             return self.sk_counters.snapshot(
                 name=self.sk_settings.label,
                 kind="redis",
@@ -275,7 +396,7 @@ def redis_client(
 
     kwargs = _pool_kwargs(settings) | {"sk_clock": clock, "sk_rng": rng} | options
     pool = _sync_pool_class().from_url(settings.url, **kwargs)
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)  # close() closes the pool too
 
 
 def async_redis_client(
@@ -293,7 +414,7 @@ def async_redis_client(
     redis = _import_redis()
     kwargs = _pool_kwargs(settings) | {"sk_clock": clock, "sk_rng": rng} | options
     pool = _async_pool_class().from_url(settings.url, **kwargs)
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # aclose() closes the pool too
 
 
 def pool_stats(client: Any) -> PoolStats:

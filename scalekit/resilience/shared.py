@@ -210,16 +210,15 @@ class SharedState:
 
     # -- outage policy --------------------------------------------------------------------
     def _down(self, exc: BackendError | None) -> None:
-        if exc is not None:
-            self._guard.failure(exc)
-            if self.on_backend_error == "local" and self._state is State.OPEN:
-                b = self._b
-                left = self._until - self._now()
-                if left > 0:
-                    with b._lock:
-                        if b._m.state is State.CLOSED:
-                            b._m.force_open(self._now(), left)
-                        b._m.transitions.clear()
+        """After a failure (the guard has counted it) or while Redis is skipped (None)."""
+        if exc is not None and self.on_backend_error == "local" and self._state is State.OPEN:
+            b = self._b
+            left = self._until - self._now()
+            if left > 0:
+                with b._lock:
+                    if b._m.state is State.CLOSED:
+                        b._m.force_open(self._now(), left)
+                    b._m.transitions.clear()
 
     def _local_admit(self) -> tuple[int, float]:
         policy = self.on_backend_error
@@ -255,41 +254,43 @@ class SharedState:
         b._emit(events)
 
     def _early(self) -> tuple[int, float] | None:
-        """The admission decided without Redis (outage or cached view), or None."""
-        guard = self._guard
-        if guard._until is not None and guard.skip():
-            return self._local_admit()  # Redis is down: the outage policy decides
-        return self._cached()
+        """The admission decided by the cached view, or None (while Redis is being
+        skipped the guard's degraded answer decides instead)."""
+        return self._cached() if self._guard._until is None else None
 
     def _admit_args(self) -> list[str]:
         return self._args(f"{self._owner}:{next(self._ids)}")
+
+    def _admitted(self, reply: Any) -> tuple[int, float]:
+        return self._decision(*self._apply(reply))
+
+    def _admit_down(self, exc: BackendError | None) -> tuple[int, float]:
+        self._down(exc)
+        return self._local_admit()
 
     # -- the driver's calls (sync) ------------------------------------------------------------
     def admit(self) -> tuple[int, float]:
         early = self._early()
         if early is not None:
             return early
-        try:
-            reply = self.backend.evalsha(self._scripts["admit"], self._keys, self._admit_args())
-        except BackendError as exc:
-            self._down(exc)
-            return self._local_admit()
-        self._guard.success()
-        return self._decision(*self._apply(reply))
+        return self._guard.call(
+            lambda: self._admitted(
+                self.backend.evalsha(self._scripts["admit"], self._keys, self._admit_args())
+            ),
+            self._admit_down,
+        )
 
     def record(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
         if ticket < 0:
             self._local_record(kind, ticket, outcome, slow)
             return
         args = self._record_args(kind, ticket, outcome, slow)
-        if self._guard.skip():
-            return
-        try:
-            reply = self.backend.evalsha(self._scripts["record"], self._keys, args)
-        except BackendError as exc:
-            self._down(exc)
-            return
-        self._guard.success()
+        self._guard.call(
+            lambda: self._recorded(self.backend.evalsha(self._scripts["record"], self._keys, args)),
+            self._down,
+        )
+
+    def _recorded(self, reply: Any) -> None:
         self._apply(reply)
 
     def control(self, action: str, duration: float | None) -> None:
@@ -323,30 +324,25 @@ class SharedState:
         early = self._early()
         if early is not None:
             return early
-        try:
+
+        async def remote() -> tuple[int, float]:
             reply = await self.backend.aevalsha(
                 self._scripts["admit"], self._keys, self._admit_args()
             )
-        except BackendError as exc:
-            self._down(exc)
-            return self._local_admit()
-        self._guard.success()
-        return self._decision(*self._apply(reply))
+            return self._admitted(reply)
+
+        return await self._guard.acall(remote, self._admit_down)
 
     async def arecord(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
         if ticket < 0:
             self._local_record(kind, ticket, outcome, slow)
             return
         args = self._record_args(kind, ticket, outcome, slow)
-        if self._guard.skip():
-            return
-        try:
-            reply = await self.backend.aevalsha(self._scripts["record"], self._keys, args)
-        except BackendError as exc:
-            self._down(exc)
-            return
-        self._guard.success()
-        self._apply(reply)
+
+        async def remote() -> None:
+            self._recorded(await self.backend.aevalsha(self._scripts["record"], self._keys, args))
+
+        await self._guard.acall(remote, self._down)
 
     # -- reading -------------------------------------------------------------------------------
     def state(self) -> State:

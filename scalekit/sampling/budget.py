@@ -357,16 +357,13 @@ class Budget(Generic[T]):
         store = self._store
         if store.local:
             o = store.decide(scope, u, self.period, self.target, self.expected, self.warmup)
-        else:
-            if self._guard.skip():
-                return self._degraded(scope, u)
-            try:
-                o = store.decide(scope, u, self.period, self.target, self.expected, self.warmup)
-            except BackendError as exc:
-                self._guard.failure(exc)
-                return self._degraded(scope, u)
-            self._guard.success()
-        return o[0], o[1], self._detail(o, scope)
+            return o[0], o[1], self._detail(o, scope)
+
+        def remote() -> tuple[bool, float, str]:
+            o = store.decide(scope, u, self.period, self.target, self.expected, self.warmup)
+            return o[0], o[1], self._detail(o, scope)
+
+        return self._guard.call(remote, lambda _: self._degraded(scope, u))
 
     async def adecide(self, item: T) -> tuple[bool, float, str]:
         store = self._store
@@ -375,15 +372,12 @@ class Budget(Generic[T]):
         assert isinstance(store, _RedisBudgetStore)
         scope = self._scope(item)
         u = self._draw(item)
-        if self._guard.skip():
-            return self._degraded(scope, u)
-        try:
+
+        async def remote() -> tuple[bool, float, str]:
             o = await store.adecide(scope, u, self.period, self.target, self.expected, self.warmup)
-        except BackendError as exc:
-            self._guard.failure(exc)
-            return self._degraded(scope, u)
-        self._guard.success()
-        return o[0], o[1], self._detail(o, scope)
+            return o[0], o[1], self._detail(o, scope)
+
+        return await self._guard.acall(remote, lambda _: self._degraded(scope, u))
 
     def refund(self, item: T) -> None:
         """Give back the unit counted for ``item`` (a later stage refused it).
@@ -391,25 +385,30 @@ class Budget(Generic[T]):
         The pipeline calls this; a failure is only counted (the unit stays spent)."""
         scope = self._scope(item)
         store = self._store
-        if not store.local and self._guard.skip():
-            store = self._fallback  # type: ignore[assignment]
-        if store is None:
-            return
-        try:
+        if store.local:
             store.refund(scope, self.period)
-        except BackendError as exc:
-            self._guard.failure(exc)
+            return
+        self._guard.call(
+            lambda: store.refund(scope, self.period), lambda exc: self._refund_locally(scope, exc)
+        )
 
     async def arefund(self, item: T) -> None:
         store = self._store
-        if store.local or self._guard.skip():
+        if store.local:
             self.refund(item)
             return
         assert isinstance(store, _RedisBudgetStore)
-        try:
-            await store.arefund(self._scope(item), self.period)
-        except BackendError as exc:
-            self._guard.failure(exc)
+        scope = self._scope(item)
+        await self._guard.acall(
+            lambda: store.arefund(scope, self.period),
+            lambda exc: self._refund_locally(scope, exc),
+        )
+
+    def _refund_locally(self, scope: str, exc: BackendError | None) -> None:
+        """While Redis is skipped, a unit counted by the fallback goes back there;
+        after a failure the unit stays spent."""
+        if exc is None and self._fallback is not None:
+            self._fallback.refund(scope, self.period)
 
     def _degraded(self, scope: str, u: float) -> tuple[bool, float, str]:
         self.degraded += 1

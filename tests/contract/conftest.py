@@ -1,5 +1,5 @@
 """Backends for the contract suites: every primitive x memory, fakeredis, real Redis
-x sync, async.
+(auto-pipelining on, and off: ``redis-nopipe``), Redis 7 and Valkey 8 x sync, async.
 
 Time: the memory backend reads the test's ``FakeClock``; the Redis backends are
 built with ``clock=`` so the Lua scripts receive the same fake time instead of
@@ -16,13 +16,23 @@ from typing import Any, TypeVar
 import fakeredis
 import fakeredis.aioredis
 import pytest
+import redis
 
 from scalekit import MemoryBackend, RedisBackend
 from scalekit.testing import FakeClock
 
 T = TypeVar("T")
 
-BACKENDS = ["memory", "fakeredis", "redis"]
+#: ``redis``: the suite's main server with auto-pipelining (the default); ``redis-nopipe``:
+#: the same server with ``autopipeline=False``; ``redis7`` / ``valkey``: the other families
+BACKENDS = ["memory", "fakeredis", "redis", "redis-nopipe", "redis7", "valkey"]
+#: where each real-server kind comes from (fixtures of tests/conftest.py)
+_SERVER_FIXTURES = {
+    "redis": "fresh_redis_url",
+    "redis-nopipe": "fresh_redis_url",
+    "redis7": "redis7_url",
+    "valkey": "valkey_url",
+}
 MODES = ["sync", "async"]
 
 _prefixes = itertools.count()
@@ -68,8 +78,18 @@ def _backend(
             clock=clock.now,
         )
         return
-    url = request.getfixturevalue("fresh_redis_url")
-    b = RedisBackend(url, clock=clock.now, socket_timeout=5.0, connect_timeout=5.0)
+    url = request.getfixturevalue(_SERVER_FIXTURES[kind])
+    if kind in ("redis7", "valkey"):
+        flusher = redis.Redis.from_url(url)
+        flusher.flushall()
+        flusher.close()
+    b = RedisBackend(
+        url,
+        clock=clock.now,
+        socket_timeout=5.0,
+        connect_timeout=5.0,
+        autopipeline=kind != "redis-nopipe",
+    )
     try:
         yield b
     finally:
@@ -84,7 +104,15 @@ def backend(
 
 
 #: the cache's backends: memory, Redis alone, and tiered (memory L1 + Redis L2)
-CACHE_BACKENDS = ["memory", "fakeredis", "redis", "tiered+fakeredis", "tiered+redis"]
+CACHE_BACKENDS = [
+    "memory",
+    "fakeredis",
+    "redis",
+    "redis-nopipe",
+    "valkey",
+    "tiered+fakeredis",
+    "tiered+redis",
+]
 
 
 @pytest.fixture(params=CACHE_BACKENDS)
