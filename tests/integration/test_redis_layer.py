@@ -36,6 +36,10 @@ ECHO = LuaScript("t_layer_echo", _ECHO, hashlib.sha1(_ECHO.encode()).hexdigest()
 
 BURST = 1000
 AUTOPIPELINE = [True, False]
+#: the bursts test bounds and counts, not timeouts: 1,000 tasks on a loaded 2-core
+#: machine can starve the loop past the default 0.25 s between a send and its read
+#: (redis-py's own timeout without auto-pipelining), which would be a degraded decision
+BURST_TIMEOUT = 2.0
 
 
 def _admin(url: str) -> redis.Redis:
@@ -92,7 +96,7 @@ def test_cold_burst_of_evalsha_stays_within_the_bound(
     admin.script_flush()
     opened = _opened(admin)
     loads = _script_loads(admin)
-    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline)
+    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline, socket_timeout=BURST_TIMEOUT)
 
     async def main() -> list[Any]:
         return await asyncio.gather(*(backend.aevalsha(INCR, ["burst"], []) for _ in range(BURST)))
@@ -132,7 +136,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
 ) -> None:
     admin = _admin(redis_kind_url)
     opened = _opened(admin)
-    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline)
+    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline, socket_timeout=BURST_TIMEOUT)
     limiter = AsyncConcurrencyLimiter(backend, 5)  # fail_open: a degraded acquire would pass
     holding = 0
     most = 0
@@ -179,7 +183,7 @@ def test_cold_burst_through_a_shared_circuit_breaker(
 
     admin = _admin(redis_kind_url)
     opened = _opened(admin)
-    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline)
+    backend = RedisBackend(redis_kind_url, autopipeline=autopipeline, socket_timeout=BURST_TIMEOUT)
     shared = SharedState(backend, on_backend_error="fail_closed")  # degraded = rejected
     breaker = CircuitBreaker("layer", record=ValueError, shared=shared)
 
