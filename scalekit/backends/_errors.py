@@ -19,9 +19,8 @@ free in time) is the backend's problem too: it becomes a ``BackendError``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 from scalekit.errors import BackendDataError, BackendError, PoolExhausted
 
@@ -85,20 +84,33 @@ def _busy_script(text: str) -> bool:
     return "BUSY Redis is busy running a script" in text
 
 
-@contextmanager
-def map_redis_errors(where: str) -> Iterator[None]:
+class map_redis_errors:
     """Re-raise driver errors as :class:`BackendError` / :class:`BackendDataError`.
 
     The driver's exception is chained as ``__cause__``. ``NoScriptError`` and
     non-driver exceptions (cancellation included) pass through unchanged.
+
+    A class rather than a ``@contextmanager`` generator: it sits on every Redis call,
+    and entering a stateless instance costs a fraction of a generator's set-up (one
+    instance may be kept and reused, also concurrently: it holds nothing but ``where``).
     """
-    try:
-        yield
-    except Exception as exc:
-        ex = _redis()
-        if isinstance(exc, ex.NoScriptError):
-            raise
-        mapped = classify_redis_error(exc, where)
+
+    __slots__ = ("where",)
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, tp: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Literal[False]:
+        if exc is None or not isinstance(exc, Exception):
+            return False
+        if isinstance(exc, _redis().NoScriptError):
+            return False
+        mapped = classify_redis_error(exc, self.where)
         if mapped is None:
-            raise
+            return False
         raise mapped from exc

@@ -272,6 +272,7 @@ class RedisBackend:
         redis = _import_redis()
         self._noscript: type[Exception] = redis.exceptions.NoScriptError
         self._where = _redact(url)
+        self._mapped = map_redis_errors(self._where)  # one stateless instance, reused
         # the cache's own Redis calls still catch these; they move to map_redis_errors
         self._failures: tuple[type[Exception], ...] = (redis.exceptions.RedisError, OSError)
         self._script_loads: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
@@ -534,7 +535,7 @@ class RedisBackend:
     def evalsha(self, script: LuaScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run ``script`` in one round trip (loading it once on NOSCRIPT)."""
         client = self.sync_client
-        with map_redis_errors(self._where):
+        with self._mapped:
             try:
                 return client.evalsha(script.sha, len(keys), *keys, *args)
             except self._noscript:
@@ -545,7 +546,7 @@ class RedisBackend:
         """The async twin of :meth:`evalsha`; auto-pipelined when on."""
         state = self._loops.get(asyncio.get_running_loop()) or self._loop_client()
         pipeline = state.pipeline
-        with map_redis_errors(self._where):
+        with self._mapped:
             if pipeline is not None:
                 try:
                     return await pipeline.execute("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -577,7 +578,7 @@ class RedisBackend:
 
     def execute(self, *command: Any) -> Any:
         """Run one Redis command (``execute("GET", key)``); driver errors mapped."""
-        with map_redis_errors(self._where):
+        with self._mapped:
             return self.sync_client.execute_command(*command)
 
     async def aexecute(self, *command: Any) -> Any:
@@ -585,13 +586,13 @@ class RedisBackend:
         auto-pipelined when on."""
         state = self._loops.get(asyncio.get_running_loop()) or self._loop_client()
         pipeline = state.pipeline
-        with map_redis_errors(self._where):
+        with self._mapped:
             if pipeline is not None:
                 return await pipeline.execute(*command)
             return await state.client.execute_command(*command)
 
     def delete(self, keys: Sequence[str]) -> None:
-        with map_redis_errors(self._where):
+        with self._mapped:
             if self.cluster:
                 for k in keys:  # same hash tag, but RedisCluster.delete splits anyway
                     self.sync_client.delete(k)
