@@ -31,6 +31,7 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any, Literal
 
+from scalekit import _validate
 from scalekit._keys import build_key
 from scalekit.backends import BackendLike, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
@@ -80,14 +81,8 @@ class SharedState:
             raise ConfigurationError(
                 f"on_backend_error must be one of {_POLICIES}, got {on_backend_error!r}"
             )
-        for arg, value in (
-            ("backend_cooldown", backend_cooldown),
-            ("poll_interval", poll_interval),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-                raise ConfigurationError(
-                    f"{arg} must be a positive number of seconds, got {value!r}"
-                )
+        backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        poll_interval = _validate.duration(poll_interval, "poll_interval")
         self.backend = b
         self.prefix = prefix
         self.on_backend_error = on_backend_error

@@ -22,8 +22,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, TypeAlias, TypeVar
 
+from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit._keys import build_key
+from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
@@ -152,7 +153,9 @@ class _RedisBudgetStore:
         self._script = load_script("scalekit.sampling", "budget", header="_now")
         self._refund = load_script("scalekit.sampling", "budget_refund", header="_now")
         self._prefix = prefix
-        self._parts = (name, str(rate).replace(" ", ""))
+        # the name is escaped like a user part: a budget "a:b" must not share keys with
+        # budget "a" (the rate is code's, and exact: periods print in whole microseconds)
+        self._parts = (escape(name), str(rate).replace(" ", ""))
 
     def key(self, scope: str) -> str:
         return build_key(self._prefix, *self._parts, tag=scope)
@@ -308,10 +311,7 @@ class Budget(Generic[T]):
             raise ConfigurationError(
                 f"fallback_instances must be an int >= 1, got {fallback_instances!r}"
             )
-        if not isinstance(backend_cooldown, int | float) or not 0 < backend_cooldown < math.inf:
-            raise ConfigurationError(
-                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
-            )
+        backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
         self.fallback_instances = fallback_instances
         self.clock = as_clock(clock)
         self.backend = as_backend(backend)

@@ -187,3 +187,35 @@ async def test_a_later_refusal_gives_the_budget_unit_back(
     got = [(await call(decide(pipe, mode, user))) for user in ("bob", "bob", "carol", "dan")]
     assert [d.sampled for d in got] == [True, True, True, False]
     assert got[-1].stage == "budget" and got[2].detail.startswith("5/5 sampled")
+
+
+@pytest.mark.parametrize("backend_kind", ["fakeredis", "redis"])  # Redis only
+async def test_budget_names_are_escaped_like_user_parts(
+    backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock, backend_kind: str
+) -> None:
+    """A budget name with separators and braces works and keeps its own counts
+    (it used to reach build_key raw: braces were refused there at every decision)."""
+    start_of_next_day(clock)
+    prefix = f"t{next(_names)}"
+    names = ["a", "a:10/day", "team{1}", "x!y#z"]
+    pipes = [
+        Pipeline(Budget("10/day", backend=backend, name=n, rng=lambda: 0.0, prefix=prefix))
+        for n in names
+    ]
+    for pipe in pipes[1:]:
+        for i in range(10):
+            assert (await call(decide(pipe, mode, i))).sampled
+    got = [(await call(decide(pipes[0], mode, i))).sampled for i in range(11)]
+    assert got == [True] * 10 + [False]  # the others' spending did not reach budget "a"
+
+
+def test_backend_cooldown_refuses_bools(redis_url: str) -> None:
+    from scalekit.errors import ConfigurationError
+    from scalekit.resilience.shared import SharedState
+
+    with pytest.raises(ConfigurationError, match="backend_cooldown"):
+        Budget("10/day", backend_cooldown=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="backend_cooldown"):
+        SharedState(redis_url, backend_cooldown=True)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="poll_interval"):
+        SharedState(redis_url, poll_interval=float("nan"))
