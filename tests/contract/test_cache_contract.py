@@ -310,6 +310,9 @@ async def test_hot_key_expiring_under_1000_callers_nobody_waits(
     clock.advance(11)
     answers = await asyncio.gather(*(trending() for _ in range(1000)))
     assert answers == [[1]] * 1000  # nobody waited for the blocked refresh
+    # the refresh task starts its load once it runs (after the callers' shared read)
+    await until(lambda: loads == 2)
+    await asyncio.sleep(0)
     assert loads == 2  # and exactly one refresh started
     release.set()
     await cache.adrain()
