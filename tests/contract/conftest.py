@@ -83,8 +83,9 @@ def backend(
     yield from _backend(backend_kind, clock, request)
 
 
-#: the cache's backends: memory, Redis alone, and tiered (memory L1 + Redis L2)
-CACHE_BACKENDS = ["memory", "fakeredis", "redis", "tiered+fakeredis", "tiered+redis"]
+#: the cache's backends: memory, Redis alone, tiered (memory L1 + Redis L2), and the
+#: 3-master Redis Cluster (a namespace of its own per test instead of a flush)
+CACHE_BACKENDS = ["memory", "fakeredis", "redis", "tiered+fakeredis", "tiered+redis", "cluster"]
 
 
 @pytest.fixture(params=CACHE_BACKENDS)
@@ -95,6 +96,14 @@ def cache_backend(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[
     from scalekit.cache.tiered import TieredCacheBackend
 
     kind = str(request.param)
+    if kind == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        cluster = RedisBackend(url, clock=clock.now, socket_timeout=5.0, connect_timeout=5.0)
+        try:
+            yield RedisCacheBackend(cluster, clock=clock, namespace=f"c{next(_prefixes)}")
+        finally:
+            cluster.close()
+        return
     tiered = kind.startswith("tiered+")
     for base in _backend(kind.removeprefix("tiered+"), clock, request):
         if isinstance(base, MemoryBackend):
