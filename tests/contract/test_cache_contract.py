@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scalekit._keys import escape
@@ -895,6 +895,7 @@ def _old_key(kb: KeyBuilder[Any], values: list[object]) -> str:
     return f"{kb._head}{{{tag}}}"
 
 
+@settings(deadline=None)  # pure CPU; a shared machine's pause is not a failure
 @given(
     v=_plain_values,
     w=_plain_values,
