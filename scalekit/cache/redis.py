@@ -70,8 +70,9 @@ primary on both.
 
 Round trips
 -----------
-- hit: one ``GET`` (the cost a bare ``GET`` has, plus decoding); concurrent async
-  readers of one key in one event loop share that ``GET``;
+- hit: one ``GET`` (the cost a bare ``GET`` has, plus decoding); concurrent readers
+  of one key share that ``GET`` (async: per event loop; sync: across the process'
+  threads), each decoding the bytes to its own type hint;
 - miss: one ``EVALSHA`` (fill_begin: fresh re-check, fence, lease), the load, one
   ``EVALSHA`` (fill_commit: fence checked, value written, tags, lease released);
 - a caller that finds the lease held polls fill_begin with a short backoff (1 ms
@@ -122,7 +123,7 @@ from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
 from scalekit.cache.freshness import EntryMeta
-from scalekit.errors import BackendDataError, ConfigurationError, SerializationError
+from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.serde import JsonSerializer, Serializer, get_serializer
 
 __all__ = ["RedisCacheBackend"]
@@ -248,6 +249,18 @@ class _ServerClock:
         await MONOTONIC.asleep(seconds)
 
 
+class _SyncRead:
+    """A ``GET`` in flight that other threads wait for (``done`` made when one does)."""
+
+    __slots__ = ("data", "done", "error", "retry")
+
+    def __init__(self) -> None:
+        self.data: Any = None
+        self.done: threading.Event | None = None
+        self.error: Exception | None = None
+        self.retry = False
+
+
 def _server_time(reply: Any) -> float:
     seconds, micros = reply
     return float(seconds) + float(micros) / 1e6
@@ -324,6 +337,9 @@ class RedisCacheBackend:
         #: async reads in flight, per (event loop, value name): a list that holds the
         #: future waiters share once a second reader arrives
         self._reads: dict[tuple[asyncio.AbstractEventLoop, str], list[Any]] = {}
+        #: sync reads in flight, per value name (threads)
+        self._sreads: dict[str, _SyncRead] = {}
+        self._slock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisCacheBackend({self.redis!r}, namespace={self.namespace!r})"
@@ -459,11 +475,49 @@ class RedisCacheBackend:
         self.decode_errors += 1
 
     def get(self, key: str, hint: Any = None) -> Entry | None:
+        """The entry of ``key`` (None: absent or undecodable); concurrent readers of
+        ``key`` in this process' threads share one ``GET``."""
+        name = self._key_names(key)[1]
+        while True:
+            with self._slock:
+                shared = self._sreads.get(name)
+                leader = shared is None
+                if shared is None:
+                    shared = self._sreads[name] = _SyncRead()
+                elif shared.done is None:
+                    shared.done = threading.Event()
+            if leader:
+                break
+            assert shared.done is not None
+            shared.done.wait()
+            if shared.error is not None:
+                if isinstance(shared.error, BackendDataError):
+                    self._data_error()
+                    return None
+                raise BackendError(str(shared.error)) from shared.error
+            if not shared.retry:
+                data = shared.data
+                return None if data is None else self._decode(data, hint)
         try:
-            data = self.redis.execute("GET", self._key_names(key)[1])
-        except BackendDataError:
-            self._data_error()
-            return None
+            data = self.redis.execute("GET", name)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                shared.error = exc
+            else:  # KeyboardInterrupt and the like: the waiters read again
+                shared.retry = True
+            if isinstance(exc, BackendDataError):
+                self._data_error()
+                return None
+            raise
+        else:
+            shared.data = data
+        finally:
+            with self._slock:
+                if self._sreads.get(name) is shared:
+                    del self._sreads[name]
+                done = shared.done
+            if done is not None:
+                done.set()
         return None if data is None else self._decode(data, hint)
 
     async def aget(self, key: str, hint: Any = None) -> Entry | None:

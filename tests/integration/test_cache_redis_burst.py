@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from typing import Any
 
@@ -215,3 +216,49 @@ async def test_a_cancelled_reader_does_not_strand_the_others(fresh_redis_url: st
     assert await asyncio.gather(*others) == [5] * 10
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+class SyncGatedBackend(RedisBackend):
+    """The real backend; each sync GET signals ``arrived``, then waits for ``gate``."""
+
+    gate: threading.Event
+    arrived: threading.Event
+
+    def execute(self, *command: Any) -> Any:
+        if command[0] == "GET":
+            self.arrived.set()
+            self.gate.wait(10)
+        return super().execute(*command)
+
+
+def test_concurrent_threads_share_one_get(fresh_redis_url: str) -> None:
+    backend = SyncGatedBackend(fresh_redis_url)
+    backend.gate, backend.arrived = threading.Event(), threading.Event()
+    rc = RedisCacheBackend(backend)
+    cache = Cache(rc, name="threads", options=CacheOptions(ttl=60))
+    cache.set("k", {"a": 1})
+    raw = redis.Redis.from_url(fresh_redis_url)
+    raw.config_resetstat()
+    results: list[object] = []
+
+    def reader() -> None:
+        results.append(cache.get("k"))
+
+    leader = threading.Thread(target=reader)
+    leader.start()
+    assert backend.arrived.wait(10)  # the leader's GET is in flight (held at the gate)
+    others = [threading.Thread(target=reader) for _ in range(49)]
+    for t in others:
+        t.start()
+    shared = next(iter(rc._sreads.values()))
+    for _ in range(1_000_000):  # until the 49 wait on the leader's read (no timing)
+        done = shared.done
+        if done is not None and len(done._cond._waiters) == 49:  # type: ignore[attr-defined]
+            break
+        time.sleep(0)
+    backend.gate.set()
+    for t in [leader, *others]:
+        t.join(10)
+    assert results == [{"a": 1}] * 50
+    assert _commands(raw).get("cmdstat_get", 0) == 1
+    raw.close()
