@@ -269,7 +269,7 @@ class _SyncFlight:
         self.abandoned = False
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 def _backend_from(
@@ -306,8 +306,8 @@ def _backend_from(
         raise ConfigurationError(
             f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not supported; "
             f"supported: 'memory://' (optionally 'memory://?max_entries=N'), "
-            f"'redis://', 'rediss://', 'unix://' (each with a 'tiered+' prefix for a "
-            f"memory L1 in front of Redis)"
+            f"'redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://' "
+            f"(each with a 'tiered+' prefix for a memory L1 in front of Redis)"
         )
     query = parse_qs(parts.query)
     n = max_entries
@@ -326,7 +326,7 @@ class Cache:
     """A TTL cache with single-flight loads, stale windows, early refresh and tags.
 
     :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``), a
-        Redis URL (``redis://``, ``rediss://``, ``unix://``: a
+        Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: a
         :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
         (:class:`~scalekit.cache.backend.CacheBackend`); ``"tiered+redis://..."``
         puts a :class:`~scalekit.cache.tiered.TieredCacheBackend` (memory L1) in front.

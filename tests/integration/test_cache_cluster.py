@@ -131,3 +131,17 @@ def test_a_corrupt_key_on_the_cluster_is_a_miss(redis_cluster_url: str) -> None:
     assert cache.get("k") == 1
     assert cache.stats().backend_errors == 0
     raw.close()
+
+
+async def test_cluster_urls_build_the_cache(redis_cluster_url: str) -> None:
+    from scalekit.cache import TieredCacheBackend
+
+    plain = Cache(redis_cluster_url, name="url")
+    assert isinstance(plain.backend, RedisCacheBackend) and plain.backend.cluster
+    tiered = Cache("tiered+" + redis_cluster_url, name="turl")
+    assert isinstance(tiered.backend, TieredCacheBackend)
+    key = f"url{next(_namespaces)}"
+    await plain.aset(key, [1])
+    assert await tiered.aget(key) == [1]
+    assert await plain.adelete(key) is True
+    tiered.backend.close()
