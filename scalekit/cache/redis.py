@@ -250,13 +250,14 @@ class _ServerClock:
 
 
 class _SyncRead:
-    """A ``GET`` in flight that other threads wait for (``done`` made when one does)."""
+    """A ``GET`` in flight that other threads wait for (each with its own event)."""
 
-    __slots__ = ("data", "done", "error", "retry")
+    __slots__ = ("data", "error", "events", "finished", "retry")
 
     def __init__(self) -> None:
         self.data: Any = None
-        self.done: threading.Event | None = None
+        self.events: list[threading.Event] = []
+        self.finished = False
         self.error: Exception | None = None
         self.retry = False
 
@@ -337,9 +338,9 @@ class RedisCacheBackend:
         #: async reads in flight, per (event loop, value name): a list that holds the
         #: future waiters share once a second reader arrives
         self._reads: dict[tuple[asyncio.AbstractEventLoop, str], list[Any]] = {}
-        #: sync reads in flight, per value name (threads)
+        #: sync reads in flight, per value name (threads; dict.setdefault and list
+        #: appends are atomic, so the leader's path takes no lock)
         self._sreads: dict[str, _SyncRead] = {}
-        self._slock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"RedisCacheBackend({self.redis!r}, namespace={self.namespace!r})"
@@ -478,18 +479,18 @@ class RedisCacheBackend:
         """The entry of ``key`` (None: absent or undecodable); concurrent readers of
         ``key`` in this process' threads share one ``GET``."""
         name = self._key_names(key)[1]
+        reads = self._sreads
         while True:
-            with self._slock:
-                shared = self._sreads.get(name)
-                leader = shared is None
-                if shared is None:
-                    shared = self._sreads[name] = _SyncRead()
-                elif shared.done is None:
-                    shared.done = threading.Event()
-            if leader:
+            mine = _SyncRead()
+            shared = reads.setdefault(name, mine)
+            if shared is mine:
                 break
-            assert shared.done is not None
-            shared.done.wait()
+            # a waiter: its own event, then the flag (the leader sets the flag, then
+            # the events: whichever comes first, the waiter does not miss the end)
+            done = threading.Event()
+            shared.events.append(done)
+            if not shared.finished:
+                done.wait()
             if shared.error is not None:
                 if isinstance(shared.error, BackendDataError):
                     self._data_error()
@@ -502,22 +503,20 @@ class RedisCacheBackend:
             data = self.redis.execute("GET", name)
         except BaseException as exc:
             if isinstance(exc, Exception):
-                shared.error = exc
+                mine.error = exc
             else:  # KeyboardInterrupt and the like: the waiters read again
-                shared.retry = True
+                mine.retry = True
             if isinstance(exc, BackendDataError):
                 self._data_error()
                 return None
             raise
         else:
-            shared.data = data
+            mine.data = data
         finally:
-            with self._slock:
-                if self._sreads.get(name) is shared:
-                    del self._sreads[name]
-                done = shared.done
-            if done is not None:
-                done.set()
+            del reads[name]
+            mine.finished = True
+            for event in mine.events:
+                event.set()
         return None if data is None else self._decode(data, hint)
 
     async def aget(self, key: str, hint: Any = None) -> Entry | None:

@@ -251,9 +251,8 @@ def test_concurrent_threads_share_one_get(fresh_redis_url: str) -> None:
     for t in others:
         t.start()
     shared = next(iter(rc._sreads.values()))
-    for _ in range(1_000_000):  # until the 49 wait on the leader's read (no timing)
-        done = shared.done
-        if done is not None and len(done._cond._waiters) == 49:  # type: ignore[attr-defined]
+    for _ in range(1_000_000):  # until the 49 joined the leader's read (no timing)
+        if len(shared.events) == 49:
             break
         time.sleep(0)
     backend.gate.set()
