@@ -262,6 +262,12 @@ class _SyncRead:
         self.retry = False
 
 
+def _wake(waiting: list[asyncio.Future[Any]], data: Any) -> None:
+    for fut in waiting:
+        if not fut.done():  # a waiter cancelled meanwhile
+            fut.set_result(data)
+
+
 def _server_time(reply: Any) -> float:
     seconds, micros = reply
     return float(seconds) + float(micros) / 1e6
@@ -335,9 +341,8 @@ class RedisCacheBackend:
         self.decode_errors = 0
         self._metas: dict[bytes, tuple[EntryMeta, int]] = {}
         self._names: dict[str, _Triple] = {}
-        #: async reads in flight, per (event loop, value name): a list that holds the
-        #: future waiters share once a second reader arrives
-        self._reads: dict[tuple[asyncio.AbstractEventLoop, str], list[Any]] = {}
+        #: async reads in flight, per (event loop, value name): the waiters' futures
+        self._reads: dict[tuple[asyncio.AbstractEventLoop, str], list[asyncio.Future[Any]]] = {}
         #: sync reads in flight, per value name (threads; dict.setdefault and list
         #: appends are atomic, so the leader's path takes no lock)
         self._sreads: dict[str, _SyncRead] = {}
@@ -521,43 +526,46 @@ class RedisCacheBackend:
 
     async def aget(self, key: str, hint: Any = None) -> Entry | None:
         """:meth:`get`; concurrent readers of ``key`` in this event loop share one
-        ``GET`` (each decodes the bytes to its own ``hint``)."""
+        ``GET`` (each decodes the bytes to its own ``hint``). Each waiter awaits a
+        future of its own (cancelling it cancels only that waiter)."""
         name = self._key_names(key)[1]
-        fkey = (asyncio.get_running_loop(), name)
+        loop = asyncio.get_running_loop()
+        fkey = (loop, name)
         reads = self._reads
         while True:
-            shared = reads.get(fkey)
-            if shared is None:
+            waiting = reads.get(fkey)
+            if waiting is None:
                 break
-            if shared[0] is None:
-                shared[0] = fkey[0].create_future()
+            mine = loop.create_future()
+            waiting.append(mine)
             try:
-                data = await asyncio.shield(shared[0])
+                data = await mine
             except BackendDataError:
                 self._data_error()
                 return None
             if data is not _RETRY:
                 return None if data is None else self._decode(data, hint)
-        shared = reads[fkey] = [None]
+        waiting = reads[fkey] = []
         try:
             data = await self.redis.aexecute("GET", name)
         except BaseException as exc:
-            waiters = shared[0]
-            if waiters is not None:
-                if isinstance(exc, Exception):
-                    waiters.set_exception(exc)
-                    waiters.exception()  # retrieved here too: no "never retrieved"
-                else:  # cancelled: the waiters read again
-                    waiters.set_result(_RETRY)
+            for fut in waiting:
+                if not fut.done():
+                    if isinstance(exc, Exception):
+                        fut.set_exception(exc)
+                    else:  # cancelled: the waiters read again
+                        fut.set_result(_RETRY)
             if isinstance(exc, BackendDataError):
                 self._data_error()
                 return None
             raise
         else:
-            if shared[0] is not None:
-                shared[0].set_result(data)
+            if waiting:
+                # woken on the next turn: this caller goes on first (on a miss it
+                # starts the fill, whose first round trip then overlaps the waiters)
+                loop.call_soon(_wake, waiting, data)
         finally:
-            if reads.get(fkey) is shared:
+            if reads.get(fkey) is waiting:
                 del reads[fkey]
         return None if data is None else self._decode(data, hint)
 

@@ -261,3 +261,20 @@ def test_concurrent_threads_share_one_get(fresh_redis_url: str) -> None:
     assert results == [{"a": 1}] * 50
     assert _commands(raw).get("cmdstat_get", 0) == 1
     raw.close()
+
+
+async def test_a_cancelled_waiter_leaves_the_shared_read_alone(fresh_redis_url: str) -> None:
+    backend = GatedBackend(fresh_redis_url)
+    backend.gate = asyncio.Event()
+    cache = Cache(RedisCacheBackend(backend), name="cancel2", options=CacheOptions(ttl=60))
+    backend.gate.set()
+    await cache.aset("k", 9)
+    backend.gate.clear()
+    readers = [asyncio.create_task(cache.aget("k")) for _ in range(10)]
+    await asyncio.sleep(0)  # the first is in its GET, the nine wait for it
+    readers[3].cancel()
+    await asyncio.sleep(0)
+    backend.gate.set()
+    done = await asyncio.gather(*readers, return_exceptions=True)
+    assert isinstance(done[3], asyncio.CancelledError)
+    assert done[:3] + done[4:] == [9] * 9
