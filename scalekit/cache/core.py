@@ -1158,16 +1158,26 @@ class Cache:
         return None, ready
 
     def _begin_step(
-        self, ticket: Any, opts: CacheOptions, *, lease: bool, deadline: float | None
-    ) -> tuple[FillTicket | None, _Outcome | None] | float:
+        self,
+        ticket: Any,
+        opts: CacheOptions,
+        *,
+        lease: bool,
+        deadline: float | None,
+        forced: bool,
+    ) -> tuple[FillTicket | None, _Outcome | None] | float | None:
         """What one ``begin_fill`` answer means, for the sync and async loops: the
         final ``(ticket, ready)`` pair, or how long at most to wait before asking
-        again (another process holds the lease and ``lock_timeout`` has not passed).
-        ``(None, None)``: the backend is down; load without storing."""
+        again (another process holds the lease and ``lock_timeout`` has not passed),
+        or None: the "fresh" entry cannot be used by this reader (a cached exception
+        of a class it does not list): ask again at once, past any fresh value, to
+        load and overwrite it. ``(None, None)``: the backend is down; load without
+        storing."""
         if ticket is _DOWN:
             return None, None
         if ticket.state == "fresh":
-            return self._ticket_outcome(ticket, opts)
+            done = self._ticket_outcome(ticket, opts)
+            return None if done[1] is None and not forced else done
         if ticket.state == "acquired" or not lease:
             return ticket, None
         left = math.inf if deadline is None else deadline - time.monotonic()
@@ -1182,11 +1192,23 @@ class Cache:
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
         backend: Any = self.backend
+        margin = 0.0
         while True:
             ticket = self._degrade(
-                backend.begin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                backend.begin_fill,
+                fill.key,
+                fill.tags,
+                fill.heads,
+                self._clock.now(),
+                fill.hint,
+                margin=margin,
             )
-            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            step = self._begin_step(
+                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
+            )
+            if step is None:
+                margin = _FAR
+                continue
             if not isinstance(step, float):
                 return step
             time.sleep(min(delay, step))
@@ -1198,11 +1220,23 @@ class Cache:
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
         backend: Any = self.backend
+        margin = 0.0
         while True:
             ticket = await self._adegrade(
-                backend.abegin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                backend.abegin_fill,
+                fill.key,
+                fill.tags,
+                fill.heads,
+                self._clock.now(),
+                fill.hint,
+                margin=margin,
             )
-            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            step = self._begin_step(
+                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
+            )
+            if step is None:
+                margin = _FAR
+                continue
             if not isinstance(step, float):
                 return step
             await asyncio.sleep(min(delay, step))
