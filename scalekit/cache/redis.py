@@ -599,24 +599,28 @@ class RedisCacheBackend:
         ]
         return keys, args, tagsets if self.cluster else []
 
-    def _join(self, tagsets: Sequence[str], value: str, ms: int) -> None:
+    def _join(self, tagsets: Sequence[str], value: str, ms: int, op: str = "join") -> None:
         for ts in tagsets:
-            self.redis.evalsha(_TAGSET, [ts], ["join", value, ms])
+            self.redis.evalsha(_TAGSET, [ts], [op, value, ms])
 
-    async def _ajoin(self, tagsets: Sequence[str], value: str, ms: int) -> None:
+    async def _ajoin(self, tagsets: Sequence[str], value: str, ms: int, op: str = "join") -> None:
         if tagsets:
             await asyncio.gather(
-                *(self.redis.aevalsha(_TAGSET, [ts], ["join", value, ms]) for ts in tagsets)
+                *(self.redis.aevalsha(_TAGSET, [ts], [op, value, ms]) for ts in tagsets)
             )
 
     def _store(self, keys: list[str], args: list[Any], tagsets: list[str]) -> bool:
         # on a Cluster the tag sets are joined first: a value is never stored
-        # without the sets that reach it (a failure raises before the write)
-        self._join(tagsets, keys[0], int(args[3]))
+        # without the sets that reach it (a failure raises before the write). A fill
+        # joined them at its begin: its commit only extends the sets that still
+        # exist (one that is gone was taken by an invalidation: the commit is refused)
+        op = "extend" if args[0] == "fill" else "join"
+        self._join(tagsets, keys[0], int(args[3]), op)
         return bool(self.redis.evalsha(_COMMIT, keys, args))
 
     async def _astore(self, keys: list[str], args: list[Any], tagsets: list[str]) -> bool:
-        await self._ajoin(tagsets, keys[0], int(args[3]))
+        op = "extend" if args[0] == "fill" else "join"
+        await self._ajoin(tagsets, keys[0], int(args[3]), op)
         return bool(await self.redis.aevalsha(_COMMIT, keys, args))
 
     def set(
