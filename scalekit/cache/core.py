@@ -112,6 +112,7 @@ from datetime import timedelta
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit
 
+from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import escape
 from scalekit.backends._guard import BackendGuard
@@ -126,7 +127,7 @@ from scalekit.cache.freshness import (
     remaining_ttl,
 )
 from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.errors import BackendError, ConfigurationError, SerializationError
+from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.serde import Serializer
 
 __all__ = [
@@ -268,7 +269,7 @@ class _SyncFlight:
         self.abandoned = False
 
 
-_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 
 
 def _backend_from(
@@ -305,8 +306,8 @@ def _backend_from(
         raise ConfigurationError(
             f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not supported; "
             f"supported: 'memory://' (optionally 'memory://?max_entries=N'), "
-            f"'redis://', 'rediss://', 'unix://' (each with a 'tiered+' prefix for a "
-            f"memory L1 in front of Redis)"
+            f"'redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://' "
+            f"(each with a 'tiered+' prefix for a memory L1 in front of Redis)"
         )
     query = parse_qs(parts.query)
     n = max_entries
@@ -325,7 +326,7 @@ class Cache:
     """A TTL cache with single-flight loads, stale windows, early refresh and tags.
 
     :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``), a
-        Redis URL (``redis://``, ``rediss://``, ``unix://``: a
+        Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: a
         :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
         (:class:`~scalekit.cache.backend.CacheBackend`); ``"tiered+redis://..."``
         puts a :class:`~scalekit.cache.tiered.TieredCacheBackend` (memory L1) in front.
@@ -413,6 +414,7 @@ class Cache:
         ``stale_while_revalidate``), else ``default``. Counts a hit or a miss; never
         loads or refreshes. A negative entry for an exception counts as a miss.
         ``type_hint``: the type a remote backend decodes the value to."""
+        key = _key(key)
         entry = self.backend.get(key) if self._local else self._remote_get(key, type_hint)
         return self._get_result(entry, default)
 
@@ -420,6 +422,7 @@ class Cache:
         self, key: str, default: T | None = None, *, type_hint: Any = None
     ) -> object | T | None:
         """:meth:`get` for async code (a remote backend is awaited)."""
+        key = _key(key)
         if self._local:
             entry = self.backend.get(key)
         else:
@@ -448,6 +451,7 @@ class Cache:
         Loads of ``key`` in progress (in any process, on a remote backend) will not
         overwrite it. A remote backend's failure raises
         :class:`~scalekit.errors.BackendError`."""
+        key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         with self._lock:
@@ -469,6 +473,7 @@ class Cache:
         options: CacheOptions | None = None,
     ) -> None:
         """:meth:`set` for async code."""
+        key = _key(key)
         if self._local:
             self.set(key, value, tags=tags, options=options)
             return
@@ -488,6 +493,7 @@ class Cache:
 
     def delete(self, key: str) -> bool:
         """Drop ``key``; loads of it in progress will not store. True if it existed."""
+        key = _key(key)
         with self._lock:
             self._invalidate_fills(lambda f: f.key == key)
             if self._local:
@@ -496,6 +502,7 @@ class Cache:
 
     async def adelete(self, key: str) -> bool:
         """:meth:`delete` for async code."""
+        key = _key(key)
         if self._local:
             return self.delete(key)
         with self._lock:
@@ -614,6 +621,10 @@ class Cache:
         except BackendError as exc:
             guard.failure(exc)
             return _DOWN
+        except BackendDataError:
+            # about this key's data only: the backend is healthy; load without storing
+            guard.success()
+            return _DOWN
         guard.success()
         return result
 
@@ -625,6 +636,9 @@ class Cache:
             result = await fn(*args, **kwargs)
         except BackendError as exc:
             guard.failure(exc)
+            return _DOWN
+        except BackendDataError:
+            guard.success()
             return _DOWN
         guard.success()
         return result
@@ -660,6 +674,7 @@ class Cache:
         """The cached value of ``key``, loading it with ``loader`` (single-flight) when
         needed; see the module docstring for freshness, errors and waiting.
         ``type_hint``: the type a remote backend decodes the value to."""
+        key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         entry, state = self._lookup(key, opts, type_hint)
@@ -818,6 +833,7 @@ class Cache:
         A remote backend that is down or cooling down: False (nothing ran).
         See :class:`~scalekit.cache.refresh.RefreshAhead` for the scheduled job.
         """
+        key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         gap = _margin(margin)
@@ -857,6 +873,7 @@ class Cache:
         margin: float | None = None,
     ) -> bool:
         """:meth:`refresh` for async code (``loader`` returns an awaitable)."""
+        key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         gap = _margin(margin)
@@ -931,6 +948,7 @@ class Cache:
     ) -> T:
         """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
         as a task shared by every caller of ``key`` on this event loop."""
+        key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         entry, state = await self._alookup(key, opts, type_hint)
@@ -1140,16 +1158,26 @@ class Cache:
         return None, ready
 
     def _begin_step(
-        self, ticket: Any, opts: CacheOptions, *, lease: bool, deadline: float | None
-    ) -> tuple[FillTicket | None, _Outcome | None] | float:
+        self,
+        ticket: Any,
+        opts: CacheOptions,
+        *,
+        lease: bool,
+        deadline: float | None,
+        forced: bool,
+    ) -> tuple[FillTicket | None, _Outcome | None] | float | None:
         """What one ``begin_fill`` answer means, for the sync and async loops: the
         final ``(ticket, ready)`` pair, or how long at most to wait before asking
-        again (another process holds the lease and ``lock_timeout`` has not passed).
-        ``(None, None)``: the backend is down; load without storing."""
+        again (another process holds the lease and ``lock_timeout`` has not passed),
+        or None: the "fresh" entry cannot be used by this reader (a cached exception
+        of a class it does not list): ask again at once, past any fresh value, to
+        load and overwrite it. ``(None, None)``: the backend is down; load without
+        storing."""
         if ticket is _DOWN:
             return None, None
         if ticket.state == "fresh":
-            return self._ticket_outcome(ticket, opts)
+            done = self._ticket_outcome(ticket, opts)
+            return None if done[1] is None and not forced else done
         if ticket.state == "acquired" or not lease:
             return ticket, None
         left = math.inf if deadline is None else deadline - time.monotonic()
@@ -1164,11 +1192,23 @@ class Cache:
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
         backend: Any = self.backend
+        margin = 0.0
         while True:
             ticket = self._degrade(
-                backend.begin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                backend.begin_fill,
+                fill.key,
+                fill.tags,
+                fill.heads,
+                self._clock.now(),
+                fill.hint,
+                margin=margin,
             )
-            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            step = self._begin_step(
+                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
+            )
+            if step is None:
+                margin = _FAR
+                continue
             if not isinstance(step, float):
                 return step
             time.sleep(min(delay, step))
@@ -1180,11 +1220,23 @@ class Cache:
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
         backend: Any = self.backend
+        margin = 0.0
         while True:
             ticket = await self._adegrade(
-                backend.abegin_fill, fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint
+                backend.abegin_fill,
+                fill.key,
+                fill.tags,
+                fill.heads,
+                self._clock.now(),
+                fill.hint,
+                margin=margin,
             )
-            step = self._begin_step(ticket, opts, lease=lease, deadline=deadline)
+            step = self._begin_step(
+                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
+            )
+            if step is None:
+                margin = _FAR
+                continue
             if not isinstance(step, float):
                 return step
             await asyncio.sleep(min(delay, step))
@@ -1233,6 +1285,8 @@ class Cache:
                 backend.commit_fill(ticket, *plan)
         except BackendError as exc:
             self._guard.failure(exc)
+        except BackendDataError:
+            pass  # about this key's data: not stored, the next read loads again
         except SerializationError as exc:
             self._store_failed(fill, exc)
             self._degrade(backend.release, ticket)
@@ -1254,6 +1308,8 @@ class Cache:
                 await backend.acommit_fill(ticket, *plan)
         except BackendError as exc:
             self._guard.failure(exc)
+        except BackendDataError:
+            pass  # about this key's data: not stored, the next read loads again
         except SerializationError as exc:
             self._store_failed(fill, exc)
             await self._adegrade(backend.arelease, ticket)
@@ -1453,6 +1509,9 @@ def _unwrap(value: object) -> object:
     if isinstance(value, CachedError):
         value.reraise()
     return value
+
+
+_key = _validate.key
 
 
 def _check_tags(tags: Iterable[str]) -> frozenset[str]:

@@ -1,30 +1,80 @@
 """The Redis cache backend: entries shared by a fleet, fills fenced on the server.
 
 :class:`RedisCacheBackend` implements the remote side of
-:class:`~scalekit.cache.backend.CacheBackend` on one Redis server (or a primary).
+:class:`~scalekit.cache.backend.CacheBackend` on one Redis server (or a primary) or
+on a Redis Cluster (``redis+cluster://``).
 
-Layout (``ns`` is ``namespace=``, default ``"sk"``; ``rk`` is ``ns:<key>``)
-------------------------------------------------------------------------------
-==========================  ============================================================
-``ns:<key>``                the entry: ``SKC1<fresh_until>|`` + a fixed binary header
-                            (stored_at, ttl, both stale windows, delta, generation,
-                            kind) + the serialized value; ``PX`` = the time it stays
-                            servable (ttl + the longer stale window)
-``ns!l:<rk>``               the fill lease of a key (a random token, ``PX`` lease ttl)
-``ns!f:<rk>``               the key's fence (a counter moved by ``delete``/``set``)
-``ns!f:t:<tag>``            a tag's fence; ``ns!t:<tag>`` the set of keys carrying it
-``ns!f:p:<head>``           a namespace head's fence (``invalidate_namespace``)
-``ns!f:*``                  the fence of ``clear()``
-==========================  ============================================================
+Layout (``ns`` is ``namespace=``, escaped; ``<h>`` 8 hex digits of a CRC-32)
+-----------------------------------------------------------------------------
+==============================  ========================================================
+``ns:{<h(key)>}:v:<key>``       the entry: ``SKC2<fresh_until>|`` + a fixed binary
+                                header (stored_at, ttl, both stale windows, delta,
+                                generation, kind) + the serialized value; ``PX`` = the
+                                time it stays servable (ttl + the longer stale window)
+``ns:{<h(key)>}:l:<key>``       the key's fill lease (a random token, ``PX`` lease ttl)
+``ns:{<h(key)>}:f:<key>``       the key's fence: created by every fill at its begin
+                                (a random integer, ``PX`` fence ttl), moved by every
+                                invalidation that covers the key
+``ns:{<h(tag)>}:t:<tag>``       the names of the values carrying a tag (and of the
+                                keys whose fills began with it)
+==============================  ========================================================
 
-Fence keys expire after ``fence_ttl`` (default 10 minutes); a fill older than that
-never stores (it could have outlived a fence it read).
+The namespace is escaped (:func:`scalekit._keys.escape`: never a ``:`` or a brace)
+and always followed by ``:{``, and the kind letter sits at a fixed place after the
+hash tag, so the layout is injective whatever the namespace, key or tag: a
+namespace such as ``tenant1!t`` can never reach ``tenant1``'s sets, leases or
+fences. Keys and tags are escaped the same way (per character, so a prefix of a key stays a
+prefix of its name).
+
+Spread across shards
+--------------------
+A key's value, lease and fence share the hash tag ``{<h(key)>}``: each key lives in
+its own slot (keys spread over every shard of a Cluster), and one script touches all
+three atomically. A tag's set lives in the tag's own slot. Nothing of a namespace is
+pinned to one slot.
+
+Fences
+------
+A fill *registers* at its begin: ``fill_begin`` creates (or keeps) the key's fence
+and reads it, in the key's slot, and adds the key to each of its tags' sets. A fill
+stores only if its fence still exists with the value it read, checked atomically
+with the write in the same slot (``fill_commit``). Every invalidation moves the
+fences of every key it covers:
+
+- ``delete(key)``, a direct ``set``: the key's fence, in the same script as the
+  ``DEL`` / ``SET``;
+- ``delete_tags(tags)``: each tag's set is taken (its members read and the set
+  dropped, atomically), then every member's fence is moved and its value dropped;
+- ``delete_prefix(prefix)`` / ``clear()``: ``SCAN`` finds every value, lease and
+  fence of the prefix (on every primary of a Cluster) and each key found is
+  invalidated like ``delete``.
+
+Why that is enough: a fill's loader runs only after its registration (fence created
+and read, tag sets joined). An invalidation that runs after the registration finds
+the fill (the fence key is there, for ``SCAN`` and in the tag set) and moves its
+fence, so the fill does not store (or, if it stored first, its value is dropped by
+the same script that moves the fence). An invalidation that reached the key's slot
+or the tag's set before the registration started before the loader ran, so the
+loader reads data at least as new as the invalidation saw. Either way, a load that
+began before an invalidation never stores its value after the invalidation returned.
+A fence that expired, was evicted or was overwritten by someone else refuses every
+fill that read it (it must exist with the value read); fence values start at a
+random integer, so a fence dropped and created again is not mistaken for the old one.
+
+Cost: one extra small key per key filled in the last ``fence_ttl`` (10 minutes by
+default). On a single server everything a call touches is in one script. On a
+Cluster a tagged fill joins each tag's set with one more round trip per tag (at
+begin and at commit), and ``delete_tags`` costs one round trip per tag plus one per
+slot holding a member; ``delete_prefix`` and ``clear`` cost a ``SCAN`` of every
+primary on both.
 
 Round trips
 -----------
-- hit: one ``GET`` (the cost a bare ``GET`` has, plus decoding);
-- miss: one ``EVALSHA`` (fill_begin: fresh re-check, lease, fences), the load, one
-  ``EVALSHA`` (fill_commit: fences checked, value written, tags, lease released);
+- hit: one ``GET`` (the cost a bare ``GET`` has, plus decoding); concurrent readers
+  of one key share that ``GET`` (async: per event loop; sync: across the process'
+  threads), each decoding the bytes to its own type hint;
+- miss: one ``EVALSHA`` (fill_begin: fresh re-check, fence, lease), the load, one
+  ``EVALSHA`` (fill_commit: fence checked, value written, tags, lease released);
 - a caller that finds the lease held polls fill_begin with a short backoff (1 ms
   doubling to 50 ms) until the value is fresh, the lease is gone (then it takes it)
   or ``lock_timeout`` passes (then it loads without the lease, still fenced).
@@ -33,55 +83,69 @@ Time
 ----
 Entries carry times of one clock the whole fleet agrees on: by default this
 process' monotonic clock plus an offset to Redis ``TIME``, measured on first use
-and again every ``resync`` seconds (one ``TIME`` round trip; until it succeeds, the
-wall clock). Tests pass ``clock=`` (e.g. :class:`~scalekit.testing.FakeClock`),
-which is then used as is. Redis' own ``PX`` expiry always runs on real time.
+and again every ``resync`` seconds (every 5 s after a failed measurement; until one
+succeeds, the wall clock). Inside a running event loop the measurement is an
+asyncio task (an awaited ``TIME``): reading the clock never blocks the loop. Tests
+pass ``clock=`` (e.g. :class:`~scalekit.testing.FakeClock`), which is then used as
+is. Redis' own ``PX`` expiry always runs on real time.
 
 Values
 ------
 Serialized with ``serializer=`` (``"json"`` by default, ``"msgpack"``, or
 ``"pickle"`` only by name; see :mod:`scalekit.serde`) and decoded to the type hint
-the reader passes (a ``@cached`` function's return annotation). Bytes that do not
-decode (another format, an older schema, a foreign writer) are a miss, counted in
-``decode_errors``; nothing in them is ever executed or imported. A negative entry
-for an exception stores the exception's class name and arguments; a reader turns it
+the reader passes (a ``@cached`` function's return annotation). Anything that does
+not decode (another format, an older schema, another return type, crafted bytes,
+a wrong-typed key: ``WRONGTYPE``) is a miss, counted in ``decode_errors``: the
+loader runs and the entry is overwritten; never an exception, never a wait. Nothing
+in stored bytes is ever executed or imported. A negative entry for an exception
+stores the exception's class name and arguments (bounded JSON); a reader turns it
 back into an exception only if that class is one of its ``cache_exceptions``.
-
-Not on Redis Cluster: tags and namespaces span hash slots (each ``@cached`` key's
-own lease and fence share its ``{hash tag}``, but tag sets do not).
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 import math
 import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from binascii import crc_hqx
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
+from zlib import crc32
 
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
+from scalekit.backends._errors import map_redis_errors
 from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
 from scalekit.cache.freshness import EntryMeta
-from scalekit.errors import BackendError, ConfigurationError, SerializationError
-from scalekit.serde import Serializer, get_serializer
+from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
+from scalekit.serde import JsonSerializer, Serializer, get_serializer
 
 __all__ = ["RedisCacheBackend"]
 
-_MAGIC = b"SKC1"
+_MAGIC = b"SKC2"
 _HEAD = struct.Struct("<dddddqB")  # stored_at ttl swr sie delta generation kind
 _VALUE, _ERROR = 0, 1
-_BEGIN = load_script("scalekit.cache", "fill_begin")
-_COMMIT = load_script("scalekit.cache", "fill_commit")
-_INVALIDATE = load_script("scalekit.cache", "invalidate")
+_BEGIN = load_script("scalekit.cache", "fill_begin", header="common")
+_COMMIT = load_script("scalekit.cache", "fill_commit", header="common")
+_INVALIDATE = load_script("scalekit.cache", "invalidate", header="common")
+_TAGSET = load_script("scalekit.cache", "tagset", header="common")
 _RELEASE = load_script("scalekit.cache", "release")
 _SCAN_BATCH = 500
 _META_MEMO = 1024
+_NAME_MEMO = 4096
+_SLOTS = 16384
+#: negative entries: the exception's class and arguments, always plain JSON
+_PLAIN = JsonSerializer(use_pydantic=False)
+#: a read whose leader was cancelled: the waiters read again
+_RETRY = object()
+
+_Triple = tuple[str, str, str]  # fence, value, lease
 
 
 def _glob(text: str) -> str:
@@ -93,17 +157,44 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+def _tag_of(text: str) -> str:
+    """The hash tag (8 hex digits) of an escaped key or tag."""
+    return f"{crc32(text.encode()):08x}"
+
+
+def _text(name: object) -> str | None:
+    """A name read back from Redis (bytes), or None if it is not one of ours."""
+    if isinstance(name, bytes):
+        try:
+            return name.decode()
+        except UnicodeDecodeError:
+            return None
+    return name if isinstance(name, str) else None
+
+
 class _ServerClock:
-    """This process' monotonic clock plus an offset to Redis ``TIME``."""
+    """This process' monotonic clock plus an offset to Redis ``TIME``.
 
-    __slots__ = ("_fetch", "_lock", "_next", "_offset", "_resync")
+    A measurement is due at first use, every ``resync`` seconds, and 5 s after a
+    failed one. Called inside a running event loop it starts an asyncio task (one
+    at a time) and answers with the current offset: never a blocking call there.
+    """
 
-    def __init__(self, fetch: Callable[[], float], resync: float) -> None:
+    __slots__ = ("_afetch", "_fetch", "_lock", "_next", "_offset", "_resync", "_tasks")
+
+    def __init__(
+        self,
+        fetch: Callable[[], float],
+        afetch: Callable[[], Awaitable[float]],
+        resync: float,
+    ) -> None:
         self._fetch = fetch
+        self._afetch = afetch
         self._resync = resync
         self._lock = threading.Lock()
         self._offset = time.time() - time.monotonic()  # until TIME answers
         self._next = -math.inf
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def now(self) -> float:
         local = time.monotonic()
@@ -112,6 +203,10 @@ class _ServerClock:
         return local + self._offset
 
     def _sync(self, local: float) -> None:
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         if not self._lock.acquire(blocking=False):
             return  # another thread measures; use the current offset
         try:
@@ -119,16 +214,33 @@ class _ServerClock:
                 return
             # retry a failed measurement after 5 s at most, however long resync is
             self._next = local + min(self._resync, 5.0)
+            if loop is not None:
+                task = loop.create_task(self._ameasure())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                return
             before = time.monotonic()
             try:
                 server = self._fetch()
             except Exception:
                 return
-            after = time.monotonic()
-            self._offset = server - (before + after) / 2
-            self._next = after + self._resync
+            self._measured(before, server)
         finally:
             self._lock.release()
+
+    async def _ameasure(self) -> None:
+        before = time.monotonic()
+        try:
+            server = await self._afetch()
+        except Exception:
+            return
+        with self._lock:
+            self._measured(before, server)
+
+    def _measured(self, before: float, server: float) -> None:
+        after = time.monotonic()
+        self._offset = server - (before + after) / 2
+        self._next = after + self._resync
 
     def sleep(self, seconds: float) -> None:
         MONOTONIC.sleep(seconds)
@@ -137,12 +249,37 @@ class _ServerClock:
         await MONOTONIC.asleep(seconds)
 
 
-class RedisCacheBackend:
-    """Cache entries on Redis, shared by every process that uses the same
-    ``namespace``. See the module docstring for layout, time and values.
+class _SyncRead:
+    """A ``GET`` in flight that other threads wait for (each with its own event)."""
 
-    :param redis: a URL (``redis://``, ``rediss://``, ``unix://``) or a
-        :class:`~scalekit.backends.RedisBackend` (its clients and timeouts are used).
+    __slots__ = ("data", "error", "events", "finished", "retry")
+
+    def __init__(self) -> None:
+        self.data: Any = None
+        self.events: list[threading.Event] = []
+        self.finished = False
+        self.error: Exception | None = None
+        self.retry = False
+
+
+def _wake(waiting: list[asyncio.Future[Any]], data: Any) -> None:
+    for fut in waiting:
+        if not fut.done():  # a waiter cancelled meanwhile
+            fut.set_result(data)
+
+
+def _server_time(reply: Any) -> float:
+    seconds, micros = reply
+    return float(seconds) + float(micros) / 1e6
+
+
+class RedisCacheBackend:
+    """Cache entries on Redis or Redis Cluster, shared by every process that uses the
+    same ``namespace``. See the module docstring for layout, fences, time and values.
+
+    :param redis: a URL (``redis://``, ``rediss://``, ``unix://``,
+        ``redis+cluster://``) or a :class:`~scalekit.backends.RedisBackend` (its
+        clients and timeouts are used).
     :param namespace: the prefix of every key (non-empty; escaped).
     :param serializer: ``"json"`` (default), ``"msgpack"``, ``"pickle"`` (opt-in by
         name) or a :class:`~scalekit.serde.Serializer`.
@@ -171,11 +308,6 @@ class RedisCacheBackend:
             redis = RedisBackend.from_url(redis)
         elif not isinstance(redis, RedisBackend):
             raise ConfigurationError(f"redis must be a Redis URL or a RedisBackend, got {redis!r}")
-        if redis.cluster:
-            raise ConfigurationError(
-                "the Redis cache backend does not run on Redis Cluster (tags and "
-                "namespaces span hash slots); point it at one Redis server or primary"
-            )
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
         for what, value in (("lease_ttl", lease_ttl), ("fence_ttl", fence_ttl), ("resync", resync)):
@@ -192,40 +324,74 @@ class RedisCacheBackend:
                 f"serializer must be 'json', 'msgpack', 'pickle' or a Serializer, "
                 f"got {serializer!r}"
             )
-        ns = escape(namespace)
         self.namespace = namespace
-        self._ns = ns + ":"
-        self._lease = ns + "!l:"
-        self._kfence = ns + "!f:"
-        self._tfence = ns + "!f:t:"
-        self._pfence = ns + "!f:p:"
-        self._all = ns + "!f:*"
-        self._tagset = ns + "!t:"
+        self.cluster = bool(redis.cluster)
+        #: every name of this namespace starts with this: ``<escaped ns>:{``
+        self._head = escape(namespace) + ":{"
         self.lease_ttl = float(lease_ttl)
         self.fence_ttl = float(fence_ttl)
+        self._lease_ms = _ms(self.lease_ttl)
+        self._fence_ms = _ms(self.fence_ttl)
         self.clock: Clock = (
-            as_clock(clock) if clock is not None else _ServerClock(self._server_time, resync)
+            as_clock(clock)
+            if clock is not None
+            else _ServerClock(self._server_time, self._aserver_time, resync)
         )
         self.evictions = 0  # Redis evicts by its own maxmemory policy; not seen here
         self.decode_errors = 0
-        self._errors = redis._failures
         self._metas: dict[bytes, tuple[EntryMeta, int]] = {}
+        self._names: dict[str, _Triple] = {}
+        #: async reads in flight, per (event loop, value name): the waiters' futures
+        self._reads: dict[tuple[asyncio.AbstractEventLoop, str], list[asyncio.Future[Any]]] = {}
+        #: sync reads in flight, per value name (threads; dict.setdefault and list
+        #: appends are atomic, so the leader's path takes no lock)
+        self._sreads: dict[str, _SyncRead] = {}
 
     def __repr__(self) -> str:
         return f"RedisCacheBackend({self.redis!r}, namespace={self.namespace!r})"
 
-    # --- keys --------------------------------------------------------------------------
+    # --- names -------------------------------------------------------------------------
 
-    def _rk(self, key: str) -> str:
-        return self._ns + key
+    def _key_names(self, key: str) -> _Triple:
+        """(fence, value, lease) names of ``key`` (memoised: hot keys repeat)."""
+        names = self._names.get(key)
+        if names is None:
+            tail = escape(key)
+            base = f"{self._head}{_tag_of(tail)}}}:"
+            names = (base + "f:" + tail, base + "v:" + tail, base + "l:" + tail)
+            if len(self._names) >= _NAME_MEMO:
+                self._names.clear()
+            self._names[key] = names
+        return names
 
-    def _fences(self, rk: str, tags: Iterable[str], heads: Iterable[str]) -> list[str]:
-        return [
-            self._kfence + rk,
-            *(self._tfence + escape(t) for t in sorted(tags)),
-            *(self._pfence + h for h in heads),
-            self._all,
-        ]
+    def _tag_name(self, tag: str) -> str:
+        tail = escape(tag)
+        return f"{self._head}{_tag_of(tail)}}}:t:{tail}"
+
+    def _parse(self, name: object) -> tuple[str, str, str] | None:
+        """(kind, base, tail) of a name of this namespace read back, else None."""
+        text = _text(name)
+        head = self._head
+        if text is None or not text.startswith(head):
+            return None
+        close = text.find("}", len(head))
+        if close < 0 or text[close + 1 : close + 2] != ":" or text[close + 3 : close + 4] != ":":
+            return None
+        return text[close + 2 : close + 3], text[: close + 1], text[close + 4 :]
+
+    def _triple_of(self, name: object) -> _Triple | None:
+        """The (fence, value, lease) names of the key a value/lease/fence name is of."""
+        parsed = self._parse(name)
+        if parsed is None or parsed[0] not in ("v", "l", "f"):
+            return None
+        _, base, tail = parsed
+        return base + ":f:" + tail, base + ":v:" + tail, base + ":l:" + tail
+
+    @staticmethod
+    def _slot(name: str) -> int:
+        start = name.find("{")
+        end = name.find("}", start + 1)
+        return crc_hqx(name[start + 1 : end].encode(), 0) % _SLOTS
 
     # --- encoding ------------------------------------------------------------------------
 
@@ -236,11 +402,10 @@ class RedisCacheBackend:
             exc = value.error
             kind = _ERROR
             try:
-                payload = json.dumps(
-                    [type(exc).__module__, type(exc).__qualname__, list(exc.args)],
-                    allow_nan=False,
-                ).encode()
-            except (TypeError, ValueError):
+                payload = _PLAIN.dumps(
+                    [type(exc).__module__, type(exc).__qualname__, list(exc.args)]
+                )
+            except SerializationError:
                 return None
         else:
             payload = self.serializer.dumps(value)
@@ -256,9 +421,11 @@ class RedisCacheBackend:
         )
         return b"".join((_MAGIC, fresh_until, b"|", head, payload))
 
-    def _decode(self, data: bytes, hint: Any) -> Entry | None:
+    def _decode(self, data: Any, hint: Any) -> Entry | None:
+        """The entry in ``data``, or None (a miss, counted) for anything that does not
+        decode: never an exception."""
         try:
-            if not data.startswith(_MAGIC):
+            if not isinstance(data, bytes) or not data.startswith(_MAGIC):
                 raise SerializationError("not a scalekit cache entry")
             start = data.index(b"|", 4) + 1
             end = start + _HEAD.size
@@ -268,14 +435,18 @@ class RedisCacheBackend:
             if cached is None:
                 cached = self._meta_of(head)
             meta, kind = cached
-            body = data[end:]
+            body = memoryview(data)[end:]
             if kind == _VALUE:
-                return self.serializer.loads(body, hint), meta
+                return self.serializer.loads(body, hint), meta  # type: ignore[arg-type]
             if kind == _ERROR:
-                module, qualname, args = json.loads(body)
-                return RemoteError(str(module), str(qualname), tuple(args)), meta
+                module, qualname, args = _PLAIN.loads(body)  # type: ignore[arg-type]
+                if not (
+                    isinstance(module, str) and isinstance(qualname, str) and type(args) is list
+                ):
+                    raise SerializationError("malformed negative entry")
+                return RemoteError(module, qualname, tuple(args)), meta
             raise SerializationError(f"unknown entry kind {kind}")
-        except (SerializationError, ValueError, TypeError, struct.error, ConfigurationError):
+        except Exception:
             self.decode_errors += 1
             return None
 
@@ -295,30 +466,112 @@ class RedisCacheBackend:
         metas[head] = (meta, kind)
         return meta, kind
 
-    # --- plain operations ----------------------------------------------------------------
-
-    def _fail(self, exc: Exception) -> BackendError:
-        return BackendError(f"Redis cache at {self.redis!r} failed: {exc}")
+    # --- time ----------------------------------------------------------------------------
 
     def _server_time(self) -> float:
-        seconds, micros = self.redis.sync_client.time()
-        return float(seconds) + float(micros) / 1e6
+        return _server_time(self.redis.execute("TIME"))
+
+    async def _aserver_time(self) -> float:
+        return _server_time(await self.redis.aexecute("TIME"))
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def _data_error(self) -> None:
+        """A reply that is an error about this key's data (``WRONGTYPE``): a miss."""
+        self.decode_errors += 1
 
     def get(self, key: str, hint: Any = None) -> Entry | None:
+        """The entry of ``key`` (None: absent or undecodable); concurrent readers of
+        ``key`` in this process' threads share one ``GET``."""
+        name = self._key_names(key)[1]
+        reads = self._sreads
+        while True:
+            mine = _SyncRead()
+            shared = reads.setdefault(name, mine)
+            if shared is mine:
+                break
+            # a waiter: its own event, then the flag (the leader sets the flag, then
+            # the events: whichever comes first, the waiter does not miss the end)
+            done = threading.Event()
+            shared.events.append(done)
+            if not shared.finished:
+                done.wait()
+            if shared.error is not None:
+                if isinstance(shared.error, BackendDataError):
+                    self._data_error()
+                    return None
+                raise BackendError(str(shared.error)) from shared.error
+            if not shared.retry:
+                data = shared.data
+                return None if data is None else self._decode(data, hint)
         try:
-            data = self.redis.sync_client.get(self._rk(key))
-        except self._errors as exc:
-            raise self._fail(exc) from exc
+            data = self.redis.execute("GET", name)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                mine.error = exc
+            else:  # KeyboardInterrupt and the like: the waiters read again
+                mine.retry = True
+            if isinstance(exc, BackendDataError):
+                self._data_error()
+                return None
+            raise
+        else:
+            mine.data = data
+        finally:
+            del reads[name]
+            mine.finished = True
+            for event in mine.events:
+                event.set()
         return None if data is None else self._decode(data, hint)
 
     async def aget(self, key: str, hint: Any = None) -> Entry | None:
+        """:meth:`get`; concurrent readers of ``key`` in this event loop share one
+        ``GET`` (each decodes the bytes to its own ``hint``). Each waiter awaits a
+        future of its own (cancelling it cancels only that waiter)."""
+        name = self._key_names(key)[1]
+        loop = asyncio.get_running_loop()
+        fkey = (loop, name)
+        reads = self._reads
+        while True:
+            waiting = reads.get(fkey)
+            if waiting is None:
+                break
+            mine = loop.create_future()
+            waiting.append(mine)
+            try:
+                data = await mine
+            except BackendDataError:
+                self._data_error()
+                return None
+            if data is not _RETRY:
+                return None if data is None else self._decode(data, hint)
+        waiting = reads[fkey] = []
         try:
-            data = await self.redis.async_client().get(self._rk(key))
-        except self._errors as exc:
-            raise self._fail(exc) from exc
+            data = await self.redis.aexecute("GET", name)
+        except BaseException as exc:
+            for fut in waiting:
+                if not fut.done():
+                    if isinstance(exc, Exception):
+                        fut.set_exception(exc)
+                    else:  # cancelled: the waiters read again
+                        fut.set_result(_RETRY)
+            if isinstance(exc, BackendDataError):
+                self._data_error()
+                return None
+            raise
+        else:
+            if waiting:
+                # woken on the next turn: this caller goes on first (on a miss it
+                # starts the fill, whose first round trip then overlaps the waiters)
+                loop.call_soon(_wake, waiting, data)
+        finally:
+            if reads.get(fkey) is waiting:
+                del reads[fkey]
         return None if data is None else self._decode(data, hint)
 
-    def _write_args(
+    # --- writes --------------------------------------------------------------------------
+
+    def _write_plan(
         self,
         mode: str,
         key: str,
@@ -326,130 +579,220 @@ class RedisCacheBackend:
         ttl: float,
         tags: Iterable[str],
         token: str = "",
-        fences: Sequence[str] = (),
-        seen: Sequence[str] = (),
+        seen: bytes = b"",
         age: float = 0.0,
-    ) -> tuple[list[str], list[Any]]:
-        rk = self._rk(key)
-        fence_keys = list(fences) if fences else [self._kfence + rk]
-        keys = [rk, self._lease + rk, *fence_keys, *(self._tagset + escape(t) for t in tags)]
+    ) -> tuple[list[str], list[Any], list[str]]:
+        """(script keys, script args, tag sets the client joins first: Cluster)."""
+        fence, value, lease = self._key_names(key)
+        tagsets = [self._tag_name(t) for t in sorted(tags)]
+        keys = [value, lease, fence]
+        if not self.cluster:
+            keys += tagsets
         args: list[Any] = [
             mode,
             token,
             data,
             _ms(ttl),
-            len(fence_keys),
-            _ms(self.fence_ttl),
+            self._fence_ms,
             math.floor(age * 1000),
-            *seen,
+            seen,
         ]
-        return keys, args
+        return keys, args, tagsets if self.cluster else []
+
+    def _join(self, tagsets: Sequence[str], value: str, ms: int, op: str = "join") -> None:
+        for ts in tagsets:
+            self.redis.evalsha(_TAGSET, [ts], [op, value, ms])
+
+    async def _ajoin(self, tagsets: Sequence[str], value: str, ms: int, op: str = "join") -> None:
+        if tagsets:
+            await asyncio.gather(
+                *(self.redis.aevalsha(_TAGSET, [ts], [op, value, ms]) for ts in tagsets)
+            )
+
+    def _store(self, keys: list[str], args: list[Any], tagsets: list[str]) -> bool:
+        # on a Cluster the tag sets are joined first: a value is never stored
+        # without the sets that reach it (a failure raises before the write). A fill
+        # joined them at its begin: its commit only extends the sets that still
+        # exist (one that is gone was taken by an invalidation: the commit is refused)
+        op = "extend" if args[0] == "fill" else "join"
+        self._join(tagsets, keys[0], int(args[3]), op)
+        return bool(self.redis.evalsha(_COMMIT, keys, args))
+
+    async def _astore(self, keys: list[str], args: list[Any], tagsets: list[str]) -> bool:
+        op = "extend" if args[0] == "fill" else "join"
+        await self._ajoin(tagsets, keys[0], int(args[3]), op)
+        return bool(await self.redis.aevalsha(_COMMIT, keys, args))
 
     def set(
         self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
     ) -> None:
         data = self._encode(value, meta)
         if data is not None:
-            self.redis.evalsha(_COMMIT, *self._write_args("set", key, data, ttl, tags))
+            self._store(*self._write_plan("set", key, data, ttl, tags))
 
     async def aset(
         self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
     ) -> None:
         data = self._encode(value, meta)
         if data is not None:
-            await self.redis.aevalsha(_COMMIT, *self._write_args("set", key, data, ttl, tags))
+            await self._astore(*self._write_plan("set", key, data, ttl, tags))
+
+    # --- invalidation ------------------------------------------------------------------
+
+    def _batches(
+        self, triples: Sequence[_Triple], tagsets: Sequence[str] = ()
+    ) -> Iterator[tuple[list[str], list[Any]]]:
+        """``invalidate`` calls for ``triples`` (and, on one server, ``tagsets``):
+        one call on one server, one per slot on a Cluster."""
+        if not self.cluster:
+            if triples or tagsets:
+                yield self._invalidate_args(triples, tagsets)
+            return
+        by_slot: dict[int, list[_Triple]] = {}
+        for triple in triples:
+            by_slot.setdefault(self._slot(triple[0]), []).append(triple)
+        for group in by_slot.values():
+            yield self._invalidate_args(group, ())
 
     def _invalidate_args(
-        self, fences: Sequence[str], keys: Sequence[str], tagsets: Sequence[str]
+        self, triples: Sequence[_Triple], tagsets: Sequence[str]
     ) -> tuple[list[str], list[Any]]:
-        return [*fences, *keys, *tagsets], [
-            len(fences),
-            len(keys),
-            _ms(self.fence_ttl),
-            self._lease,
-        ]
+        keys = [name for triple in triples for name in triple]
+        keys += tagsets
+        return keys, [len(triples), self._fence_ms, self._head]
 
-    def _key_args(self, key: str) -> tuple[list[str], list[Any]]:
-        rk = self._rk(key)
-        return self._invalidate_args([self._kfence + rk], [rk], [])
+    def _invalidate(self, triples: Sequence[_Triple], tagsets: Sequence[str] = ()) -> int:
+        dropped = 0
+        for keys, args in self._batches(triples, tagsets):
+            dropped += int(self.redis.evalsha(_INVALIDATE, keys, args))
+        return dropped
 
-    def _tag_args(self, tags: Iterable[str]) -> tuple[list[str], list[Any]]:
-        names = sorted({escape(t) for t in tags})
-        return self._invalidate_args(
-            [self._tfence + t for t in names], [], [self._tagset + t for t in names]
-        )
+    async def _ainvalidate(self, triples: Sequence[_Triple], tagsets: Sequence[str] = ()) -> int:
+        calls = [self.redis.aevalsha(_INVALIDATE, k, a) for k, a in self._batches(triples, tagsets)]
+        return sum(int(n) for n in await asyncio.gather(*calls))
 
     def delete(self, key: str) -> bool:
-        return bool(self.redis.evalsha(_INVALIDATE, *self._key_args(key)))
+        return bool(self._invalidate([self._key_names(key)]))
 
     async def adelete(self, key: str) -> bool:
-        return bool(await self.redis.aevalsha(_INVALIDATE, *self._key_args(key)))
+        return bool(await self._ainvalidate([self._key_names(key)]))
+
+    def _members(self, replies: Iterable[Any]) -> list[_Triple]:
+        seen: dict[str, _Triple] = {}
+        for members in replies:
+            for m in members or ():
+                triple = self._triple_of(m)
+                if triple is not None:
+                    seen[triple[1]] = triple
+        return list(seen.values())
 
     def delete_tags(self, tags: Iterable[str]) -> int:
-        return int(self.redis.evalsha(_INVALIDATE, *self._tag_args(tags)))
+        tagsets = [self._tag_name(t) for t in sorted(set(tags))]
+        if not self.cluster:
+            return self._invalidate((), tagsets)
+        taken = [self.redis.evalsha(_TAGSET, [ts], ["take"]) for ts in tagsets]
+        return self._invalidate(self._members(taken))
 
     async def adelete_tags(self, tags: Iterable[str]) -> int:
-        return int(await self.redis.aevalsha(_INVALIDATE, *self._tag_args(tags)))
+        tagsets = [self._tag_name(t) for t in sorted(set(tags))]
+        if not self.cluster:
+            return await self._ainvalidate((), tagsets)
+        taken = await asyncio.gather(
+            *(self.redis.aevalsha(_TAGSET, [ts], ["take"]) for ts in tagsets)
+        )
+        return await self._ainvalidate(self._members(taken))
 
-    def _prefix_plan(self, prefix: str) -> tuple[list[str], list[str]]:
-        """The fences ``delete_prefix(prefix)`` moves and the SCAN patterns it drops."""
-        if prefix:
-            fences = [self._pfence + prefix]
-            patterns = [
-                _glob(self._ns + prefix) + "*",
-                _glob(self._lease + self._ns + prefix) + "*",
-            ]
-        else:
-            fences = [self._all]
-            patterns = [
-                _glob(self._ns) + "*",
-                _glob(self._lease) + "*",
-                _glob(self._tagset) + "*",
-            ]
-        return fences, patterns
+    def _pattern(self, prefix: str) -> str:
+        """The ``SCAN MATCH`` pattern of ``prefix``'s names ("": the whole namespace).
+        Escaping is per character, so ``escape(key)`` starts with ``escape(prefix)``
+        exactly when ``key`` starts with ``prefix``."""
+        if not prefix:
+            return _glob(self._head) + "*"
+        return _glob(self._head) + "?" * 8 + "}:[vlf]:" + _glob(escape(prefix)) + "*"
+
+    def _sort(self, names: Iterable[Any], triples: dict[str, _Triple], sets: list[str]) -> None:
+        for name in names:
+            parsed = self._parse(name)
+            if parsed is None:
+                continue
+            kind, base, tail = parsed
+            if kind in ("v", "l", "f"):
+                triples[tail] = (base + ":f:" + tail, base + ":v:" + tail, base + ":l:" + tail)
+            elif kind == "t":
+                sets.append(base + ":t:" + tail)
+
+    def _drop_sets(self, sets: list[str]) -> None:
+        for name in sets:
+            self.redis.execute("DEL", name)
+
+    def _scan(self, pattern: str) -> Iterator[list[Any]]:
+        """Batches of the names matching ``pattern`` (every primary of a Cluster)."""
+        if self.cluster:
+            # the one call without a RedisBackend method: SCAN on every primary
+            client = self.redis.sync_client
+            batch: list[Any] = []
+            with map_redis_errors(self.redis._where):
+                for name in client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                    batch.append(name)
+                    if len(batch) >= _SCAN_BATCH:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
+            return
+        cursor: Any = 0
+        while True:
+            cursor, names = self.redis.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH
+            )
+            yield list(names)
+            if int(cursor) == 0:
+                return
+
+    async def _ascan(self, pattern: str) -> AsyncIterator[list[Any]]:
+        if self.cluster:
+            client = self.redis.async_client()
+            batch: list[Any] = []
+            with map_redis_errors(self.redis._where):
+                async for name in client.scan_iter(match=pattern, count=_SCAN_BATCH):
+                    batch.append(name)
+                    if len(batch) >= _SCAN_BATCH:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
+            return
+        cursor: Any = 0
+        while True:
+            cursor, names = await self.redis.aexecute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH
+            )
+            yield list(names)
+            if int(cursor) == 0:
+                return
 
     def delete_prefix(self, prefix: str) -> int:
-        """Drop every key starting with ``prefix`` (SCAN in batches, not atomic:
-        fills that began before are fenced; keys written meanwhile may stay)."""
-        fences, patterns = self._prefix_plan(prefix)
-        self.redis.evalsha(_INVALIDATE, *self._invalidate_args(fences, [], []))
-        client = self.redis.sync_client
+        """Invalidate every key starting with ``prefix`` (SCAN in batches, on every
+        primary of a Cluster: fills in progress are fenced; keys written meanwhile
+        by a direct ``set`` may stay)."""
         dropped = 0
-        try:
-            for i, pattern in enumerate(patterns):
-                batch: list[bytes] = []
-                for k in client.scan_iter(match=pattern, count=_SCAN_BATCH):
-                    batch.append(k)
-                    if len(batch) >= _SCAN_BATCH:
-                        n = client.delete(*batch)
-                        dropped += n if i == 0 else 0
-                        batch = []
-                if batch:
-                    n = client.delete(*batch)
-                    dropped += n if i == 0 else 0
-        except self._errors as exc:
-            raise self._fail(exc) from exc
+        for names in self._scan(self._pattern(prefix)):
+            triples: dict[str, _Triple] = {}
+            sets: list[str] = []
+            self._sort(names, triples, sets)
+            dropped += self._invalidate(list(triples.values()))
+            self._drop_sets(sets)
         return dropped
 
     async def adelete_prefix(self, prefix: str) -> int:
-        fences, patterns = self._prefix_plan(prefix)
-        await self.redis.aevalsha(_INVALIDATE, *self._invalidate_args(fences, [], []))
-        client = self.redis.async_client()
         dropped = 0
-        try:
-            for i, pattern in enumerate(patterns):
-                batch: list[bytes] = []
-                async for k in client.scan_iter(match=pattern, count=_SCAN_BATCH):
-                    batch.append(k)
-                    if len(batch) >= _SCAN_BATCH:
-                        n = await client.delete(*batch)
-                        dropped += n if i == 0 else 0
-                        batch = []
-                if batch:
-                    n = await client.delete(*batch)
-                    dropped += n if i == 0 else 0
-        except self._errors as exc:
-            raise self._fail(exc) from exc
+        async for names in self._ascan(self._pattern(prefix)):
+            triples: dict[str, _Triple] = {}
+            sets: list[str] = []
+            self._sort(names, triples, sets)
+            dropped += await self._ainvalidate(list(triples.values()))
+            for name in sets:
+                await self.redis.aexecute("DEL", name)
         return dropped
 
     def clear(self) -> None:
@@ -462,39 +805,46 @@ class RedisCacheBackend:
     # --- fills ---------------------------------------------------------------------------
 
     def _begin_args(
-        self, key: str, tags: frozenset[str], heads: Sequence[str], fresh: float, token: str
-    ) -> tuple[list[str], list[Any]]:
-        rk = self._rk(key)
-        fences = self._fences(rk, tags, heads)
-        return [rk, self._lease + rk, *fences], [token, _ms(self.lease_ttl), repr(fresh)]
+        self, key: str, tags: frozenset[str], fresh: str, token: str
+    ) -> tuple[list[str], list[Any], list[str]]:
+        fence, value, lease = self._key_names(key)
+        tagsets = [self._tag_name(t) for t in sorted(tags)]
+        keys = [value, lease, fence]
+        if not self.cluster:
+            keys += tagsets
+        args = [token, self._lease_ms, fresh, self._fence_ms, secrets.randbelow(2**48) + 1]
+        return keys, args, tagsets if self.cluster else []
 
     def _ticket(
         self,
-        reply: list[Any],
+        reply: Any,
         key: str,
         tags: frozenset[str],
-        keys: list[str],
         token: str,
         now: float,
+        fresh: float,
         hint: Any,
-    ) -> FillTicket:
+    ) -> FillTicket | None:
+        """The ticket of a ``fill_begin`` reply; None: the "fresh" value it answered
+        does not decode (or is not fresh by its own header): begin again, forced."""
         state = int(reply[0])
         if state == 1:
             entry = self._decode(reply[1], hint)
-            if entry is not None:
-                return FillTicket("fresh", key, tags, entry=entry)
-            # undecodable: load and overwrite it, without a lease (none was taken)
-            state = 3
-        seen = tuple(v.decode() if isinstance(v, bytes) else str(v) for v in reply[1:])
-        if len(seen) != len(keys) - 2:
-            seen = ()  # a fresh-but-undecodable reply carries no fences: never stores
+            if entry is None:
+                return None
+            meta = entry[1]
+            if not fresh < meta.stored_at + meta.ttl:
+                self.decode_errors += 1  # its prefix and its header disagree: crafted
+                return None
+            return FillTicket("fresh", key, tags, entry=entry)
+        fence = reply[1]
+        seen = fence.decode("latin-1") if isinstance(fence, bytes) else str(fence)
         return FillTicket(
             "acquired" if state == 2 else "held",
             key,
             tags,
             token=token,
-            fences=tuple(keys[2:]),
-            seen=seen,
+            seen=(seen,),
             started=now,
         )
 
@@ -509,11 +859,26 @@ class RedisCacheBackend:
     ) -> FillTicket:
         """On a miss (``margin`` 0) or a refresh ahead of expiry: the value if it stays
         fresh for more than ``margin`` seconds from ``now``, else this caller's lease
-        (or "held"), with the fences read."""
-        token = secrets.token_hex(8)
-        keys, args = self._begin_args(key, tags, heads, now + margin, token)
-        reply = self.redis.evalsha(_BEGIN, keys, args)
-        return self._ticket(reply, key, tags, keys, token, now, hint)
+        (or "held"), with the key's fence created and read (the fill registered).
+        ``heads`` is not needed here: prefix invalidation finds fills by their fences."""
+        fresh = now + margin
+        mode = repr(fresh)
+        while True:
+            token = secrets.token_hex(8)
+            keys, args, tagsets = self._begin_args(key, tags, mode, token)
+            reply = self.redis.evalsha(_BEGIN, keys, args)
+            ticket = self._ticket(reply, key, tags, token, now, fresh, hint)
+            if ticket is None:
+                mode = "force"
+                continue
+            if tagsets and ticket.state != "fresh":
+                try:
+                    self._join(tagsets, keys[0], self._fence_ms)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        self.release(ticket)
+                    raise
+            return ticket
 
     async def abegin_fill(
         self,
@@ -524,52 +889,63 @@ class RedisCacheBackend:
         hint: Any = None,
         margin: float = 0.0,
     ) -> FillTicket:
-        """On a miss (``margin`` 0) or a refresh ahead of expiry: the value if it stays
-        fresh for more than ``margin`` seconds from ``now``, else this caller's lease
-        (or "held"), with the fences read."""
-        token = secrets.token_hex(8)
-        keys, args = self._begin_args(key, tags, heads, now + margin, token)
-        reply = await self.redis.aevalsha(_BEGIN, keys, args)
-        return self._ticket(reply, key, tags, keys, token, now, hint)
+        """The async :meth:`begin_fill`."""
+        fresh = now + margin
+        mode = repr(fresh)
+        while True:
+            token = secrets.token_hex(8)
+            keys, args, tagsets = self._begin_args(key, tags, mode, token)
+            reply = await self.redis.aevalsha(_BEGIN, keys, args)
+            ticket = self._ticket(reply, key, tags, token, now, fresh, hint)
+            if ticket is None:
+                mode = "force"
+                continue
+            if tagsets and ticket.state != "fresh":
+                try:
+                    await self._ajoin(tagsets, keys[0], self._fence_ms)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self.arelease(ticket)
+                    raise
+            return ticket
 
-    def _commit_args(
+    def _commit_plan(
         self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float
-    ) -> tuple[list[str], list[Any]] | None:
+    ) -> tuple[list[str], list[Any], list[str]] | None:
         if not ticket.seen:
             return None
         data = self._encode(value, meta)
         if data is None:
             return None
-        return self._write_args(
+        return self._write_plan(
             "fill",
             ticket.key,
             data,
             ttl,
-            sorted(ticket.tags),
+            ticket.tags,
             token=ticket.token,
-            fences=ticket.fences,
-            seen=ticket.seen,
+            seen=ticket.seen[0].encode("latin-1"),
             age=max(0.0, self.clock.now() - ticket.started),
         )
 
     def commit_fill(self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float) -> bool:
-        plan = self._commit_args(ticket, value, meta, ttl)
+        plan = self._commit_plan(ticket, value, meta, ttl)
         if plan is None:
             self.release(ticket)
             return False
-        return bool(self.redis.evalsha(_COMMIT, *plan))
+        return self._store(*plan)
 
     async def acommit_fill(
         self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float
     ) -> bool:
-        plan = self._commit_args(ticket, value, meta, ttl)
+        plan = self._commit_plan(ticket, value, meta, ttl)
         if plan is None:
             await self.arelease(ticket)
             return False
-        return bool(await self.redis.aevalsha(_COMMIT, *plan))
+        return await self._astore(*plan)
 
     def _release_args(self, ticket: FillTicket) -> tuple[list[str], list[Any]]:
-        return [self._lease + self._rk(ticket.key)], [ticket.token]
+        return [self._key_names(ticket.key)[2]], [ticket.token]
 
     def release(self, ticket: FillTicket) -> None:
         """Give the lease back without storing (the load failed)."""

@@ -74,7 +74,7 @@ from scalekit.cache.backend import Entry, FillTicket
 from scalekit.cache.freshness import EntryMeta
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.cache.redis import RedisCacheBackend
-from scalekit.errors import BackendError, ConfigurationError
+from scalekit.errors import ConfigurationError
 
 __all__ = ["TieredCacheBackend"]
 
@@ -177,7 +177,6 @@ class TieredCacheBackend:
         self._stop = threading.Event()
         self._pid = os.getpid()
         self._sender = secrets.token_hex(8)
-        self._errors = l2._errors
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -316,7 +315,10 @@ class TieredCacheBackend:
         """A client of its own for the subscription (a connection is held for good)."""
         import redis
 
-        pool = self.l2.redis.sync_client.connection_pool
+        client = self.l2.redis.sync_client
+        if hasattr(client, "get_default_node"):  # a Cluster: PUBLISH reaches every node
+            client = client.get_default_node().redis_connection
+        pool = client.connection_pool
         kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_PRIVATE}
         # reads happen only once data is there (get_message polls); a longer
         # socket timeout keeps a slow network from cutting a message in half
@@ -332,7 +334,7 @@ class TieredCacheBackend:
             msg = json.loads(data)
             if not isinstance(msg, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):
             msg = {"kind": "clear", "invalid": True}
         if msg.get("sender") == self._sender:
             return  # this process applied it already
@@ -395,16 +397,10 @@ class TieredCacheBackend:
         return json.dumps({"sender": self._sender, "kind": kind, **fields}).encode()
 
     def _publish(self, message: bytes) -> None:
-        try:
-            self.l2.redis.sync_client.publish(self.channel, message)
-        except self._errors as exc:
-            raise BackendError(f"tiered cache: PUBLISH on {self.channel!r} failed: {exc}") from exc
+        self.l2.redis.execute("PUBLISH", self.channel, message)
 
     async def _apublish(self, message: bytes) -> None:
-        try:
-            await self.l2.redis.async_client().publish(self.channel, message)
-        except self._errors as exc:
-            raise BackendError(f"tiered cache: PUBLISH on {self.channel!r} failed: {exc}") from exc
+        await self.l2.redis.aexecute("PUBLISH", self.channel, message)
 
     # --- reads -------------------------------------------------------------------------
 

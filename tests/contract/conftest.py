@@ -103,16 +103,23 @@ def backend(
     yield from _backend(backend_kind, clock, request)
 
 
-#: the cache's backends: memory, Redis alone, and tiered (memory L1 + Redis L2)
+#: the cache's backends: memory, Redis alone (pipelined, not pipelined, Valkey), tiered
+#: (memory L1 + Redis L2), and the 3-master Redis Cluster (a namespace of its own per
+#: test instead of a flush)
 CACHE_BACKENDS = [
-    "memory",
-    "fakeredis",
-    "redis",
-    "redis-nopipe",
-    "valkey",
-    "tiered+fakeredis",
-    "tiered+redis",
+    *("memory", "fakeredis", "redis", "redis-nopipe", "valkey"),
+    *("tiered+fakeredis", "tiered+redis"),
+    *("cluster", "tiered+cluster"),
 ]
+
+
+def _cluster(kind: str, clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[RedisBackend]:
+    url = request.getfixturevalue("redis_cluster_url")
+    b = RedisBackend(url, clock=clock.now, socket_timeout=5.0, connect_timeout=5.0)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture(params=CACHE_BACKENDS)
@@ -124,13 +131,16 @@ def cache_backend(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[
 
     kind = str(request.param)
     tiered = kind.startswith("tiered+")
-    for base in _backend(kind.removeprefix("tiered+"), clock, request):
+    base_kind = kind.removeprefix("tiered+")
+    bases = (_cluster if base_kind == "cluster" else _backend)(base_kind, clock, request)
+    namespace = f"c{next(_prefixes)}"  # the cluster is not flushed between tests
+    for base in bases:
         if isinstance(base, MemoryBackend):
             yield MemoryCacheBackend(clock=clock, max_entries=100)
         elif not tiered:
-            yield RedisCacheBackend(base, clock=clock)
+            yield RedisCacheBackend(base, clock=clock, namespace=namespace)
         else:
-            t = TieredCacheBackend(RedisCacheBackend(base, clock=clock))
+            t = TieredCacheBackend(RedisCacheBackend(base, clock=clock, namespace=namespace))
             assert t.wait_subscribed(10.0)
             try:
                 yield t

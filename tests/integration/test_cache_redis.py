@@ -71,12 +71,13 @@ def test_foreign_bytes_are_a_counted_miss(fresh_redis_url: str) -> None:
     c = _cache(fresh_redis_url)
     raw = redis.Redis.from_url(fresh_redis_url)
     key = "profile:1"
-    for junk in (b"\x80\x04\x95pickle", b"SKC1garbage|", b'{"json": true}', b""):
-        raw.set(f"sk:{key}", junk)
+    name = c.backend._key_names(key)[1]  # type: ignore[attr-defined]
+    for junk in (b"\x80\x04\x95pickle", b"SKC2garbage|", b'{"json": true}', b""):
+        raw.set(name, junk)
         assert c.get(key, "default") == "default"
         assert c.get_or_load(key, lambda: "loaded") == "loaded"  # and overwritten
         assert c.get(key) == "loaded"
-        raw.delete(f"sk:{key}")
+        raw.delete(name)
     assert c.stats().decode_errors == 8
     raw.close()
 
@@ -337,3 +338,35 @@ def test_backends_by_url(fresh_redis_url: str) -> None:
     plain.set("k", [1])
     assert tiered.get("k") == [1]
     tiered.backend.close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_negative_entry_of_an_unknown_class_is_replaced(
+    fresh_redis_url: str, mode: str
+) -> None:
+    """A cached exception the reader does not list (another version of the code, a
+    renamed class) is not served and not kept: the reader loads once and overwrites."""
+    writer = Cache(fresh_redis_url, options=CacheOptions(ttl=60, cache_exceptions=(LookupError,)))
+
+    def missing() -> int:
+        raise LookupError("no such row")
+
+    with pytest.raises(LookupError):
+        writer.get_or_load("row", missing)
+    reader = Cache(fresh_redis_url, options=CacheOptions(ttl=60, lock_timeout=30))
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(1)
+        return 7
+
+    async def aload() -> int:
+        return load()
+
+    for _ in range(3):
+        if mode == "sync":
+            assert reader.get_or_load("row", load, type_hint=int) == 7
+        else:
+            assert await reader.aget_or_load("row", aload, type_hint=int) == 7
+    assert loads == [1]  # loaded once, stored over the foreign negative entry
+    assert reader.get("row", type_hint=int) == 7

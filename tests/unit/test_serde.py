@@ -821,3 +821,48 @@ def test_property_random_bytes_never_escape(typed: Serializer, data: bytes, pref
             typed.loads(prefix + data, hint)
         except SerializationError:
             pass
+
+
+# --- bounds: depth and size, on every decode path ------------------------------------
+
+
+def _deep(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+@pytest.mark.parametrize(
+    "serializer",
+    [JsonSerializer(), JsonSerializer(use_pydantic=False)],
+    ids=["json-pydantic", "json-stdlib"],
+)
+@pytest.mark.parametrize("hint", [None, list[Any], Any], ids=["plain", "list", "any"])
+def test_json_nested_100000_deep_is_a_serialization_error(serializer: Any, hint: Any) -> None:
+    with pytest.raises(SerializationError):
+        serializer.loads(b"\xc1J" + _deep(100_000), hint)
+
+
+@pytest.mark.parametrize("hint", [None, list[Any]], ids=["plain", "list"])
+def test_msgpack_nested_100000_deep_is_a_serialization_error(hint: Any) -> None:
+    pytest.importorskip("msgpack")
+    with pytest.raises(SerializationError):
+        MsgpackSerializer().loads(b"\xc1M" + b"\x91" * 100_000 + b"\x90", hint)
+
+
+def test_moderate_nesting_still_decodes() -> None:
+    value: Any = []
+    for _ in range(100):
+        value = [value]
+    s = JsonSerializer()
+    assert s.loads(s.dumps(value)) == value
+
+
+def test_payload_size_is_bounded_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    import scalekit.serde as serde
+
+    monkeypatch.setattr(serde, "MAX_PAYLOAD_BYTES", 64)
+    s = JsonSerializer()
+    with pytest.raises(SerializationError, match="larger than 64 bytes"):
+        s.dumps("x" * 100)
+    with pytest.raises(SerializationError, match="larger than 64 bytes"):
+        s.loads(b"\xc1J" + b'"' + b"x" * 100 + b'"')
+    assert s.loads(s.dumps("x" * 10)) == "x" * 10

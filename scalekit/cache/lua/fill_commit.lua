@@ -1,32 +1,21 @@
--- Store a value: a fill (checked against its fences) or a direct write.
--- KEYS: [1] value key, [2] lease key, [3 .. 2+nf] fence keys (KEYS[3]: the key's
---       own fence), then tag set keys.
--- ARGV: [1] mode: 'fill' or 'set', [2] lease token, [3] value, [4] value ttl (ms),
---       [5] nf, [6] fence ttl (ms), [7] age of the fill (ms), then nf fence values
---       read by begin_fill (mode 'fill').
--- A fill stores only if every fence still holds the value it read and it is
--- younger than the fence ttl (an older fill could have outlived a fence key).
--- A direct write moves the key's fence: fills of the key in progress will not
--- store over it. Reply: 1 stored, 0 refused.
-local nf = tonumber(ARGV[5])
-local fence_ms = tonumber(ARGV[6])
+-- Store a value: a fill (checked against its fence) or a direct write.
+-- KEYS: [1] value, [2] lease, [3] fence, [4..] tag sets (on Redis Cluster none:
+--       the client joins them first, in their own slots).
+-- ARGV: [1] mode: 'fill' or 'set', [2] lease token ('' for none), [3] value,
+--       [4] value ttl (ms), [5] fence ttl (ms), [6] age of the fill (ms),
+--       [7] the fence value begin_fill read (mode 'fill').
+-- A fill stores only if its fence still exists with the value it read (no
+-- invalidation moved or dropped it) and it is younger than the fence ttl. A direct
+-- write moves the fence: fills of the key in progress will not store over it.
+-- Reply: 1 stored, 0 refused.
+local fence_ms = tonumber(ARGV[5])
 local ok = true
 if ARGV[1] == 'fill' then
-  if tonumber(ARGV[7]) >= fence_ms then
-    ok = false
-  else
-    for i = 1, nf do
-      if (redis.call('GET', KEYS[2 + i]) or '0') ~= ARGV[7 + i] then
-        ok = false
-        break
-      end
-    end
-  end
+  ok = tonumber(ARGV[6]) < fence_ms and redis.pcall('GET', KEYS[3]) == ARGV[7]
 else
-  redis.call('INCR', KEYS[3])
-  redis.call('PEXPIRE', KEYS[3], fence_ms)
+  bump(KEYS[3], fence_ms)
 end
-if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
+if ARGV[2] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[2] then
   redis.call('DEL', KEYS[2])
 end
 if not ok then
@@ -34,10 +23,7 @@ if not ok then
 end
 local ttl = tonumber(ARGV[4])
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ttl)
-for i = 3 + nf, #KEYS do
-  redis.call('SADD', KEYS[i], KEYS[1])
-  if redis.call('PTTL', KEYS[i]) < ttl then
-    redis.call('PEXPIRE', KEYS[i], ttl)
-  end
+for i = 4, #KEYS do
+  join(KEYS[i], KEYS[1], ttl)
 end
 return 1
