@@ -40,10 +40,12 @@ class BackendGuard:
 
     __slots__ = (
         "_cooldown",
+        "_corrupt_logged",
         "_lock",
         "_log",
         "_now",
         "_until",
+        "corrupt",
         "episodes",
         "errors",
         "kind",
@@ -67,6 +69,8 @@ class BackendGuard:
         self._until: float | None = None  # None: healthy
         self.errors = 0
         self.episodes = 0
+        self.corrupt = 0  # data errors answered by resetting the state (see call)
+        self._corrupt_logged: float | None = None
 
     def skip(self) -> bool:
         """True if the backend must not be called now (cooling down)."""
@@ -108,11 +112,22 @@ class BackendGuard:
                     self._log.warning("%s %r: backend recovered", self.kind, self.name)
 
     # -- the one guarded call -----------------------------------------------------------
-    def call(self, fn: Callable[[], T], degrade: Callable[[BackendError | None], T]) -> T:
+    def call(
+        self,
+        fn: Callable[[], T],
+        degrade: Callable[[BackendError | None], T],
+        reset: Callable[[], object] | None = None,
+    ) -> T:
         """``fn()``; or ``degrade(exc)`` if it raises :class:`BackendError`, or
         ``degrade(None)`` without calling it while cooling down.
 
-        A :class:`BackendDataError` marks the backend healthy and propagates.
+        A :class:`BackendDataError` marks the backend healthy. Without ``reset`` it
+        propagates (the primitive handles that key itself). With ``reset`` (which
+        deletes the state the data error was about), the state is reset, counted in
+        :attr:`corrupt`, logged at most once per cooldown, and ``fn()`` runs again from
+        the clean state; a second data error in a row answers ``degrade(None)`` for
+        this call (the state is being corrupted as fast as it is reset). Either way
+        the guard never trips: a key's data is never the backend's outage.
         """
         if self._until is not None and self.skip():
             return degrade(None)
@@ -121,17 +136,30 @@ class BackendGuard:
         except BackendError as exc:
             self.failure(exc)
             return degrade(exc)
-        except BackendDataError:
+        except BackendDataError as exc:
             self.success()
-            raise
+            if reset is None:
+                raise
+            self._corrupted(exc)
+            try:
+                reset()
+                result = fn()
+            except BackendError as again:
+                self.failure(again)
+                return degrade(again)
+            except BackendDataError:
+                return degrade(None)
         if self._until is not None:
             self.success()
         return result
 
     async def acall(
-        self, fn: Callable[[], Awaitable[T]], degrade: Callable[[BackendError | None], T]
+        self,
+        fn: Callable[[], Awaitable[T]],
+        degrade: Callable[[BackendError | None], T],
+        reset: Callable[[], Awaitable[object]] | None = None,
     ) -> T:
-        """The async twin of :meth:`call` (``fn`` returns an awaitable)."""
+        """The async twin of :meth:`call` (``fn`` and ``reset`` return awaitables)."""
         if self._until is not None and self.skip():
             return degrade(None)
         try:
@@ -139,9 +167,34 @@ class BackendGuard:
         except BackendError as exc:
             self.failure(exc)
             return degrade(exc)
-        except BackendDataError:
+        except BackendDataError as exc:
             self.success()
-            raise
+            if reset is None:
+                raise
+            self._corrupted(exc)
+            try:
+                await reset()
+                result = await fn()
+            except BackendError as again:
+                self.failure(again)
+                return degrade(again)
+            except BackendDataError:
+                return degrade(None)
         if self._until is not None:
             self.success()
         return result
+
+    def _corrupted(self, exc: BackendDataError) -> None:
+        with self._lock:
+            self.corrupt += 1
+            now = self._now()
+            last = self._corrupt_logged
+            if last is not None and now - last < self._cooldown:
+                return
+            self._corrupt_logged = now
+        self._log.warning(
+            "%s %r: its state in the backend is not what it expects (%s); resetting it",
+            self.kind,
+            self.name,
+            exc,
+        )

@@ -273,6 +273,7 @@ class SharedState:
                 self.backend.evalsha(self._scripts["admit"], self._keys, self._admit_args())
             ),
             self._admit_down,
+            self._reset,
         )
 
     def record(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
@@ -283,7 +284,16 @@ class SharedState:
         self._guard.call(
             lambda: self._recorded(self.backend.evalsha(self._scripts["record"], self._keys, args)),
             self._down,
+            self._reset,
         )
+
+    def _reset(self) -> None:
+        """Drop the fleet's state of this breaker (closed, empty window): what a data
+        error about it leaves (a key of another type, a value the scripts cannot read)."""
+        self.backend.delete(self._keys)
+
+    async def _areset(self) -> None:
+        await self.backend.adelete(self._keys)
 
     def _recorded(self, reply: Any) -> None:
         self._apply(reply)
@@ -326,7 +336,7 @@ class SharedState:
             )
             return self._admitted(reply)
 
-        return await self._guard.acall(remote, self._admit_down)
+        return await self._guard.acall(remote, self._admit_down, self._areset)
 
     async def arecord(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
         if ticket < 0:
@@ -337,7 +347,7 @@ class SharedState:
         async def remote() -> None:
             self._recorded(await self.backend.aevalsha(self._scripts["record"], self._keys, args))
 
-        await self._guard.acall(remote, self._down)
+        await self._guard.acall(remote, self._down, self._areset)
 
     # -- reading -------------------------------------------------------------------------------
     def state(self) -> State:

@@ -214,6 +214,14 @@ class _RedisBudgetStore:
     async def arefund(self, scope: str, period: float) -> None:
         await self.backend.aevalsha(self._refund, [self.key(scope)], self._refund_args(period))
 
+    def reset(self, scope: str) -> None:
+        """Drop a scope's counters (what a data error about them leaves: a key of
+        another type, a value the script cannot read); the window starts afresh."""
+        self.backend.delete([self.key(scope)])
+
+    async def areset(self, scope: str) -> None:
+        await self.backend.adelete([self.key(scope)])
+
 
 _GLOBAL = "*"
 
@@ -359,11 +367,15 @@ class Budget(Generic[T]):
             o = store.decide(scope, u, self.period, self.target, self.expected, self.warmup)
             return o[0], o[1], self._detail(o, scope)
 
+        assert isinstance(store, _RedisBudgetStore)
+
         def remote() -> tuple[bool, float, str]:
             o = store.decide(scope, u, self.period, self.target, self.expected, self.warmup)
             return o[0], o[1], self._detail(o, scope)
 
-        return self._guard.call(remote, lambda _: self._degraded(scope, u))
+        return self._guard.call(
+            remote, lambda _: self._degraded(scope, u), lambda: store.reset(scope)
+        )
 
     async def adecide(self, item: T) -> tuple[bool, float, str]:
         store = self._store
@@ -377,7 +389,9 @@ class Budget(Generic[T]):
             o = await store.adecide(scope, u, self.period, self.target, self.expected, self.warmup)
             return o[0], o[1], self._detail(o, scope)
 
-        return await self._guard.acall(remote, lambda _: self._degraded(scope, u))
+        return await self._guard.acall(
+            remote, lambda _: self._degraded(scope, u), lambda: store.areset(scope)
+        )
 
     def refund(self, item: T) -> None:
         """Give back the unit counted for ``item`` (a later stage refused it).
@@ -388,8 +402,11 @@ class Budget(Generic[T]):
         if store.local:
             store.refund(scope, self.period)
             return
+        assert isinstance(store, _RedisBudgetStore)
         self._guard.call(
-            lambda: store.refund(scope, self.period), lambda exc: self._refund_locally(scope, exc)
+            lambda: store.refund(scope, self.period),
+            lambda exc: self._refund_locally(scope, exc),
+            lambda: store.reset(scope),
         )
 
     async def arefund(self, item: T) -> None:
@@ -402,6 +419,7 @@ class Budget(Generic[T]):
         await self._guard.acall(
             lambda: store.arefund(scope, self.period),
             lambda exc: self._refund_locally(scope, exc),
+            lambda: store.areset(scope),
         )
 
     def _refund_locally(self, scope: str, exc: BackendError | None) -> None:

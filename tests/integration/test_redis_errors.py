@@ -165,3 +165,44 @@ def test_execute_maps_errors(fresh_redis_url: str) -> None:
         asyncio.run(main())
     finally:
         backend.close()
+
+
+def test_guard_call_resets_on_a_data_error_and_decides_again() -> None:
+    clock = FakeClock()
+    guard = BackendGuard("g", 5.0, clock.now)
+    state = {"corrupt": True, "resets": 0}
+
+    def fn() -> str:
+        if state["corrupt"]:
+            raise BackendDataError("WRONGTYPE")
+        return "fresh"
+
+    def reset() -> None:
+        state["resets"] += 1
+        state["corrupt"] = False
+
+    assert guard.call(fn, lambda e: "degraded", reset) == "fresh"
+    assert (guard.corrupt, guard.errors, state["resets"]) == (1, 0, 1)
+    # corrupted again as fast as it is reset: this call is degraded, the guard stays healthy
+    always = {"resets": 0}
+
+    def still_bad() -> str:
+        raise BackendDataError("WRONGTYPE")
+
+    got = guard.call(still_bad, lambda e: "degraded", lambda: always.__setitem__("resets", 1))
+    assert got == "degraded" and always["resets"] == 1
+    assert guard.errors == 0 and not guard.skip()
+
+    async def main() -> None:
+        state["corrupt"] = True
+
+        async def afn() -> str:
+            return fn()
+
+        async def areset() -> None:
+            reset()
+
+        assert await guard.acall(afn, lambda e: "degraded", areset) == "fresh"
+
+    asyncio.run(main())
+    assert guard.corrupt == 3
