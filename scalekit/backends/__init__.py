@@ -62,14 +62,28 @@ class _Scheme:
 
 
 def _build_memory(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
-    return MemoryBackend(**{**parsed, **options})
+    return MemoryBackend(**{**memory_bound(parsed), **options})
+
+
+def memory_bound(parsed: dict[str, Any]) -> dict[str, Any]:
+    """``memory://`` options with the bound under one name: ``max_entries`` (the
+    cache's word) is ``max_keys``; giving both is refused."""
+    if "max_entries" not in parsed:
+        return parsed
+    if "max_keys" in parsed:
+        raise ConfigurationError(
+            "memory:// takes one bound: max_keys or max_entries (the same), not both"
+        )
+    out = dict(parsed)
+    out["max_keys"] = out.pop("max_entries")
+    return out
 
 
 def _build_redis(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
     return RedisBackend.from_url(url, **options)
 
 
-_MEMORY = _Scheme(_build_memory, {"max_keys": int})
+_MEMORY = _Scheme(_build_memory, {"max_keys": int, "max_entries": int})
 _REDIS = _Scheme(_build_redis, _REDIS_URL_PARSERS)
 
 #: the scheme registry (limits' ``StorageRegistry`` is the model): scheme -> _Scheme

@@ -110,11 +110,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, TypeVar, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit._keys import escape
+from scalekit.backends import memory_bound, parse_backend_url
 from scalekit.backends._guard import BackendGuard
 from scalekit.cache.backend import CacheBackend, CachedError, FillTicket, RemoteError
 from scalekit.cache.freshness import (
@@ -309,16 +310,9 @@ def _backend_from(
             f"'redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://' "
             f"(each with a 'tiered+' prefix for a memory L1 in front of Redis)"
         )
-    query = parse_qs(parts.query)
-    n = max_entries
-    if "max_entries" in query:
-        raw = query["max_entries"][-1]
-        try:
-            n = int(raw)
-        except ValueError:
-            raise ConfigurationError(
-                f"cache backend URL {backend!r}: max_entries must be an int >= 1, got {raw!r}"
-            ) from None
+    # the one URL grammar: unknown or misspelt options are refused
+    _, parsed = parse_backend_url(backend)
+    n = memory_bound(parsed).get("max_keys", max_entries)
     return MemoryCacheBackend(max_entries=10_000 if n is None else n, clock=clock)
 
 

@@ -30,7 +30,10 @@ def test_parse_backend_url_types_each_option() -> None:
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [
-        ("memory://?max_key=5", "unknown option 'max_key' in a memory:// URL; allowed: max_keys"),
+        (
+            "memory://?max_key=5",
+            "unknown option 'max_key' in a memory:// URL; allowed: max_entries, max_keys",
+        ),
         ("memory://?max_keys=5&max_keys=6", "appears twice"),
         ("redis://h?sockettimeout=1", "allowed: autopipeline, client_name, connect_timeout"),
         ("redis://h?decode_responses=true", "unknown option 'decode_responses'"),
@@ -81,3 +84,19 @@ def test_cluster_and_own_clients_are_not_auto_pipelined() -> None:
 def test_bad_settings_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(ConfigurationError):
         RedisBackend("redis://h", **options)  # type: ignore[arg-type]
+
+
+def test_cache_urls_use_the_one_grammar() -> None:
+    """``Cache("memory://?max_keys=5")`` used to mean 10,000 entries, misspelt options
+    were accepted; the cache now parses its URL with the registry's grammar."""
+    from scalekit.cache import Cache
+
+    assert Cache("memory://?max_keys=5").backend.max_entries == 5  # type: ignore[attr-defined]
+    assert Cache("memory://?max_entries=7").backend.max_entries == 7  # type: ignore[attr-defined]
+    for bad, match in (
+        ("memory://?max_entrys=5", "unknown option 'max_entrys'"),
+        ("memory://?max_keys=2&max_entries=3", "one bound"),
+        ("memory://?max_entries=x", "integer"),
+    ):
+        with pytest.raises(ConfigurationError, match=match):
+            Cache(bad)
