@@ -61,4 +61,7 @@ def test_installed_wheel_is_the_one_checked(installed: Path, tmp_path: Path) -> 
         [str(installed), "-c", "import scalekit, sys; print(scalekit.__file__)"],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )  # fmt: skip
-    assert str(ROOT) not in out.stdout and "site-packages" in out.stdout
+    venv_root = installed.parent.parent
+    location = Path(out.stdout.strip()).resolve()
+    assert location.is_relative_to(venv_root.resolve()) and "site-packages" in location.parts
+    assert not location.is_relative_to(ROOT)
