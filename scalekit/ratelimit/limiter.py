@@ -232,6 +232,18 @@ class _LimiterCore:
             store, key, cost, commit, self.on_backend_error, self._cooldown
         )
 
+    def _refund_args(self, key: object, cost: object, tier: str | None) -> tuple[Store, str, int]:
+        store = self._store(tier)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            key, cost = self._checked(key, cost)
+        return store, key, cost
+
+    def _refund_degraded(self, store: Store, key: str, cost: int) -> None:
+        """The backend is down: a ``local_fallback`` limiter gives back what its
+        fallback store spent; the other policies spent nothing they could give back."""
+        if self.on_backend_error == "local_fallback":
+            self._fallback_store(store).refund(key, cost)
+
     def _count(self, d: Decision) -> Decision:
         with self._lock:
             if d.allowed:
@@ -312,6 +324,20 @@ class RateLimiter(_LimiterCore):
             return store.decide(key, cost, False)
         return self._remote(store, key, cost, False)
 
+    def refund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
+        """Give back ``cost`` that ``key`` spent (a request whose work failed), in
+        every window, never more than the current window(s) hold: see the reference
+        page for what that means for each algorithm. One round trip on Redis; with
+        the backend down, it follows ``on_backend_error`` and never raises."""
+        store, key, cost = self._refund_args(key, cost, tier)
+        if isinstance(store, MemoryRateStore):
+            store.refund(key, cost)
+            return
+        self._guard.call(
+            lambda: store.refund(key, cost),
+            lambda _exc: self._refund_degraded(store, key, cost),
+        )
+
     def reset(self, key: str, *, tier: str | None = None) -> None:
         """Forget ``key``'s usage in every window."""
         self._store(tier).reset(key)
@@ -376,6 +402,18 @@ class AsyncRateLimiter(_LimiterCore):
         if isinstance(store, MemoryRateStore):
             return store.decide(key, cost, False)
         return await self._remote(store, key, cost, False)
+
+    async def refund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
+        """Give back ``cost`` that ``key`` spent: see :meth:`RateLimiter.refund`."""
+        store, key, cost = self._refund_args(key, cost, tier)
+        if isinstance(store, MemoryRateStore):
+            store.refund(key, cost)
+            return
+
+        async def refund() -> None:
+            await store.arefund(key, cost)
+
+        await self._guard.acall(refund, lambda _exc: self._refund_degraded(store, key, cost))
 
     async def reset(self, key: str, *, tier: str | None = None) -> None:
         """Forget ``key``'s usage in every window."""

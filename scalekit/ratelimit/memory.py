@@ -139,6 +139,38 @@ class MemoryRateStore:
                 self.denied += 1
             return d
 
+    def refund(self, key: str, cost: int) -> None:
+        """Give back up to ``cost`` of what ``key`` spent, in every window (see
+        the reference page: what a refund means for each algorithm)."""
+        with self._lock:
+            now = self._now()
+            algorithm = self.algorithm
+            for i, (limit, period, _cap) in enumerate(self._rates):
+                if algorithm in ("fixed_window", "sliding_window"):
+                    w = self._windows[i]
+                    if w[0] != math.floor(now / period):
+                        continue  # the window holding the hit is over: nothing to give back
+                    left = w[1].get(key, 0) - cost
+                    if left > 0:
+                        w[1][key] = left
+                    else:
+                        w[1].pop(key, None)
+                elif algorithm == "sliding_log":
+                    g = self._gens[i]
+                    g.rotate(now)
+                    st = g.get(key)
+                    if st is not None:
+                        alg.sliding_log_refund(st, now, period, cost)
+                else:
+                    g = self._gens[i]
+                    t = now - self._epoch
+                    g.rotate(t)
+                    new = alg.gcra_refund(g.get(key), t, limit, period, cost)
+                    if new is None:
+                        g.pop(key)
+                    else:
+                        g.cur[key] = new
+
     def reset(self, key: str) -> None:
         with self._lock:
             for w in self._windows:

@@ -87,13 +87,9 @@ class RedisRateStore:
         self._suffix = suffixes[0] if len(suffixes) == 1 else None
         # One script per policy, its constants written in (integers, exact in Lua): a hit
         # of cost 1 on Redis TIME sends no argument, the cheapest EVALSHA there is.
-        body = load_script("scalekit.ratelimit", "gcra" if bucket else algorithm, header="_header")
-        source = f"local R = {{{', '.join(constants)}}}\n{body.source}"
-        self._script = LuaScript(
-            name=f"{body.name} {','.join(constants)}",
-            source=source,
-            sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
-        )
+        family = "gcra" if bucket else algorithm
+        self._script = self._with_constants(family, constants)
+        self._refund_script = self._with_constants(f"{family}_refund", constants)
         self._limits = [(r.limit, r.period) for r in policy.rates]
         self._one = len(policy.rates) == 1
         self._limit, self._period = self._limits[0]
@@ -101,6 +97,16 @@ class RedisRateStore:
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()  # subjects reset and not yet decided cleanly
         self.corrupt_keys = 0
+
+    @staticmethod
+    def _with_constants(script: str, constants: list[str]) -> LuaScript:
+        body = load_script("scalekit.ratelimit", script, header="_header")
+        source = f"local R = {{{', '.join(constants)}}}\n{body.source}"
+        return LuaScript(
+            name=f"{body.name} {','.join(constants)}",
+            source=source,
+            sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
+        )
 
     def keys(self, key: str) -> list[str]:
         base = build_key(self._head, tag=key)
@@ -194,6 +200,27 @@ class RedisRateStore:
         if self._corrupt:
             self._clean(key)
         return self._decision(reply)
+
+    def _refund_args(self, cost: int) -> list[str]:
+        now = self.backend.server_now
+        if now is None:
+            return [str(cost)]
+        return [str(cost), str(math.floor(now() * 1_000_000))]
+
+    # A data error on a refund resets the key: a clean state is a full refund already.
+    def refund(self, key: str, cost: int) -> None:
+        try:
+            self.backend.evalsha(self._refund_script, self.keys(key), self._refund_args(cost))
+        except BackendDataError as exc:
+            self.backend.delete(self._corrupt_key(key, exc))
+
+    async def arefund(self, key: str, cost: int) -> None:
+        try:
+            await self.backend.aevalsha(
+                self._refund_script, self.keys(key), self._refund_args(cost)
+            )
+        except BackendDataError as exc:
+            await self.backend.adelete(self._corrupt_key(key, exc))
 
     def reset(self, key: str) -> None:
         self.backend.delete(self.keys(key))
