@@ -22,6 +22,7 @@ from scalekit.backends import BackendLike, MemoryBackend, RedisBackend, as_backe
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
 from scalekit.errors import BackendDataError, ConcurrencyLimitExceeded, ConfigurationError
+from scalekit.ratelimit import _startup
 from scalekit.ratelimit.limiter import FailurePolicy, log
 from scalekit.ratelimit.redis import FORMAT_VERSION
 
@@ -241,6 +242,10 @@ class ConcurrencyLimiter(_ConcurrencyCore):
         key = self._check_key(key)
         return self._op("count", key, "")[1]
 
+    def ping(self) -> None:
+        """The startup check: see :meth:`scalekit.ratelimit.RateLimiter.ping`."""
+        _startup.ping(f"concurrency limiter {self.name!r}", self.backend)
+
     @contextlib.contextmanager
     def hold(self, key: str, *, timeout: float | None = 0.0) -> Iterator[Lease]:
         lease = self.acquire(key, timeout=timeout)
@@ -307,6 +312,10 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
     async def in_flight(self, key: str) -> int:
         key = self._check_key(key)
         return (await self._op("count", key, ""))[1]
+
+    async def ping(self) -> None:
+        """The startup check: see :meth:`scalekit.ratelimit.RateLimiter.ping`."""
+        await _startup.aping(f"concurrency limiter {self.name!r}", self.backend)
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str, *, timeout: float | None = 0.0) -> AsyncIterator[Lease]:

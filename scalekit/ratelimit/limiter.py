@@ -18,6 +18,7 @@ from scalekit._clock import Clock, as_clock
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.errors import BackendDataError, ConfigurationError, RateLimitExceeded
+from scalekit.ratelimit import _startup
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.memory import HitFn, MemoryRateStore, StoreFull
@@ -342,6 +343,11 @@ class RateLimiter(_LimiterCore):
         """Forget ``key``'s usage in every window."""
         self._store(tier).reset(key)
 
+    def ping(self) -> None:
+        """The startup check: raise :class:`~scalekit.errors.BackendError` (naming the
+        redacted URL) unless the backend answers; nothing to check on memory."""
+        _startup.ping(f"rate limiter {self.name!r}", self.backend)
+
     def acquire(
         self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
     ) -> Decision:
@@ -422,6 +428,10 @@ class AsyncRateLimiter(_LimiterCore):
             store.reset(key)
         else:
             await store.areset(key)
+
+    async def ping(self) -> None:
+        """The startup check: see :meth:`RateLimiter.ping`."""
+        await _startup.aping(f"rate limiter {self.name!r}", self.backend)
 
     async def acquire(
         self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
