@@ -72,6 +72,7 @@ __all__ = [
     "install_handler",
     "lifespan_check",
     "limit",
+    "limit_message",
     "rate_limit_exceeded_handler",
 ]
 
@@ -261,6 +262,65 @@ def rate_limit_exceeded_handler(
         {"detail": "Too Many Requests"}, status_code=429, headers=out
     )
     return response
+
+
+#: what a websocket handler does with a message over the limit
+OnExceeded = Literal["error", "close"]
+#: RFC 6455 "policy violation": the close code for a client over its limit
+POLICY_VIOLATION = 1008
+
+
+async def limit_message(
+    websocket: Any,
+    limiter: AsyncRateLimiter | RateLimiter,
+    key: str,
+    *,
+    cost: int = 1,
+    tier: str | None = None,
+    on_exceeded: OnExceeded = "error",
+) -> bool:
+    """Spend ``cost`` of ``limiter`` for one websocket message; true if the handler
+    may process it.
+
+    Over the limit, ``on_exceeded="error"`` sends the client a JSON frame
+    ``{"type": "rate_limited", "retry_after": s, "limit": n, "remaining": n,
+    "policy": "..."}`` (``retry_after`` in whole seconds, ``null`` for never) and
+    keeps the connection; ``"close"`` closes it with code 1008 (policy violation)
+    and the retry delay in the reason: stop reading then. ``websocket`` is a
+    Starlette/FastAPI ``WebSocket``; a synchronous :class:`RateLimiter` is accepted
+    on memory only, as in :func:`limit`.
+    """
+    if on_exceeded not in ("error", "close"):
+        raise ConfigurationError(f"on_exceeded must be 'error' or 'close', got {on_exceeded!r}")
+    if isinstance(limiter, AsyncRateLimiter):
+        decision = await limiter.hit(key, cost, tier=tier)
+    elif isinstance(limiter, RateLimiter) and limiter.backend.__class__.__name__.startswith(
+        "Memory"
+    ):
+        decision = limiter.hit(key, cost, tier=tier)
+    else:
+        raise ConfigurationError(
+            f"limit_message() needs an AsyncRateLimiter (or an in-memory RateLimiter), "
+            f"got {limiter!r}"
+        )
+    if decision.allowed:
+        return True
+    retry = decision.retry_after
+    seconds = max(1, math.ceil(retry - 1e-6)) if math.isfinite(retry) else None
+    if on_exceeded == "close":
+        reason = "rate limit exceeded" + ("" if seconds is None else f"; retry after {seconds} s")
+        await websocket.close(code=POLICY_VIOLATION, reason=reason)
+    else:
+        await websocket.send_json(
+            {
+                "type": "rate_limited",
+                "retry_after": seconds,
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "policy": decision.policy,
+            }
+        )
+    return False
 
 
 class _Pingable(Protocol):

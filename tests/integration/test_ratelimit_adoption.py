@@ -4,14 +4,16 @@ and Starlette's TestClient."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, WebSocket
 
 from scalekit import RedisBackend
 from scalekit.errors import BackendError, ConfigurationError
@@ -21,7 +23,7 @@ from scalekit.ratelimit import (
     ConcurrencyLimiter,
     RateLimiter,
 )
-from scalekit.ratelimit.fastapi import install_handler, lifespan_check, limit
+from scalekit.ratelimit.fastapi import install_handler, lifespan_check, limit, limit_message
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -234,3 +236,94 @@ async def test_the_boot_passes_on_the_real_redis(redis_url: str) -> None:
 def test_lifespan_check_refuses_what_cannot_ping() -> None:
     with pytest.raises(ConfigurationError):
         lifespan_check(object())  # type: ignore[arg-type]
+
+
+# -- websocket: a per-message limit ------------------------------------------------
+
+
+def ws_app(limiter: AsyncRateLimiter, on_exceeded: str) -> FastAPI:
+    app = FastAPI()
+
+    @app.websocket("/ws")
+    async def chat(websocket: WebSocket) -> None:
+        user = websocket.headers["x-user"]
+        await websocket.accept()
+        async for text in websocket.iter_text():
+            if not await limit_message(websocket, limiter, user, on_exceeded=on_exceeded):  # type: ignore[arg-type]
+                if on_exceeded == "close":
+                    return
+                continue
+            await websocket.send_text(f"echo {text}")
+
+    return app
+
+
+async def talk(app: FastAPI, messages: list[str], user: str = "u1") -> list[dict[str, Any]]:
+    """A websocket session driven over ASGI by hand: connect, send ``messages``, then
+    disconnect; what the app sent back."""
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    await inbox.put({"type": "websocket.connect"})
+    for m in messages:
+        await inbox.put({"type": "websocket.receive", "text": m})
+    sent: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def receive() -> dict[str, Any]:
+        if inbox.empty() and len([m for m in sent if m["type"] != "websocket.accept"]) >= len(
+            messages
+        ):
+            return {"type": "websocket.disconnect", "code": 1000}
+        return await inbox.get()
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "websocket.close":
+            done.set()
+
+    scope = {
+        "type": "websocket",
+        "asgi": {"version": "3.0"},
+        "path": "/ws",
+        "raw_path": b"/ws",
+        "query_string": b"",
+        "headers": [(b"x-user", user.encode())],
+        "client": ("10.0.0.1", 1234),
+        "server": ("t", 80),
+        "subprotocols": [],
+        "scheme": "ws",
+    }
+    await asyncio.wait_for(app(scope, receive, send), timeout=10)
+    return sent
+
+
+async def test_websocket_error_frames(backend: str) -> None:
+    limiter = AsyncRateLimiter(backend, "2/hour", name="ws1")
+    sent = await talk(ws_app(limiter, "error"), ["a", "b", "c", "d"])
+    assert sent[0]["type"] == "websocket.accept"
+    frames = [m.get("text") for m in sent[1:]]
+    assert frames[:2] == ["echo a", "echo b"]
+    for frame in frames[2:]:
+        body = json.loads(frame)
+        assert body["type"] == "rate_limited" and body["policy"] == "2/hour"
+        assert 1 <= body["retry_after"] <= 2 * 3600 and body["remaining"] == 0
+    assert len(frames) == 4  # the connection stayed open for every message
+    # another user on another connection is unaffected
+    other = await talk(ws_app(limiter, "error"), ["x"], user="u2")
+    assert other[1]["text"] == "echo x"
+
+
+async def test_websocket_close_with_policy_violation(backend: str) -> None:
+    limiter = AsyncRateLimiter(backend, "1/hour", name="ws2")
+    sent = await talk(ws_app(limiter, "close"), ["a", "b", "c"])
+    assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
+    assert sent[1]["text"] == "echo a"
+    assert sent[2]["code"] == 1008
+    assert sent[2]["reason"].startswith("rate limit exceeded; retry after ")
+
+
+async def test_limit_message_is_checked() -> None:
+    limiter = AsyncRateLimiter("memory://", "1/hour")
+    with pytest.raises(ConfigurationError):
+        await limit_message(object(), limiter, "k", on_exceeded="drop")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError):
+        await limit_message(object(), object(), "k")  # type: ignore[arg-type]
