@@ -31,6 +31,7 @@ from scalekit._keys import build_key, escape
 from scalekit.backends._lua import LuaScript, load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.errors import BackendDataError
+from scalekit.ratelimit._metrics import StoreCounters
 from scalekit.ratelimit.algorithms import Algorithm, combine
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.policy import Policy
@@ -60,8 +61,10 @@ class RedisRateStore:
         *,
         prefix: str,
         name: tuple[str, ...],
+        counters: StoreCounters | None = None,
     ) -> None:
         self.backend = backend
+        self.counters = counters or StoreCounters(None, "", algorithm, "")
         self.algorithm = algorithm
         self.policy = policy
         # token_bucket and gcra make the same decisions (see algorithms.gcra)
@@ -96,7 +99,6 @@ class RedisRateStore:
         self._name = policy.name
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()  # subjects reset and not yet decided cleanly
-        self.corrupt_keys = 0
 
     @staticmethod
     def _with_constants(script: str, constants: list[str]) -> LuaScript:
@@ -151,8 +153,8 @@ class RedisRateStore:
     # -- corrupt state ---------------------------------------------------------------
     def _corrupt_key(self, key: str, exc: BackendDataError) -> list[str]:
         """Count a data error on ``key`` (logged once per episode); its keys to delete."""
+        self.counters.corrupt_keys.inc()
         with self._lock:
-            self.corrupt_keys += 1
             first = key not in self._corrupt
             if first:
                 if len(self._corrupt) >= 1024:  # bounded: an attack must not grow it
@@ -209,12 +211,14 @@ class RedisRateStore:
 
     # A data error on a refund resets the key: a clean state is a full refund already.
     def refund(self, key: str, cost: int) -> None:
+        self.counters.refunds.inc()
         try:
             self.backend.evalsha(self._refund_script, self.keys(key), self._refund_args(cost))
         except BackendDataError as exc:
             self.backend.delete(self._corrupt_key(key, exc))
 
     async def arefund(self, key: str, cost: int) -> None:
+        self.counters.refunds.inc()
         try:
             await self.backend.aevalsha(
                 self._refund_script, self.keys(key), self._refund_args(cost)
