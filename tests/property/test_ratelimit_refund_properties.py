@@ -1,7 +1,7 @@
 """Property: hits and refunds in any order never let a key spend more than its limit,
 and a refund of what a hit spent restores the decision from before that hit.
 
-Driven through memory and fakeredis limiters on a FakeClock. With the clock frozen
+Driven through memory, fakeredis and the suite's real Redis on a FakeClock. With the clock frozen
 inside one window every algorithm reduces to the same model: ``used`` units of
 ``limit`` are spent, a hit of ``cost`` is allowed iff ``used + cost <= limit``, a
 refund lowers ``used`` by at most what it holds. Time steps are checked separately:
@@ -11,6 +11,7 @@ would after the same time (a fresh state is the most a refund can give).
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import fakeredis
@@ -29,24 +30,47 @@ ops = st.lists(
 )
 
 
-def limiter(kind: str, algorithm: str, clock: FakeClock) -> RateLimiter:
+_prefixes = itertools.count()
+
+
+def limiter(kind: str, algorithm: str, clock: FakeClock, request: Any) -> RateLimiter:
     if kind == "memory":
         return RateLimiter("memory://", f"{LIMIT}/minute", algorithm=algorithm, clock=clock)
-    backend = RedisBackend(
-        "redis://fakeredis", client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
-        clock=clock.now,
-    )  # fmt: skip
-    return RateLimiter(backend, f"{LIMIT}/minute", algorithm=algorithm, clock=clock)
+    if kind == "fakeredis":
+        backend = RedisBackend(
+            "redis://fakeredis", client=fakeredis.FakeRedis(server=fakeredis.FakeServer()),
+            clock=clock.now,
+        )  # fmt: skip
+    else:
+        backend = RedisBackend(request.getfixturevalue("redis_url"), clock=clock.now)
+    prefix = f"prop-refund-{next(_prefixes)}"  # a fresh key space per example
+    return RateLimiter(
+        backend,
+        f"{LIMIT}/minute",
+        algorithm=algorithm,
+        clock=clock,
+        prefix=prefix,  # type: ignore[arg-type]
+    )
 
 
-@pytest.mark.parametrize("kind", ["memory", "fakeredis"])
+@pytest.mark.parametrize("kind", ["memory", "fakeredis", "redis"])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=ops)
-def test_frozen_time_matches_the_model(kind: str, algorithm: str, ops: list[Any]) -> None:
+def test_frozen_time_matches_the_model(
+    kind: str, algorithm: str, ops: list[Any], request: pytest.FixtureRequest
+) -> None:
     clock = FakeClock()
     clock.advance(0.5)  # inside a fixed window: nothing slides out
-    rl = limiter(kind, algorithm, clock)
+    rl = limiter(kind, algorithm, clock, request)
+    try:
+        check_against_the_model(rl, ops)
+    finally:
+        if isinstance(rl.backend, RedisBackend):
+            rl.backend.close()
+
+
+def check_against_the_model(rl: RateLimiter, ops: list[Any]) -> None:
     used = 0
     for op, cost in ops:
         if op == "hit":
