@@ -327,3 +327,25 @@ async def test_limit_message_is_checked() -> None:
         await limit_message(object(), limiter, "k", on_exceeded="drop")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
         await limit_message(object(), object(), "k")  # type: ignore[arg-type]
+
+
+async def test_a_later_limit_denying_can_give_back_an_earlier_one(
+    backend: str, client_of: Any
+) -> None:
+    from scalekit.errors import RateLimitExceeded
+
+    minute = AsyncRateLimiter(backend, "10/hour", name="outer")
+    burst = AsyncRateLimiter(backend, "1/hour", name="inner")
+    app = FastAPI()
+    install_handler(app)
+    by_user = {"key": lambda r: r.headers["x-user"]}
+    outer = Depends(limit(minute, refund_on=(RateLimitExceeded,), **by_user))  # type: ignore[arg-type]
+    inner = Depends(limit(burst, **by_user))  # type: ignore[arg-type]
+
+    @app.post("/messages", dependencies=[outer, inner])
+    async def send() -> str:
+        return "sent"
+
+    client = client_of(app)
+    assert [await post(client) for _ in range(4)] == [200, 429, 429, 429]
+    assert (await minute.peek("u1")).remaining == 9  # the three denied by inner: given back
