@@ -6,6 +6,7 @@
 [True, True, True, False]
 """
 
+from scalekit.ratelimit._metrics import ConcurrencyStats, RateLimiterStats
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
 from scalekit.ratelimit.asgi import RateLimitMiddleware
 from scalekit.ratelimit.concurrency import AsyncConcurrencyLimiter, ConcurrencyLimiter, Lease
@@ -20,6 +21,7 @@ __all__ = [
     "AsyncConcurrencyLimiter",
     "AsyncRateLimiter",
     "ConcurrencyLimiter",
+    "ConcurrencyStats",
     "Decision",
     "FailurePolicy",
     "Lease",
@@ -28,6 +30,7 @@ __all__ = [
     "Rate",
     "RateLimitMiddleware",
     "RateLimiter",
+    "RateLimiterStats",
     "Tiers",
     "rate_limited",
 ]

@@ -36,7 +36,9 @@ __all__ = [
     "combine",
     "fixed_window",
     "gcra",
+    "gcra_refund",
     "sliding_log",
+    "sliding_log_refund",
     "sliding_window",
 ]
 
@@ -213,6 +215,44 @@ def gcra(
         return True, min(burst, _floor((slack - (base - now)) / interval)), base - now, 0.0, tat
     retry = new_tat - tolerance - now if cost <= burst else INF
     return False, min(burst, _floor((slack - (base - now)) / interval)), base - now, retry, tat
+
+
+def gcra_refund(
+    tat: float | None, now: float, limit: int, period: float, cost: int
+) -> float | None:
+    """Give ``cost`` back to a bucket: the TAT moves back by ``cost`` emission
+    intervals, never before ``now`` (``None``: idle, a full bucket). A refund of a hit
+    just spent restores the TAT the hit started from, so the next decision is the one
+    the bucket would have made without that hit."""
+    if tat is None or tat <= now:
+        return None
+    new = tat - cost * (period / limit)
+    return new if new > now else None
+
+
+def sliding_log_refund(state: list[Any], now: float, period: float, cost: int) -> None:
+    """Give ``cost`` back to a log (in place): the newest hits still in the window are
+    removed, newest first, the last one only in part if it cost more than what is
+    left to give back. Expired hits are never touched, so a refund never gives back
+    more than the window holds, and a refund of the last hit restores the log it
+    started from."""
+    horizon = now - period + TIME_EPS
+    total: int = state[0]
+    i = 1
+    while i < len(state) and state[i] <= horizon:
+        total -= state[i + 1]
+        i += 2
+    del state[1:i]
+    while cost > 0 and len(state) > 1:
+        last = state[-1]
+        if last > cost:
+            state[-1] = last - cost
+            total -= cost
+            break
+        total -= last
+        cost -= last
+        del state[-2:]
+    state[0] = total
 
 
 def combine(

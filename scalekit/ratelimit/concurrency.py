@@ -21,7 +21,13 @@ from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, RedisBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
-from scalekit.errors import BackendDataError, ConcurrencyLimitExceeded, ConfigurationError
+from scalekit.errors import (
+    BackendDataError,
+    BackendError,
+    ConcurrencyLimitExceeded,
+    ConfigurationError,
+)
+from scalekit.ratelimit import _metrics, _startup
 from scalekit.ratelimit.limiter import FailurePolicy, log
 from scalekit.ratelimit.redis import FORMAT_VERSION
 
@@ -119,7 +125,12 @@ class _ConcurrencyCore:
         max_keys = self.backend.max_keys if isinstance(self.backend, MemoryBackend) else 1_000_000
         self._memory = _MemoryLeases(max_keys) if isinstance(self.backend, MemoryBackend) else None
         self._fallback = _MemoryLeases(max_keys)
-        self.corrupt_keys = 0
+        label = name[:128]
+        self._acquired = _metrics.attach(_metrics.CC_ACQUIRED, self, label)
+        self._rejected = _metrics.attach(_metrics.CC_REJECTED, self, label)
+        self._degraded_count = _metrics.attach(_metrics.CC_DEGRADED, self, label)
+        self._errors = _metrics.attach(_metrics.CC_BACKEND_ERRORS, self, label)
+        self._corrupt_count = _metrics.attach(_metrics.CC_CORRUPT_KEYS, self, label)
         self._guard = _BackendGuard(
             name,
             cooldown,
@@ -128,6 +139,36 @@ class _ConcurrencyCore:
             logger=log,
         )
         self._script = load_script("scalekit.ratelimit", "concurrency")
+
+    @property
+    def corrupt_keys(self) -> int:
+        """Keys reset after a data error (also in :meth:`stats`)."""
+        return int(self._corrupt_count.value)
+
+    def stats(self) -> _metrics.ConcurrencyStats:
+        """What this limiter counted since its creation, read from its counters in
+        the metrics registry (see :class:`~scalekit.ratelimit.ConcurrencyStats`)."""
+        return _metrics.ConcurrencyStats(
+            acquired=int(self._acquired.value),
+            rejected=int(self._rejected.value),
+            degraded=int(self._degraded_count.value),
+            backend_errors=int(self._errors.value),
+            corrupt_keys=int(self._corrupt_count.value),
+        )
+
+    def _granted(self, key: str, lid: str, ok: bool) -> Lease | None:
+        if ok:
+            self._acquired.inc()
+            return Lease(key, lid)
+        self._rejected.inc()
+        return None
+
+    def _on_backend_error(
+        self, op: str, key: str, lid: str, exc: BackendError | None
+    ) -> tuple[bool, int, float]:
+        if exc is not None:
+            self._errors.inc()
+        return self._degraded(op, key, lid)
 
     @staticmethod
     def _check_key(key: object) -> str:
@@ -151,7 +192,7 @@ class _ConcurrencyCore:
 
     def _corrupt(self, key: str, exc: BackendDataError) -> list[str]:
         """A data error on ``key``'s lease set (a wrong type): count, log, its key."""
-        self.corrupt_keys += 1
+        self._corrupt_count.inc()
         log.warning(
             "concurrency limiter %r: the state of key %r is not a lease set (%s); "
             "resetting that key",
@@ -162,6 +203,7 @@ class _ConcurrencyCore:
         return self._redis_call("count", key, "")[0]
 
     def _degraded(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
+        self._degraded_count.inc()
         if self.on_backend_error == "fail_open":
             return op == "acquire" or op == "count", 0, 0.0
         if self.on_backend_error == "local_fallback":
@@ -196,7 +238,7 @@ class ConcurrencyLimiter(_ConcurrencyCore):
                 return self._parse(backend.evalsha(self._script, keys, args))
 
         try:
-            return self._guard.call(call, lambda _exc: self._degraded(op, key, lid))
+            return self._guard.call(call, lambda exc: self._on_backend_error(op, key, lid, exc))
         except BackendDataError:  # still corrupt after the reset: this call only
             return self._degraded(op, key, lid)
 
@@ -205,7 +247,7 @@ class ConcurrencyLimiter(_ConcurrencyCore):
         key = self._check_key(key)
         lid = secrets.token_hex(8)
         ok, _, _ = self._op("acquire", key, lid)
-        return Lease(key, lid) if ok else None
+        return self._granted(key, lid, ok)
 
     def acquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
         """Take a slot, waiting up to ``timeout`` seconds (``None``: no bound)."""
@@ -217,10 +259,12 @@ class ConcurrencyLimiter(_ConcurrencyCore):
         while True:
             ok, n, retry = self._op("acquire", key, lid)
             if ok:
+                self._acquired.inc()
                 return Lease(key, lid)
             now = self.clock.now()
             wait = min(poll, retry) if retry > 0 else poll
             if deadline is not None and now + wait > deadline:
+                self._rejected.inc()
                 raise ConcurrencyLimitExceeded(
                     f"{n} of {self.limit} slots for {key!r} in use; none freed within {timeout}s",
                     retry_after=retry,
@@ -240,6 +284,10 @@ class ConcurrencyLimiter(_ConcurrencyCore):
         """Live leases for ``key``."""
         key = self._check_key(key)
         return self._op("count", key, "")[1]
+
+    def ping(self) -> None:
+        """The startup check: see :meth:`scalekit.ratelimit.RateLimiter.ping`."""
+        _startup.ping(f"concurrency limiter {self.name!r}", self.backend)
 
     @contextlib.contextmanager
     def hold(self, key: str, *, timeout: float | None = 0.0) -> Iterator[Lease]:
@@ -268,7 +316,9 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
                 return self._parse(await backend.aevalsha(self._script, keys, args))
 
         try:
-            return await self._guard.acall(call, lambda _exc: self._degraded(op, key, lid))
+            return await self._guard.acall(
+                call, lambda exc: self._on_backend_error(op, key, lid, exc)
+            )
         except BackendDataError:  # still corrupt after the reset: this call only
             return self._degraded(op, key, lid)
 
@@ -276,7 +326,7 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
         key = self._check_key(key)
         lid = secrets.token_hex(8)
         ok, _, _ = await self._op("acquire", key, lid)
-        return Lease(key, lid) if ok else None
+        return self._granted(key, lid, ok)
 
     async def acquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
         key = self._check_key(key)
@@ -287,10 +337,12 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
         while True:
             ok, n, retry = await self._op("acquire", key, lid)
             if ok:
+                self._acquired.inc()
                 return Lease(key, lid)
             now = self.clock.now()
             wait = min(poll, retry) if retry > 0 else poll
             if deadline is not None and now + wait > deadline:
+                self._rejected.inc()
                 raise ConcurrencyLimitExceeded(
                     f"{n} of {self.limit} slots for {key!r} in use; none freed within {timeout}s",
                     retry_after=retry,
@@ -307,6 +359,10 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
     async def in_flight(self, key: str) -> int:
         key = self._check_key(key)
         return (await self._op("count", key, ""))[1]
+
+    async def ping(self) -> None:
+        """The startup check: see :meth:`scalekit.ratelimit.RateLimiter.ping`."""
+        await _startup.aping(f"concurrency limiter {self.name!r}", self.backend)
 
     @contextlib.asynccontextmanager
     async def hold(self, key: str, *, timeout: float | None = 0.0) -> AsyncIterator[Lease]:

@@ -28,15 +28,35 @@ A tier the limiter does not know (a stale plan name in a token, a typo in a head
 is answered by ``unknown_tier``: ``"reject"`` (default) raises FastAPI's
 ``HTTPException(400)``; ``"default"`` uses ``default_tier``. Never a 500.
 
+A request whose work failed need not spend the quota: ``refund_on`` names the
+exceptions (classes, HTTP status codes of an ``HTTPException``, or a predicate) that,
+raised by the endpoint or a later dependency, give the request's cost back with
+:meth:`~scalekit.ratelimit.RateLimiter.refund` before the exception goes on to its
+handler::
+
+    @app.post("/messages", dependencies=[Depends(limit(chat, key=user_id, refund_on=(503,)))])
+    async def send_message(...):
+        ...
+        raise HTTPException(503, "the model is overloaded")  # the message is not counted
+
+A refund never raises (a Redis outage follows the limiter's ``on_backend_error``), so
+the endpoint's own exception is the one the client sees.
+
+:func:`lifespan_check` fails an app's boot, with the redacted URL, when a limiter's
+Redis does not answer.
+
 FastAPI (Starlette) is imported when :func:`limit` is called, not when this module is.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 from scalekit.errors import ConfigurationError, MissingDependency, RateLimitExceeded
 from scalekit.ratelimit.asgi import HeadersMode, client_address, rate_limit_headers
@@ -47,12 +67,22 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
-__all__ = ["install_handler", "limit", "rate_limit_exceeded_handler"]
+__all__ = [
+    "RefundOn",
+    "install_handler",
+    "lifespan_check",
+    "limit",
+    "limit_message",
+    "rate_limit_exceeded_handler",
+]
 
 T = TypeVar("T")
 #: a value, or a callable of the request returning it (possibly awaitable)
 FromRequest: TypeAlias = T | Callable[["Request"], T | Awaitable[T]]
 UnknownTier = Literal["reject", "default"]
+#: which failures give the cost back: exception classes and HTTP status codes (an
+#: exception whose ``status_code`` is one of them), or a predicate of the exception
+RefundOn: TypeAlias = Sequence[type[BaseException] | int] | Callable[[BaseException], bool]
 
 ANONYMOUS = "anonymous"
 
@@ -74,6 +104,35 @@ async def _resolve(value: Any, request: Request) -> Any:
     return value
 
 
+def _refund_predicate(refund_on: RefundOn | None) -> Callable[[BaseException], bool] | None:
+    if refund_on is None:
+        return None
+    if callable(refund_on) and not isinstance(refund_on, type):
+        return refund_on
+    if isinstance(refund_on, type | int | str) or not isinstance(refund_on, Sequence):
+        raise ConfigurationError(
+            "refund_on must be a sequence of exception classes and HTTP status codes, "
+            f"or a predicate of the exception; got {refund_on!r}"
+        )
+    classes: list[type[BaseException]] = []
+    codes: set[int] = set()
+    for item in refund_on:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            classes.append(item)
+        elif isinstance(item, int) and not isinstance(item, bool) and 100 <= item <= 599:
+            codes.add(item)
+        else:
+            raise ConfigurationError(
+                f"refund_on: expected exception classes or HTTP status codes, got {item!r}"
+            )
+    types = tuple(classes)
+
+    def matches(exc: BaseException) -> bool:
+        return isinstance(exc, types) or getattr(exc, "status_code", None) in codes
+
+    return matches
+
+
 def _client_key(request: Request) -> str:
     key = client_address(request.scope)  # IPv6 clients by their /64
     return key if key else ANONYMOUS
@@ -89,11 +148,14 @@ def limit(
     exempt: Callable[[Request], bool] | None = None,
     unknown_tier: UnknownTier = "reject",
     default_tier: str | None = None,
-) -> Callable[..., Awaitable[Decision | None]]:
+    refund_on: RefundOn | None = None,
+) -> Callable[..., Any]:
     """A FastAPI dependency that spends ``cost`` of ``limiter`` for each request.
 
     The :class:`~scalekit.ratelimit.Decision` is returned (``None`` for an exempt
     request) and kept in ``request.state.rate_limit`` for the endpoint to read.
+    ``refund_on`` (see the module docstring) gives the cost back when the endpoint
+    fails with one of those exceptions.
     A synchronous :class:`RateLimiter` is accepted only on an in-memory backend (a
     Redis call from it would block the event loop); use :class:`AsyncRateLimiter`.
     """
@@ -119,10 +181,11 @@ def limit(
             f"({', '.join(map(repr, tiers or {}))}), got {default_tier!r}"
         )
     rate_limit_headers(Decision(True, 1, 1, 0.0, 0.0, "1/1s", 1.0), headers)  # validates mode
+    should_refund = _refund_predicate(refund_on)
     starlette = _import_starlette()
     from fastapi import HTTPException
 
-    async def dependency(request: Request, response: Response) -> Decision | None:
+    async def spend(request: Request, response: Response) -> tuple[Decision, str, int, Any] | None:
         if exempt is not None and exempt(request):
             return None
         k = await _resolve(key, request)
@@ -144,20 +207,43 @@ def limit(
         for name, value in extra:
             response.headers.append(name.decode("latin-1"), value.decode("latin-1"))
         request.state.rate_limit = decision
-        return decision
+        return decision, k, c, t
+
+    async def dependency(request: Request, response: Response) -> Decision | None:
+        spent = await spend(request, response)
+        return None if spent is None else spent[0]
+
+    async def refunding(request: Request, response: Response) -> AsyncIterator[Decision | None]:
+        # FastAPI throws the endpoint's exception in at the yield
+        spent = await spend(request, response)
+        if spent is None:
+            yield None
+            return
+        decision, k, c, t = spent
+        try:
+            yield decision
+        except Exception as exc:
+            assert should_refund is not None
+            if should_refund(exc):
+                if isinstance(limiter, AsyncRateLimiter):
+                    await limiter.refund(k, c, tier=t)
+                else:
+                    limiter.refund(k, c, tier=t)
+            raise
 
     # FastAPI reads the parameters' types from the signature: give it the classes
     # themselves (the annotations above are strings under postponed evaluation)
     param = inspect.Parameter
-    dependency.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    chosen: Callable[..., Any] = dependency if should_refund is None else refunding
+    chosen.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             param("request", param.POSITIONAL_OR_KEYWORD, annotation=starlette.requests.Request),
             param("response", param.POSITIONAL_OR_KEYWORD, annotation=starlette.responses.Response),
         ],
         return_annotation=Decision | None,
     )
-    dependency.__qualname__ = f"limit({limiter.name!r})"
-    return dependency
+    chosen.__qualname__ = f"limit({limiter.name!r})"
+    return chosen
 
 
 def rate_limit_exceeded_handler(
@@ -176,6 +262,106 @@ def rate_limit_exceeded_handler(
         {"detail": "Too Many Requests"}, status_code=429, headers=out
     )
     return response
+
+
+#: what a websocket handler does with a message over the limit
+OnExceeded = Literal["error", "close"]
+#: RFC 6455 "policy violation": the close code for a client over its limit
+POLICY_VIOLATION = 1008
+
+
+async def limit_message(
+    websocket: Any,
+    limiter: AsyncRateLimiter | RateLimiter,
+    key: str,
+    *,
+    cost: int = 1,
+    tier: str | None = None,
+    on_exceeded: OnExceeded = "error",
+) -> bool:
+    """Spend ``cost`` of ``limiter`` for one websocket message; true if the handler
+    may process it.
+
+    Over the limit, ``on_exceeded="error"`` sends the client a JSON frame
+    ``{"type": "rate_limited", "retry_after": s, "limit": n, "remaining": n,
+    "policy": "..."}`` (``retry_after`` in whole seconds, ``null`` for never) and
+    keeps the connection; ``"close"`` closes it with code 1008 (policy violation)
+    and the retry delay in the reason: stop reading then. ``websocket`` is a
+    Starlette/FastAPI ``WebSocket``; a synchronous :class:`RateLimiter` is accepted
+    on memory only, as in :func:`limit`.
+    """
+    if on_exceeded not in ("error", "close"):
+        raise ConfigurationError(f"on_exceeded must be 'error' or 'close', got {on_exceeded!r}")
+    if isinstance(limiter, AsyncRateLimiter):
+        decision = await limiter.hit(key, cost, tier=tier)
+    elif isinstance(limiter, RateLimiter) and limiter.backend.__class__.__name__.startswith(
+        "Memory"
+    ):
+        decision = limiter.hit(key, cost, tier=tier)
+    else:
+        raise ConfigurationError(
+            f"limit_message() needs an AsyncRateLimiter (or an in-memory RateLimiter), "
+            f"got {limiter!r}"
+        )
+    if decision.allowed:
+        return True
+    retry = decision.retry_after
+    seconds = max(1, math.ceil(retry - 1e-6)) if math.isfinite(retry) else None
+    if on_exceeded == "close":
+        reason = "rate limit exceeded" + ("" if seconds is None else f"; retry after {seconds} s")
+        await websocket.close(code=POLICY_VIOLATION, reason=reason)
+    else:
+        await websocket.send_json(
+            {
+                "type": "rate_limited",
+                "retry_after": seconds,
+                "limit": decision.limit,
+                "remaining": decision.remaining,
+                "policy": decision.policy,
+            }
+        )
+    return False
+
+
+class _Pingable(Protocol):
+    def ping(self) -> object: ...
+
+
+def lifespan_check(
+    *limiters: _Pingable,
+    lifespan: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    """A FastAPI/Starlette ``lifespan`` that fails the boot unless every limiter's
+    backend answers (``FastAPI(lifespan=lifespan_check(chat, uploads))``).
+
+    Each object's ``ping()`` is called, all at once (awaited if it is a coroutine
+    function, else in a worker thread, so a synchronous limiter's Redis call never
+    blocks the loop); the first failure is raised: a
+    :class:`~scalekit.errors.BackendError` naming the limiter and the redacted URL,
+    which the server prints before exiting. ``lifespan`` wraps the app's own
+    lifespan, entered once the check passed. Anything with a ``ping()`` fits (a
+    cache's, for one).
+    """
+    for limiter in limiters:
+        if not callable(getattr(limiter, "ping", None)):
+            raise ConfigurationError(f"lifespan_check needs objects with ping(), got {limiter!r}")
+
+    async def check(limiter: _Pingable) -> None:
+        if inspect.iscoroutinefunction(limiter.ping):
+            await limiter.ping()
+        else:
+            await asyncio.to_thread(limiter.ping)
+
+    @contextlib.asynccontextmanager
+    async def checked(app: Any) -> AsyncIterator[Any]:
+        await asyncio.gather(*(check(limiter) for limiter in limiters))
+        if lifespan is None:
+            yield None
+            return
+        async with lifespan(app) as state:
+            yield state
+
+    return checked
 
 
 def install_handler(app: Any, *, headers: HeadersMode = "draft") -> None:

@@ -17,7 +17,14 @@ from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
-from scalekit.errors import BackendDataError, ConfigurationError, RateLimitExceeded
+from scalekit.errors import (
+    BackendDataError,
+    BackendError,
+    ConfigurationError,
+    RateLimitExceeded,
+)
+from scalekit.ratelimit import _startup
+from scalekit.ratelimit._metrics import NO_TIER, RateLimiterStats, StoreCounters, total
 from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.memory import HitFn, MemoryRateStore, StoreFull
@@ -88,12 +95,12 @@ class _LimiterCore:
             self.tiers = as_tiers(policy)
             self.policy: Policy | None = None
             self._stores: dict[str | None, Store] = {
-                t: self._build(p, (base, t)) for t, p in self.tiers.items()
+                t: self._build(p, (base, t), t) for t, p in self.tiers.items()
             }
         else:
             self.tiers = None
             self.policy = as_policy(policy)
-            self._stores = {None: self._build(self.policy, (base,))}
+            self._stores = {None: self._build(self.policy, (base,), NO_TIER)}
         self._default = self._stores.get(None)
         if isinstance(self._default, MemoryRateStore):
             fast = self._default.fast_hit(self._local_hit)
@@ -103,16 +110,15 @@ class _LimiterCore:
         self._cooldown = cooldown
         self._guard = _BackendGuard(base, cooldown, self.clock.now, logger=log)
         self._lock = threading.Lock()
-        self._remote_allowed = 0
-        self._remote_denied = 0
-        self._degraded = 0
-        self._full_refusals = 0
+        self._episodes_seen = 0
 
-    def _build(self, policy: Policy, name: tuple[str, ...]) -> Store:
+    def _build(self, policy: Policy, name: tuple[str, ...], tier: str) -> Store:
+        counters = StoreCounters(self, self.name, self.algorithm, tier)
         if isinstance(self.backend, MemoryBackend):
             return MemoryRateStore(
-                self.algorithm, policy, now=self.clock.now, max_keys=self.max_keys
-            )
+                self.algorithm, policy, now=self.clock.now, max_keys=self.max_keys,
+                counters=counters,
+            )  # fmt: skip
         # exact (whole microseconds): "2/3600000000" and "2/3600000400" never share keys
         rates = ",".join(f"{r.limit}/{r.period_us}" for r in policy.rates)
         return RedisRateStore(
@@ -121,6 +127,7 @@ class _LimiterCore:
             policy,
             prefix=self._prefix,
             name=(*name, rates),
+            counters=counters,
         )
 
     # -- validation ------------------------------------------------------------
@@ -192,8 +199,7 @@ class _LimiterCore:
     def _degraded_decision(
         self, store: Store, key: str, cost: int, commit: bool, policy: FailurePolicy, retry: float
     ) -> Decision:
-        with self._lock:
-            self._degraded += 1
+        store.counters.degraded.inc()
         rate = store.policy.rates[0]
         name = store.policy.name
         if policy == "local_fallback":
@@ -206,8 +212,7 @@ class _LimiterCore:
         return Decision(False, rate.limit, 0, retry, retry, name, rate.period)
 
     def _on_full(self, store: Store, key: str, cost: int, commit: bool, exc: StoreFull) -> Decision:
-        with self._lock:
-            self._full_refusals += 1
+        # counted in the store's refused_full
         if not commit:
             return store.decide(key, cost, False)
         policy: FailurePolicy = (
@@ -218,7 +223,22 @@ class _LimiterCore:
             store, key, cost, commit, policy, store.policy.rates[exc.rate_index].period
         )
 
-    def _on_error(self, store: Store, key: str, cost: int, commit: bool) -> Decision:
+    def _failed(self, store: Store, exc: BackendError | None) -> None:
+        """Count a failed backend call (``exc``; ``None``: skipped while cooling down)
+        and the outage it opened, if it did."""
+        if exc is None:
+            return
+        store.counters.backend_errors.inc()
+        with self._lock:
+            opened = self._guard.episodes - self._episodes_seen
+            self._episodes_seen += opened
+        if opened > 0:
+            store.counters.backend_episodes.add(opened)
+
+    def _on_error(
+        self, store: Store, key: str, cost: int, commit: bool, exc: BackendError | None
+    ) -> Decision:
+        self._failed(store, exc)
         return self._degraded_decision(
             store, key, cost, commit, self.on_backend_error, self._guard.retry_in()
         )
@@ -232,36 +252,40 @@ class _LimiterCore:
             store, key, cost, commit, self.on_backend_error, self._cooldown
         )
 
-    def _count(self, d: Decision) -> Decision:
-        with self._lock:
-            if d.allowed:
-                self._remote_allowed += 1
-            else:
-                self._remote_denied += 1
+    def _refund_args(self, key: object, cost: object, tier: str | None) -> tuple[Store, str, int]:
+        store = self._store(tier)
+        if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
+            key, cost = self._checked(key, cost)
+        return store, key, cost
+
+    def _refund_degraded(self, store: Store, key: str, cost: int, exc: BackendError | None) -> None:
+        """The backend is down: a ``local_fallback`` limiter gives back what its
+        fallback store spent; the other policies spent nothing they could give back."""
+        self._failed(store, exc)
+        if self.on_backend_error == "local_fallback":
+            self._fallback_store(store).refund(key, cost)
+
+    @staticmethod
+    def _count(store: Store, d: Decision) -> Decision:
+        (store.counters.allowed if d[0] else store.counters.denied).inc()
         return d
 
     # -- introspection -----------------------------------------------------------
-    def stats(self) -> dict[str, int]:
-        """Counters since creation: decisions, degraded decisions, backend episodes,
-        and ``corrupt_keys``: Redis keys whose state was not what the script expects
-        (a wrong type, garbage) and was reset -- that key's problem, never an outage."""
-        allowed, denied = self._remote_allowed, self._remote_denied
-        corrupt = 0
-        for s in self._stores.values():
-            if isinstance(s, MemoryRateStore):
-                allowed += s.allowed
-                denied += s.denied
-            else:
-                corrupt += s.corrupt_keys
-        return {
-            "allowed": allowed,
-            "denied": denied,
-            "degraded": self._degraded,
-            "refused_full": self._full_refusals,
-            "backend_errors": self._guard.errors,
-            "backend_episodes": self._guard.episodes,
-            "corrupt_keys": corrupt,
-        }
+    def stats(self) -> RateLimiterStats:
+        """What this limiter counted since its creation, every tier together, read
+        from its counters in the metrics registry (see :class:`RateLimiterStats`).
+        ``stats()["allowed"]`` still works for one release (deprecated)."""
+        cs = [s.counters for s in self._stores.values()]
+        return RateLimiterStats(
+            allowed=total([c.allowed for c in cs]),
+            denied=total([c.denied for c in cs]),
+            degraded=total([c.degraded for c in cs]),
+            refused_full=total([c.refused_full for c in cs]),
+            backend_errors=total([c.backend_errors for c in cs]),
+            backend_episodes=total([c.backend_episodes for c in cs]),
+            corrupt_keys=total([c.corrupt_keys for c in cs]),
+            refunds=total([c.refunds for c in cs]),
+        )
 
     def __repr__(self) -> str:
         what = (
@@ -312,9 +336,28 @@ class RateLimiter(_LimiterCore):
             return store.decide(key, cost, False)
         return self._remote(store, key, cost, False)
 
+    def refund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
+        """Give back ``cost`` that ``key`` spent (a request whose work failed), in
+        every window, never more than the current window(s) hold: see the reference
+        page for what that means for each algorithm. One round trip on Redis; with
+        the backend down, it follows ``on_backend_error`` and never raises."""
+        store, key, cost = self._refund_args(key, cost, tier)
+        if isinstance(store, MemoryRateStore):
+            store.refund(key, cost)
+            return
+        self._guard.call(
+            lambda: store.refund(key, cost),
+            lambda exc: self._refund_degraded(store, key, cost, exc),
+        )
+
     def reset(self, key: str, *, tier: str | None = None) -> None:
         """Forget ``key``'s usage in every window."""
         self._store(tier).reset(key)
+
+    def ping(self) -> None:
+        """The startup check: raise :class:`~scalekit.errors.BackendError` (naming the
+        redacted URL) unless the backend answers; nothing to check on memory."""
+        _startup.ping(f"rate limiter {self.name!r}", self.backend)
 
     def acquire(
         self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
@@ -336,8 +379,8 @@ class RateLimiter(_LimiterCore):
     def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
         try:
             return self._guard.call(
-                lambda: self._count(store.decide(key, cost, commit)),
-                lambda _exc: self._on_error(store, key, cost, commit),
+                lambda: self._count(store, store.decide(key, cost, commit)),
+                lambda exc: self._on_error(store, key, cost, commit, exc),
             )
         except BackendDataError:
             return self._on_data_error(store, key, cost, commit)
@@ -377,6 +420,18 @@ class AsyncRateLimiter(_LimiterCore):
             return store.decide(key, cost, False)
         return await self._remote(store, key, cost, False)
 
+    async def refund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
+        """Give back ``cost`` that ``key`` spent: see :meth:`RateLimiter.refund`."""
+        store, key, cost = self._refund_args(key, cost, tier)
+        if isinstance(store, MemoryRateStore):
+            store.refund(key, cost)
+            return
+
+        async def refund() -> None:
+            await store.arefund(key, cost)
+
+        await self._guard.acall(refund, lambda exc: self._refund_degraded(store, key, cost, exc))
+
     async def reset(self, key: str, *, tier: str | None = None) -> None:
         """Forget ``key``'s usage in every window."""
         store = self._store(tier)
@@ -384,6 +439,10 @@ class AsyncRateLimiter(_LimiterCore):
             store.reset(key)
         else:
             await store.areset(key)
+
+    async def ping(self) -> None:
+        """The startup check: see :meth:`RateLimiter.ping`."""
+        await _startup.aping(f"rate limiter {self.name!r}", self.backend)
 
     async def acquire(
         self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
@@ -403,11 +462,11 @@ class AsyncRateLimiter(_LimiterCore):
 
     async def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
         async def decide() -> Decision:
-            return self._count(await store.adecide(key, cost, commit))
+            return self._count(store, await store.adecide(key, cost, commit))
 
         try:
             return await self._guard.acall(
-                decide, lambda _exc: self._on_error(store, key, cost, commit)
+                decide, lambda exc: self._on_error(store, key, cost, commit, exc)
             )
         except BackendDataError:
             return self._on_data_error(store, key, cost, commit)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from scalekit.ratelimit import algorithms as alg
+from scalekit.ratelimit._metrics import StoreCounters
 from scalekit.ratelimit.algorithms import Algorithm
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.policy import Policy
@@ -94,7 +95,9 @@ class MemoryRateStore:
         *,
         now: Callable[[], float],
         max_keys: int,
+        counters: StoreCounters | None = None,
     ) -> None:
+        """``counters``: where decisions are counted (``None``: unexported counters)."""
         self.algorithm = algorithm
         self.policy = policy
         self.max_keys = max_keys
@@ -124,9 +127,9 @@ class MemoryRateStore:
         }[algorithm]
         if len(policy.rates) == 1 and algorithm in ("gcra", "token_bucket"):
             self._decide = self._bucket_single
-        self.allowed = 0
-        self.denied = 0
-        self.refused_full = 0
+        self.counters = counters or StoreCounters(None, "", algorithm, "")
+        self._allowed = self.counters.allowed.inc
+        self._denied = self.counters.denied.inc
 
     # -- public ------------------------------------------------------------
     def decide(self, key: str, cost: int, commit: bool) -> Decision:
@@ -134,10 +137,43 @@ class MemoryRateStore:
         with self._lock:
             d = self._decide(key, cost, commit)
             if d[0]:
-                self.allowed += 1
+                self._allowed()
             else:
-                self.denied += 1
+                self._denied()
             return d
+
+    def refund(self, key: str, cost: int) -> None:
+        """Give back up to ``cost`` of what ``key`` spent, in every window (see
+        the reference page: what a refund means for each algorithm)."""
+        self.counters.refunds.inc()
+        with self._lock:
+            now = self._now()
+            algorithm = self.algorithm
+            for i, (limit, period, _cap) in enumerate(self._rates):
+                if algorithm in ("fixed_window", "sliding_window"):
+                    w = self._windows[i]
+                    if w[0] != math.floor(now / period):
+                        continue  # the window holding the hit is over: nothing to give back
+                    left = w[1].get(key, 0) - cost
+                    if left > 0:
+                        w[1][key] = left
+                    else:
+                        w[1].pop(key, None)
+                elif algorithm == "sliding_log":
+                    g = self._gens[i]
+                    g.rotate(now)
+                    st = g.get(key)
+                    if st is not None:
+                        alg.sliding_log_refund(st, now, period, cost)
+                else:
+                    g = self._gens[i]
+                    t = now - self._epoch
+                    g.rotate(t)
+                    new = alg.gcra_refund(g.get(key), t, limit, period, cost)
+                    if new is None:
+                        g.pop(key)
+                    else:
+                        g.cur[key] = new
 
     def reset(self, key: str) -> None:
         with self._lock:
@@ -156,7 +192,7 @@ class MemoryRateStore:
 
     # -- algorithms (called with the lock held) -----------------------------
     def _full(self, i: int) -> None:
-        self.refused_full += 1
+        self.counters.refused_full.inc()
         raise StoreFull(i)
 
     def _fixed_window(self, key: str, cost: int, commit: bool) -> Decision:
@@ -285,7 +321,8 @@ class MemoryRateStore:
 
     def _fast_gcra(self, slow: HitFn) -> HitFn:
         acquire, release = self._lock.acquire, self._lock.release
-        now_fn, g, store, max_keys = self._now, self._gens[0], self, self.max_keys
+        now_fn, g, max_keys = self._now, self._gens[0], self.max_keys
+        allowed, denied = self._allowed, self._denied
         limit, period, cap = self._rates[0]
         interval = period / limit
         tolerance = cap * interval
@@ -318,7 +355,7 @@ class MemoryRateStore:
                 ahead = base + cost * interval - now
                 if ahead <= slack and cost <= cap and not full:
                     cur[key] = now + ahead
-                    store.allowed += 1
+                    allowed()
                     left = int((slack - ahead) / interval + eps)
                     return new(
                         Decision,
@@ -326,7 +363,7 @@ class MemoryRateStore:
                          period),
                     )  # fmt: skip
                 if not full:
-                    store.denied += 1
+                    denied()
                     _, remaining, reset, retry, _ = gcra(tat, now, limit, period, cap, cost)
                     return new(Decision, (False, limit, remaining, reset, retry, name, period))
             finally:
@@ -337,7 +374,8 @@ class MemoryRateStore:
 
     def _fast_fixed_window(self, slow: HitFn) -> HitFn:
         acquire, release = self._lock.acquire, self._lock.release
-        now_fn, w, store, max_keys = self._now, self._windows[0], self, self.max_keys
+        now_fn, w, max_keys = self._now, self._windows[0], self.max_keys
+        allowed, denied = self._allowed, self._denied
         limit, period, _ = self._rates[0]
         name, new, floor, fixed = self._name, _new_decision, math.floor, alg.fixed_window
 
@@ -358,12 +396,12 @@ class MemoryRateStore:
                 if count or len(counts) < max_keys:
                     if count + cost <= limit:
                         counts[key] = count + cost
-                        store.allowed += 1
+                        allowed()
                         reset = (idx + 1) * period - now
                         return new(
                             Decision, (True, limit, limit - count - cost, reset, 0.0, name, period)
                         )
-                    store.denied += 1
+                    denied()
                     _, remaining, reset, retry, _ = fixed(count, now, limit, period, cost)
                     return new(Decision, (False, limit, remaining, reset, retry, name, period))
             finally:
@@ -374,7 +412,8 @@ class MemoryRateStore:
 
     def _fast_sliding_window(self, slow: HitFn) -> HitFn:
         acquire, release = self._lock.acquire, self._lock.release
-        now_fn, w, store, max_keys = self._now, self._windows[0], self, self.max_keys
+        now_fn, w, max_keys = self._now, self._windows[0], self.max_keys
+        allowed, denied = self._allowed, self._denied
         limit, period, _ = self._rates[0]
         name, new, floor, sliding = self._name, _new_decision, math.floor, alg.sliding_window
         bound, time_eps, eps = limit + alg.EPS, alg.TIME_EPS, alg.EPS
@@ -401,14 +440,14 @@ class MemoryRateStore:
                     used = (prev * weight if weight > 0.0 else 0.0) + cur + cost
                     if used <= bound:
                         counts[key] = cur + cost
-                        store.allowed += 1
+                        allowed()
                         left = int(limit - used + eps)
                         return new(
                             Decision,
                             (True, limit, left if left > 0 else 0, 2 * period - elapsed, 0.0,
                              name, period),
                         )  # fmt: skip
-                    store.denied += 1
+                    denied()
                     _, remaining, reset, retry, _ = sliding(prev, cur, now, limit, period, cost)
                     return new(Decision, (False, limit, remaining, reset, retry, name, period))
             finally:

@@ -31,6 +31,7 @@ from scalekit._keys import build_key, escape
 from scalekit.backends._lua import LuaScript, load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.errors import BackendDataError
+from scalekit.ratelimit._metrics import StoreCounters
 from scalekit.ratelimit.algorithms import Algorithm, combine
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.policy import Policy
@@ -60,8 +61,10 @@ class RedisRateStore:
         *,
         prefix: str,
         name: tuple[str, ...],
+        counters: StoreCounters | None = None,
     ) -> None:
         self.backend = backend
+        self.counters = counters or StoreCounters(None, "", algorithm, "")
         self.algorithm = algorithm
         self.policy = policy
         # token_bucket and gcra make the same decisions (see algorithms.gcra)
@@ -87,20 +90,25 @@ class RedisRateStore:
         self._suffix = suffixes[0] if len(suffixes) == 1 else None
         # One script per policy, its constants written in (integers, exact in Lua): a hit
         # of cost 1 on Redis TIME sends no argument, the cheapest EVALSHA there is.
-        body = load_script("scalekit.ratelimit", "gcra" if bucket else algorithm, header="_header")
-        source = f"local R = {{{', '.join(constants)}}}\n{body.source}"
-        self._script = LuaScript(
-            name=f"{body.name} {','.join(constants)}",
-            source=source,
-            sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
-        )
+        family = "gcra" if bucket else algorithm
+        self._script = self._with_constants(family, constants)
+        self._refund_script = self._with_constants(f"{family}_refund", constants)
         self._limits = [(r.limit, r.period) for r in policy.rates]
         self._one = len(policy.rates) == 1
         self._limit, self._period = self._limits[0]
         self._name = policy.name
         self._lock = threading.Lock()
         self._corrupt: set[str] = set()  # subjects reset and not yet decided cleanly
-        self.corrupt_keys = 0
+
+    @staticmethod
+    def _with_constants(script: str, constants: list[str]) -> LuaScript:
+        body = load_script("scalekit.ratelimit", script, header="_header")
+        source = f"local R = {{{', '.join(constants)}}}\n{body.source}"
+        return LuaScript(
+            name=f"{body.name} {','.join(constants)}",
+            source=source,
+            sha=hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest(),
+        )
 
     def keys(self, key: str) -> list[str]:
         base = build_key(self._head, tag=key)
@@ -145,8 +153,8 @@ class RedisRateStore:
     # -- corrupt state ---------------------------------------------------------------
     def _corrupt_key(self, key: str, exc: BackendDataError) -> list[str]:
         """Count a data error on ``key`` (logged once per episode); its keys to delete."""
+        self.counters.corrupt_keys.inc()
         with self._lock:
-            self.corrupt_keys += 1
             first = key not in self._corrupt
             if first:
                 if len(self._corrupt) >= 1024:  # bounded: an attack must not grow it
@@ -194,6 +202,29 @@ class RedisRateStore:
         if self._corrupt:
             self._clean(key)
         return self._decision(reply)
+
+    def _refund_args(self, cost: int) -> list[str]:
+        now = self.backend.server_now
+        if now is None:
+            return [str(cost)]
+        return [str(cost), str(math.floor(now() * 1_000_000))]
+
+    # A data error on a refund resets the key: a clean state is a full refund already.
+    def refund(self, key: str, cost: int) -> None:
+        self.counters.refunds.inc()
+        try:
+            self.backend.evalsha(self._refund_script, self.keys(key), self._refund_args(cost))
+        except BackendDataError as exc:
+            self.backend.delete(self._corrupt_key(key, exc))
+
+    async def arefund(self, key: str, cost: int) -> None:
+        self.counters.refunds.inc()
+        try:
+            await self.backend.aevalsha(
+                self._refund_script, self.keys(key), self._refund_args(cost)
+            )
+        except BackendDataError as exc:
+            await self.backend.adelete(self._corrupt_key(key, exc))
 
     def reset(self, key: str) -> None:
         self.backend.delete(self.keys(key))

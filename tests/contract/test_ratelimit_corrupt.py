@@ -191,3 +191,18 @@ async def test_a_key_corrupted_again_and_again_costs_that_key_only(
     stats = limiter.stats()
     assert stats["backend_errors"] == 0 and stats["backend_episodes"] == 0
     assert stats["degraded"] == 1 and stats["corrupt_keys"] == 1
+
+
+@EVERY_ALGORITHM
+@pytest.mark.parametrize("how", CORRUPTIONS)
+async def test_a_refund_on_a_corrupt_key_resets_it(
+    make: Any, redis_client: Any, algorithm: str, how: str
+) -> None:
+    limiter = make("3/hour", algorithm=algorithm)
+    store = limiter._default
+    assert [(await call(limiter.hit("B"))).allowed for _ in range(2)] == [True, True]
+    corrupt(redis_client, store.keys("A"), how, algorithm)
+    await call(limiter.refund("A"))  # never raises: that key's problem
+    assert [(await call(limiter.hit("A"))).allowed for _ in range(4)] == [True] * 3 + [False]
+    assert [(await call(limiter.hit("B"))).allowed for _ in range(2)] == [True, False]
+    assert limiter._guard.errors == 0

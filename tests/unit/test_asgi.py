@@ -453,7 +453,7 @@ async def test_key_none_bypasses_the_limiter(make_limiter: MakeLimiter) -> None:
         r = await get(mw)  # anonymous: not limited, no headers
         assert r.status == 200
         assert r.headers == app.headers
-    assert limiter.stats() == {**limiter.stats(), "allowed": 0, "denied": 0}
+    assert (limiter.stats().allowed, limiter.stats().denied) == (0, 0)
     tok = [(b"authorization", b"tok")]
     assert (await get(mw, headers=tok)).status == 200
     assert (await get(mw, headers=tok)).status == 429
