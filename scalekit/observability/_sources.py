@@ -223,10 +223,12 @@ class Source:
                 own = _get(obj, "name")
                 yield str(own if isinstance(own, str) and own else key), obj
             return
-        objs: list[Any] | tuple[Any, ...] = [result]
-        if isinstance(result, list | tuple) and not hasattr(result, "_fields"):
-            objs = result  # a NamedTuple (SamplingStats) is one stats object
-        for obj in objs:
+        if not isinstance(result, list | tuple) or hasattr(result, "_fields"):
+            # one stats object (a NamedTuple is one): the name given wins over its own
+            own = _get(result, "name")
+            yield self.name or str(own if isinstance(own, str) and own else self.kind), result
+            return
+        for obj in result:
             own = _get(obj, "name")
             yield str(own if isinstance(own, str) and own else self.name or self.kind), obj
 
