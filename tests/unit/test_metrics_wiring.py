@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import math
 
 import pytest
@@ -240,3 +241,31 @@ def test_sampling_decisions_per_stage(tail: str) -> None:
     skipped = series("scalekit_sampling_skipped_total")
     assert skipped[(name, "long")] == 2
     assert sum(v for k, v in skipped.items() if k[0] == name) == len(items) - kept
+
+
+# -- backend.down / backend.up: once per outage episode -------------------------------------
+
+
+def test_backend_guard_logs_one_down_and_one_up_per_episode(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from scalekit.backends._guard import BackendGuard
+    from scalekit.errors import BackendError
+
+    caplog.set_level(logging.INFO, logger="scalekit.events")
+    clock = FakeClock()
+    guard = BackendGuard("chat", 1.0, clock.now)
+
+    def down() -> int:
+        raise BackendError("redis: connection refused")
+
+    for _ in range(2):  # two episodes
+        for _ in range(5):
+            assert guard.call(down, lambda exc: -1) == -1
+            clock.advance(1.0)  # each call after the cooldown probes and fails again
+        assert guard.call(lambda: 1, lambda exc: -1) == 1
+        assert guard.call(lambda: 1, lambda exc: -1) == 1
+    events = [(r.event, r.primitive_name) for r in caplog.records if hasattr(r, "event")]
+    assert events == [("backend.down", "chat"), ("backend.up", "chat")] * 2
+    up = [r for r in caplog.records if getattr(r, "event", None) == "backend.up"]
+    assert up[0].down_seconds == 5.0  # type: ignore[attr-defined]
