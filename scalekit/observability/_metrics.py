@@ -531,7 +531,8 @@ class Registry:
 
         ``kind`` says the shape (``"ratelimit"``, ``"cache"``, ``"breaker"``,
         ``"bulkhead"``, ``"retry"``, ``"sampling"``, ``"tasks"``, ``"pool"``,
-        ``"loader"``); ``stats`` returns one stats object, a list of them, or a
+        ``"loader"``, ``"redis"``: a ``RedisBackend``'s auto-pipeline figures, its pools
+        report natively); ``stats`` returns one stats object, a list of them, or a
         mapping of name to stats. ``name`` labels the series when the stats carry
         no name of their own (a rate limiter's dict, a bulkhead). Registering the
         same kind and name again replaces the earlier source.
