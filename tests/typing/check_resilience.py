@@ -112,8 +112,9 @@ async def bounded(x: int) -> int:
 async def spawn_them(tasks: BackgroundTasks) -> None:
     pending = composed("x")
     _ = assert_type(pending, Coroutine[Any, Any, str])
+    running: list[asyncio.Task[object]] = []
     for coro in (acharge(1), solo_async(1), retried(1), timed(1), bounded(1), composed("x")):
-        asyncio.create_task(coro)
+        running.append(asyncio.create_task(coro))
         tasks.spawn(coro)
     assert_type(await asyncio.create_task(acharge(1)), float)
     assert_type(await asyncio.create_task(retried(1)), int)
