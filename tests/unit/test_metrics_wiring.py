@@ -269,3 +269,30 @@ def test_backend_guard_logs_one_down_and_one_up_per_episode(
     assert events == [("backend.down", "chat"), ("backend.up", "chat")] * 2
     up = [r for r in caplog.records if getattr(r, "event", None) == "backend.up"]
     assert up[0].down_seconds == 5.0  # type: ignore[attr-defined]
+
+
+# -- DataLoader batch sizes ----------------------------------------------------------------------
+
+
+async def test_loader_batch_sizes_are_a_histogram_in_the_registry() -> None:
+    from scalekit.batching import DataLoader, request_scope
+
+    name = unique("users")
+
+    async def batch(keys: list[int]) -> list[int]:
+        return [k * 2 for k in keys]
+
+    loader: DataLoader[int, int] = DataLoader(batch, name=name, max_batch_size=4)
+    with request_scope():
+        assert await asyncio.gather(*(loader.load(i) for i in range(6))) == [
+            0, 2, 4, 6, 8, 10,
+        ]  # fmt: skip
+        assert await loader.load(1) == 2  # from the scope's cache
+    st = loader.stats()
+    assert (st.loads, st.cache_hits, st.batches, st.keys_dispatched) == (7, 1, 2, 6)
+    # sizes 4 and 2: buckets [1], [2, 3], [4, 7]
+    assert st.batch_size_histogram[:3] == (0, 1, 1) and st.largest_batch == 4
+    (m,) = [m for m in default_registry.collect() if m.name == "scalekit_loader_batch_size"]
+    (s,) = [s for s in m.samples if s.labels["loader"] == name]
+    assert s.count == 2 and s.value == 6
+    assert series("scalekit_loader_loads_total")[(name,)] == 7
