@@ -568,13 +568,18 @@ class Registry:
             families = list(self._families.values())
             sources = list(self._sources.values())
         merged: dict[str, Metric] = {f.name: f.collect() for f in families}
+        native = set(merged)
         for s in sources:
             for metric in s.collect():
+                if metric.name in native:
+                    # the primitives report natively now: a source registered for one
+                    # (a breaker's snapshot, say) must not export its series twice
+                    continue
                 prev = merged.get(metric.name)
                 if prev is None:
                     merged[metric.name] = metric
                 elif (prev.kind, prev.labelnames) != (metric.kind, metric.labelnames):
-                    continue  # a native family of that name wins over an adapted source
+                    continue
                 else:
                     merged[metric.name] = Metric(
                         prev.name,

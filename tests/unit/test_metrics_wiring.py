@@ -296,3 +296,19 @@ async def test_loader_batch_sizes_are_a_histogram_in_the_registry() -> None:
     (s,) = [s for s in m.samples if s.labels["loader"] == name]
     assert s.count == 2 and s.value == 6
     assert series("scalekit_loader_loads_total")[(name,)] == 7
+
+
+def test_a_source_registered_for_a_native_primitive_does_not_export_twice() -> None:
+    name = unique("twice")
+    breaker = CircuitBreaker(name, record=ConnectionError)
+    breaker.call(lambda: None)
+    default_registry.register_source("breaker", breaker.snapshot, name=name)
+    try:
+        for m in default_registry.collect():
+            keys = [tuple(sorted(s.labels.items())) for s in m.samples]
+            assert len(keys) == len(set(keys)), m.name
+        assert series("scalekit_breaker_calls_total")[(name,)] == 1
+        # what only the snapshot carries still comes from it
+        assert series("scalekit_breaker_trips_total")[(name,)] == 0
+    finally:
+        default_registry.unregister_source("breaker", name)
