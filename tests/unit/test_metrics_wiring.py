@@ -312,3 +312,21 @@ def test_a_source_registered_for_a_native_primitive_does_not_export_twice() -> N
         assert series("scalekit_breaker_trips_total")[(name,)] == 0
     finally:
         default_registry.unregister_source("breaker", name)
+
+
+async def test_health_report_rates_what_pools_and_breakers_report_natively() -> None:
+    from scalekit.observability import health_report
+    from scalekit.pools.metrics import PoolCounters
+
+    bname, pname = unique("natively-open"), unique("natively-pool")
+    breaker = CircuitBreaker(bname, record=ConnectionError)
+    breaker.open()
+    closed = CircuitBreaker(unique("natively-closed"), record=ConnectionError)
+    counters = PoolCounters().attach(name=pname, kind="postgres", max_size=10, size=lambda: 10)
+    counters.in_use, counters.waiters = 9, 2
+    report = await health_report()  # nothing registered: the default registry's own series
+    assert report.check(f"breaker.{bname}").status == "warning"
+    assert report.check(f"breaker.{bname}").detail == "forced_open"
+    assert report.check(f"breaker.{closed.name}").status == "ok"
+    pool = report.check(f"pool.{pname}")
+    assert pool.status == "critical" and pool.value == 9 and pool.data["waiters"] == 2
