@@ -307,8 +307,14 @@ class Family(Generic[M]):
                 )
         return values
 
-    def _series(self) -> int:
-        return len(self._children.keys() | self._owned.keys() | self._retired.keys())
+    def _bounded(self, values: tuple[str, ...]) -> tuple[str, ...]:
+        """``values``, or the overflow label set if they would be a series past
+        ``max_series`` (lock held)."""
+        known = self._children.keys() | self._owned.keys() | self._retired.keys()
+        if values in known or len(known) < self.max_series:
+            return values
+        self._overflow += 1
+        return (OVERFLOW,) * len(self.labelnames)
 
     def attach(self, owner: object, *values: str, **by_name: str) -> M:
         """A new child counted for ``owner`` alone (one primitive instance), exported
@@ -325,10 +331,7 @@ class Family(Generic[M]):
         with self._lock:
             owned = self._owned.get(values)
             if owned is None:
-                known = values in self._children or values in self._retired
-                if not known and self._series() >= self.max_series:
-                    self._overflow += 1
-                    values = (OVERFLOW,) * len(self.labelnames)
+                values = self._bounded(values)
                 owned = self._owned.setdefault(values, [])
             if len(owned) >= 8 and not len(owned) & (len(owned) - 1):
                 self._prune(values, owned)  # at 8, 16, 32, ... children
@@ -362,11 +365,8 @@ class Family(Generic[M]):
         with self._lock:
             child = self._children.get(values)
             if child is None:
-                known = values in self._owned or values in self._retired
-                if not known and self._series() >= self.max_series:
-                    self._overflow += 1
-                    values = (OVERFLOW,) * len(self.labelnames)
-                    child = self._children.get(values)
+                values = self._bounded(values)
+                child = self._children.get(values)
                 if child is None:
                     child = self._children[values] = self._factory()
         return child
