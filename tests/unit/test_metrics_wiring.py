@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from scalekit.errors import BulkheadFull, CircuitOpenError, DeadlineExceeded
+from scalekit.errors import BulkheadFull, CircuitOpenError, ConfigurationError, DeadlineExceeded
 from scalekit.observability import Registry, default_registry
 from scalekit.resilience import Bulkhead, CircuitBreaker, RetryBudget, timeout
 from scalekit.sampling import Fixed, Gate, Keyed, Pipeline
@@ -330,3 +330,31 @@ async def test_health_report_rates_what_pools_and_breakers_report_natively() -> 
     assert report.check(f"breaker.{closed.name}").status == "ok"
     pool = report.check(f"pool.{pname}")
     assert pool.status == "critical" and pool.value == 9 and pool.data["waiters"] == 2
+
+
+async def test_background_tasks_report_natively() -> None:
+    from scalekit.sampling import BackgroundTasks
+
+    name = unique("spawner")
+    tasks = BackgroundTasks(1, max_pending=1, name=name)
+    gate = asyncio.Event()
+
+    async def work(fail: bool) -> None:
+        await gate.wait()
+        if fail:
+            raise ValueError("boom")
+
+    with pytest.raises(ConfigurationError):
+        tasks.spawn(None)  # type: ignore[arg-type]
+    assert tasks.spawn(work(False)) is not None
+    assert tasks.spawn(work(True)) is not None
+    assert tasks.spawn(work(False)) is None  # 1 running + 1 pending: dropped
+    assert series("scalekit_tasks_running")[(name,)] == 2
+    gate.set()
+    await tasks.drain()
+    assert tasks.stats() == {
+        "spawned": 2, "succeeded": 1, "failed": 1, "dropped": 1, "cancelled": 0, "running": 0,
+    }  # fmt: skip
+    for what, n in (("spawned", 2), ("succeeded", 1), ("failed", 1), ("dropped", 1)):
+        assert series(f"scalekit_tasks_{what}_total")[(name,)] == n
+    assert series("scalekit_tasks_running")[(name,)] == 0
