@@ -14,6 +14,8 @@ microseconds) without losing precision.
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Final
 
@@ -22,8 +24,10 @@ from scalekit.errors import ConfigurationError
 __all__ = [
     "MAX_COUNT",
     "MAX_SECONDS",
+    "FAILURE_POLICIES",
     "count",
     "duration",
+    "failure_policy",
     "fraction",
     "key",
     "name",
@@ -139,3 +143,36 @@ def name(value: object, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be a non-empty str, got {value!r}")
     return str.__str__(value)
+
+
+#: the one failure-policy vocabulary: what a primitive does while its backend is down
+#: (docs/explanation/redis-layer.md has the table of who supports which)
+FAILURE_POLICIES: Final = ("fail_open", "fail_closed", "local_fallback")
+_warned_aliases: set[tuple[str, str]] = set()
+
+
+def failure_policy(
+    value: object,
+    what: str,
+    *,
+    allowed: tuple[str, ...] = FAILURE_POLICIES,
+    deprecated: Mapping[str, str] | None = None,
+) -> str:
+    """One of ``allowed`` (names from :data:`FAILURE_POLICIES`). A spelling in
+    ``deprecated`` (old name -> new name) is accepted for one release: it returns the
+    new name and warns (``DeprecationWarning``) once per process and spelling."""
+    if isinstance(value, str):
+        if value in allowed:
+            return str.__str__(value)
+        if deprecated is not None and value in deprecated:
+            new = deprecated[value]
+            if (what, value) not in _warned_aliases:
+                _warned_aliases.add((what, value))
+                warnings.warn(
+                    f"{what}={value!r} is deprecated and goes in the next release; "
+                    f"spell it {new!r} (one failure-policy vocabulary: {', '.join(allowed)})",
+                    DeprecationWarning,
+                    stacklevel=3,
+                )
+            return new
+    raise ConfigurationError(f"{what} must be one of {', '.join(allowed)}, got {value!r}")

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from scalekit.errors import BackendDataError, BackendError
+from scalekit.observability._events import log_event
 
 __all__ = ["BackendGuard"]
 
@@ -35,7 +36,7 @@ class BackendGuard:
     While healthy the hot path reads one attribute. After a failure, calls skip the
     backend for ``cooldown`` seconds (no timeout added to them); then one call
     probes it. Each outage episode is logged once when it starts and once when it
-    ends, and counted.
+    ends (also as the ``backend.down`` / ``backend.up`` events), and counted.
     """
 
     __slots__ = (
@@ -44,6 +45,7 @@ class BackendGuard:
         "_lock",
         "_log",
         "_now",
+        "_since",
         "_until",
         "corrupt",
         "episodes",
@@ -67,6 +69,7 @@ class BackendGuard:
         self._now = now
         self._lock = threading.Lock()
         self._until: float | None = None  # None: healthy
+        self._since = 0.0  # when the current outage started
         self.errors = 0
         self.episodes = 0
         self.corrupt = 0  # data errors answered by resetting the state (see call)
@@ -102,6 +105,14 @@ class BackendGuard:
                     exc,
                     self._cooldown,
                 )
+                self._since = self._now()
+                log_event(
+                    "backend.down",
+                    primitive=self.kind,
+                    primitive_name=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in=self._cooldown,
+                )
             self._until = self._now() + self._cooldown
 
     def success(self) -> None:
@@ -110,6 +121,12 @@ class BackendGuard:
                 if self._until is not None:
                     self._until = None
                     self._log.warning("%s %r: backend recovered", self.kind, self.name)
+                    log_event(
+                        "backend.up",
+                        primitive=self.kind,
+                        primitive_name=self.name,
+                        down_seconds=round(max(0.0, self._now() - self._since), 6),
+                    )
 
     # -- the one guarded call -----------------------------------------------------------
     def call(

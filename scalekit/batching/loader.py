@@ -33,6 +33,7 @@ from typing import Any, Generic, Self, TypeAlias, TypeVar
 
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
+from scalekit.observability._metrics import default_registry as _metrics
 
 __all__ = ["BatchFn", "DataLoader", "LoaderStats", "request_scope"]
 
@@ -43,6 +44,25 @@ BatchFn: TypeAlias = Callable[[list[K]], Awaitable[Sequence[V | BaseException] |
 
 _MISSING: Any = object()
 _HISTOGRAM_BUCKETS = 12  # batch sizes 1, 2-3, 4-7, ..., >= 2048
+
+_LABEL = ("loader",)
+_LOADS = _metrics.counter("scalekit_loader_loads_total", "Keys asked for.", labels=_LABEL)
+_CACHE_HITS = _metrics.counter(
+    "scalekit_loader_cache_hits_total", "Loads answered from the cache.", labels=_LABEL
+)
+_FAILED = _metrics.counter(
+    "scalekit_loader_failed_batches_total", "Batches that raised.", labels=_LABEL
+)
+_KEY_ERRORS = _metrics.counter(
+    "scalekit_loader_key_errors_total", "Keys that failed alone.", labels=_LABEL
+)
+#: keys per batch call: its count is the batches, its sum the keys dispatched
+_SIZES = _metrics.histogram(
+    "scalekit_loader_batch_size",
+    "Keys per call of the batch function.",
+    labels=_LABEL,
+    buckets=tuple(float(2 ** (i + 1) - 1) for i in range(_HISTOGRAM_BUCKETS - 1)),
+)
 
 _SCOPE: contextvars.ContextVar[dict[DataLoader[Any, Any], _State[Any, Any]] | None] = (
     contextvars.ContextVar("scalekit_batching_scope", default=None)
@@ -170,15 +190,14 @@ class DataLoader(Generic[K, V]):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        # counters (event-loop thread only, per state; summed without locks)
-        self._loads = 0
-        self._cache_hits = 0
-        self._keys_dispatched = 0
-        self._batches = 0
-        self._failed_batches = 0
-        self._key_errors = 0
+        # counters of this loader's own in the metrics registry
+        label = self.name[:128] or "loader"
+        self._loads = _LOADS.attach(self, label)
+        self._cache_hits = _CACHE_HITS.attach(self, label)
+        self._failed_batches = _FAILED.attach(self, label)
+        self._key_errors = _KEY_ERRORS.attach(self, label)
+        self._sizes = _SIZES.attach(self, label)
         self._largest = 0
-        self._histogram = [0] * _HISTOGRAM_BUCKETS
 
     def __repr__(self) -> str:
         return f"DataLoader({self.name!r}, max_batch_size={self.max_batch_size})"
@@ -204,10 +223,10 @@ class DataLoader(Generic[K, V]):
     async def load(self, key: K) -> V:
         """The value for ``key``, loaded in this tick's batch (or from the scope's cache)."""
         state = self._state()
-        self._loads += 1
+        self._loads.inc()
         cache = state.cache
         if cache is not None and key in cache:
-            self._cache_hits += 1
+            self._cache_hits.inc()
             return cache[key]
         return await self._enqueue(state, key)
 
@@ -234,9 +253,9 @@ class DataLoader(Generic[K, V]):
         cache = state.cache
         pending: list[Any] = []
         for key in keys:
-            self._loads += 1
+            self._loads.inc()
             if cache is not None and key in cache:
-                self._cache_hits += 1
+                self._cache_hits.inc()
                 done: asyncio.Future[V] = state.loop.create_future()
                 done.set_result(cache[key])
                 pending.append(done)
@@ -276,16 +295,14 @@ class DataLoader(Generic[K, V]):
 
     async def _run(self, state: _State[K, V], keys: list[K]) -> None:
         n = len(keys)
-        self._batches += 1
-        self._keys_dispatched += n
+        self._sizes.observe(n)
         if n > self._largest:
             self._largest = n
-        self._histogram[min(n.bit_length() - 1, _HISTOGRAM_BUCKETS - 1)] += 1
         try:
             result = await self._batch_fn(keys)
             values = self._align(keys, result)
         except BaseException as exc:  # the whole batch failed: nothing is cached
-            self._failed_batches += 1
+            self._failed_batches.inc()
             for key in keys:
                 for future in state.inflight.pop(key, ()):
                     if not future.done():
@@ -300,7 +317,7 @@ class DataLoader(Generic[K, V]):
         for key, value in zip(keys, values, strict=True):
             waiters = state.inflight.pop(key, ())
             if isinstance(value, BaseException):
-                self._key_errors += 1
+                self._key_errors.inc()
                 for future in waiters:
                     if not future.done():
                         future.set_exception(value)
@@ -331,14 +348,16 @@ class DataLoader(Generic[K, V]):
 
     # -- metrics ---------------------------------------------------------------
     def stats(self) -> LoaderStats:
+        cumulative = [n for _, n in self._sizes.buckets()]
+        per_bucket = [b - a for a, b in zip([0, *cumulative[:-1]], cumulative, strict=True)]
         return LoaderStats(
             name=self.name,
-            loads=self._loads,
-            cache_hits=self._cache_hits,
-            keys_dispatched=self._keys_dispatched,
-            batches=self._batches,
-            failed_batches=self._failed_batches,
-            key_errors=self._key_errors,
+            loads=int(self._loads.value),
+            cache_hits=int(self._cache_hits.value),
+            keys_dispatched=int(self._sizes.sum),
+            batches=self._sizes.count,
+            failed_batches=int(self._failed_batches.value),
+            key_errors=int(self._key_errors.value),
             largest_batch=self._largest,
-            batch_size_histogram=tuple(self._histogram),
+            batch_size_histogram=tuple(per_bucket),
         )

@@ -21,6 +21,7 @@ from typing import Any
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import ConfigurationError, MaintenanceRefused
+from scalekit.observability._metrics import default_registry as _metrics
 
 log = logging.getLogger("scalekit.maintenance")
 
@@ -303,6 +304,24 @@ async def set_local_timeouts(con: Any, lock_timeout: float, statement_timeout: f
     )
 
 
+_JOB = ("job",)
+_ROWS = _metrics.counter(
+    "scalekit_maintenance_rows_total", "Rows deleted or moved, batch by batch.", labels=_JOB
+)
+_BATCHES = _metrics.counter("scalekit_maintenance_batches_total", "Batches committed.", labels=_JOB)
+_BATCH_RETRIES = _metrics.counter(
+    "scalekit_maintenance_batch_retries_total",
+    "Batches retried after a lock timeout, a deadlock or a serialization failure.",
+    labels=_JOB,
+)
+_BATCH_TIME = _metrics.histogram(
+    "scalekit_maintenance_batch_seconds",
+    "Seconds per batch (its transaction, retries excluded).",
+    labels=_JOB,
+    unit="seconds",
+)
+
+
 #: one batch: (connection inside its transaction, position) -> (rows, next position or None)
 Step = Callable[[Any, "list[str] | None"], Awaitable[tuple[int, "list[str] | None"]]]
 
@@ -340,6 +359,9 @@ class BatchLoop:
     async def run(self, db: Any, step: Step, position: list[str] | None) -> JobResult:
         rows = batches = 0
         longest = 0.0
+        label = self.job[:128] or "job"
+        count_rows, count_batch = _ROWS.labels(label), _BATCHES.labels(label)
+        count_retry, batch_time = _BATCH_RETRIES.labels(label), _BATCH_TIME.labels(label)
         while True:
             attempt = 0
             while True:
@@ -355,6 +377,7 @@ class BatchLoop:
                 except Exception as exc:
                     if getattr(exc, "sqlstate", None) in RETRY_SQLSTATES and attempt < self.retries:
                         attempt += 1
+                        count_retry.inc()
                         log.info("%s: batch retried (%s), attempt %d", self.job, exc, attempt)
                         await self.clock.asleep(self.pause * attempt)
                         continue
@@ -363,6 +386,11 @@ class BatchLoop:
             took = self.clock.now() - started
             longest = max(longest, took)
             rows += done
+            if done:
+                count_rows.add(done)
+            batch_time.observe(took)
+            if nxt is not None or done:
+                count_batch.inc()  # as JobResult.batches: a final empty batch is not one
             if nxt is None:
                 if done:
                     batches += 1

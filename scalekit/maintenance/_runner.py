@@ -14,6 +14,7 @@ from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import ConfigurationError
 from scalekit.maintenance._db import connection, is_pool
+from scalekit.observability._metrics import default_registry as _metrics
 
 __all__ = ["MaintenanceStats", "Runner", "lock_key", "run_every"]
 
@@ -21,6 +22,13 @@ log = logging.getLogger("scalekit.maintenance")
 
 LockMode = Literal["session", "transaction"]
 Job = Callable[[Any], Awaitable[object]]
+
+
+_RUNS = _metrics.counter(
+    "scalekit_maintenance_runs_total",
+    "Rounds of a job, by outcome: done, skipped (locked elsewhere), failed.",
+    labels=("job", "outcome"),
+)
 
 
 def lock_key(name: str) -> int:
@@ -100,7 +108,11 @@ class Runner:
         self.key = lock_key(self.name)
         self._clock = as_clock(clock)
         self._task: asyncio.Task[None] | None = None
-        self._runs = self._skipped = self._failures = self._rows = self._batches = 0
+        label = self.name[:128]
+        self._runs = _RUNS.attach(self, label, "done")
+        self._skipped = _RUNS.attach(self, label, "skipped")
+        self._failures = _RUNS.attach(self, label, "failed")
+        self._rows = self._batches = 0
         self._longest = 0.0
         self._last_error: str | None = None
 
@@ -110,9 +122,9 @@ class Runner:
     def stats(self) -> MaintenanceStats:
         return MaintenanceStats(
             job=self.name,
-            runs=self._runs,
-            skipped=self._skipped,
-            failures=self._failures,
+            runs=int(self._runs.value),
+            skipped=int(self._skipped.value),
+            failures=int(self._failures.value),
             rows=self._rows,
             batches=self._batches,
             longest_batch=self._longest,
@@ -126,7 +138,7 @@ class Runner:
         try:
             return await self._locked_run()
         except Exception as exc:
-            self._failures += 1
+            self._failures.inc()
             self._last_error = repr(exc)
             log.warning("%s failed: %r", self.name, exc)
             raise
@@ -138,7 +150,7 @@ class Runner:
                 await tx.start()
                 try:
                     if not await con.fetchval("SELECT pg_try_advisory_xact_lock($1)", self.key):
-                        self._skipped += 1
+                        self._skipped.inc()
                         return False
                     await self._run_guarded(con)
                     return True
@@ -150,7 +162,7 @@ class Runner:
                     except Exception as exc:
                         log.debug("%s: rollback skipped (%r)", self.name, exc)
             if not await con.fetchval("SELECT pg_try_advisory_lock($1)", self.key):
-                self._skipped += 1
+                self._skipped.inc()
                 return False
             try:
                 await self._run_guarded(con)
@@ -193,7 +205,7 @@ class Runner:
             remove = getattr(lock_con, "remove_termination_listener", None)
             if remove is not None and not lost:
                 remove(on_lost)
-        self._runs += 1
+        self._runs.inc()
         rows = getattr(result, "rows", None)
         batches = getattr(result, "batches", None)
         longest = getattr(result, "longest_batch", None)
@@ -203,7 +215,7 @@ class Runner:
             self._batches += batches
         if isinstance(longest, float):
             self._longest = max(self._longest, longest)
-        log.info("%s: run %d done (%r)", self.name, self._runs, result)
+        log.info("%s: run %d done (%r)", self.name, int(self._runs.value), result)
 
     async def _forever(self) -> None:
         while True:

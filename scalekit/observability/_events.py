@@ -11,6 +11,7 @@ structlog's stdlib bridge) emit them as keys. The message repeats them as
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any, Final
 
 __all__ = ["EVENTS", "breaker_listener", "log_event"]
@@ -62,29 +63,18 @@ def log_event(event: str, /, *, level: int | None = None, **fields: Any) -> None
     logger.log(lvl, "%s %s", event, text, extra=extra)
 
 
-_STATE_EVENTS: Final = {
-    "open": "breaker.opened",
-    "half_open": "breaker.half_opened",
-    "closed": "breaker.closed",
-    "forced_open": "breaker.forced_open",
-    "disabled": "breaker.disabled",
-}
+_warned: list[bool] = []
 
 
 def breaker_listener(event: Any) -> None:
-    """A :class:`~scalekit.resilience.CircuitBreaker` listener that logs each state
-    change as a ``breaker.*`` event (``breaker.add_listener(breaker_listener)``);
-    outcomes (successes, failures) are not logged."""
-    if getattr(event, "kind", None) != "state_change":
-        return
-    state = str(getattr(event.state, "value", event.state))
-    name = _STATE_EVENTS.get(state)
-    if name is None:
-        return
-    previous = event.previous
-    log_event(
-        name,
-        breaker=event.breaker,
-        state=state,
-        previous=None if previous is None else str(getattr(previous, "value", previous)),
-    )
+    """Deprecated, does nothing: every :class:`~scalekit.resilience.CircuitBreaker`
+    logs its state changes as ``breaker.*`` events itself. Adding this listener
+    warns once (``DeprecationWarning``); remove it. Goes in the next release."""
+    if not _warned:
+        _warned.append(True)
+        warnings.warn(
+            "breaker_listener is deprecated and does nothing: breakers log their "
+            "breaker.* events themselves; remove the listener",
+            DeprecationWarning,
+            stacklevel=2,
+        )

@@ -419,7 +419,8 @@ class RedisProbe:
 
 
 class RegistryProbe:
-    """The primitives registered as sources in a :class:`Registry`: each pool's
+    """The primitives in a :class:`Registry` (reporting natively, or registered as
+    sources): each pool's
     utilisation (in use vs its maximum), each breaker's state (open: ``warning``,
     half-open: ``warning``), each cache's hit ratio (reported, not rated).
 
@@ -435,8 +436,53 @@ class RegistryProbe:
         self.timeout = float(_positive("timeout", timeout, allow_none=False) or 0)
 
     async def run(self, rate: Rate) -> list[Check]:
-        read = await asyncio.to_thread(self.registry.read_sources, ("pool", "breaker", "cache"))
-        return [c for kind, name, obj in read if (c := _rate_source(rate, kind, name, obj))]
+        read = await asyncio.to_thread(self._read)
+        checks = [c for kind, name, obj in read if (c := _rate_source(rate, kind, name, obj))]
+        seen: set[str] = set()
+        out = []
+        for c in checks:  # a registered source and the native series of one primitive
+            if c.name not in seen:
+                seen.add(c.name)
+                out.append(c)
+        return out
+
+    def _read(self) -> list[tuple[str, str, Any]]:
+        """The sources, then what the pools and breakers report natively (as stats
+        dicts of the fields :func:`_rate_source` reads)."""
+        read = self.registry.read_sources(("pool", "breaker", "cache"))
+        series: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        wanted = {
+            "scalekit_pool_in_use_connections",
+            "scalekit_pool_max_connections",
+            "scalekit_pool_waiters",
+            "scalekit_pool_timeouts_total",
+            "scalekit_breaker_state",
+        }
+        for m in self.registry.collect():
+            if m.name in wanted:
+                series[m.name] = {tuple(sorted(x.labels.items())): x.value for x in m.samples}
+        pools: dict[tuple[str, str], dict[str, Any]] = {}
+        for metric, field_ in (
+            ("scalekit_pool_in_use_connections", "in_use"),
+            ("scalekit_pool_max_connections", "max_size"),
+            ("scalekit_pool_waiters", "waiters"),
+            ("scalekit_pool_timeouts_total", "timeouts"),
+        ):
+            for labels, value in series.get(metric, {}).items():
+                d = dict(labels)
+                key = (d.get("pool", "?"), d.get("kind", "?"))
+                pools.setdefault(key, {"kind": key[1]})[field_] = value
+        read += [("pool", name, stats) for (name, _), stats in sorted(pools.items())]
+        states: dict[str, list[str]] = {}
+        for labels, value in series.get("scalekit_breaker_state", {}).items():
+            d = dict(labels)
+            if value > 0:
+                states.setdefault(d.get("breaker", "?"), []).append(d.get("state", "?"))
+        for name, current in sorted(states.items()):
+            # breakers sharing a name: the worst state speaks for them
+            bad = [st for st in current if st not in ("closed", "disabled")]
+            read.append(("breaker", name, {"state": bad[0] if bad else current[0]}))
+        return read
 
 
 def _get(obj: Any, attr: str) -> Any:

@@ -145,6 +145,17 @@ SHAPES: dict[str, Shape] = {
         _c("retries", "scalekit_pool_retries_total",
            "Queries re-run after a cached statement was invalidated."),
     ), extra=(("kind", "kind"),)),
+    # RedisBackend.stats() -> RedisStats (its pools report natively as kind="redis")
+    "redis": Shape("backend", (
+        _c("commands", "scalekit_redis_commands_total",
+           "Commands sent through the auto-pipeline."),
+        _c("batches", "scalekit_redis_batches_total", "Writes those commands took."),
+        _g("max_pipeline_depth", "scalekit_redis_max_pipeline_depth",
+           "Most replies ever awaited on one connection."),
+        _g("in_flight", "scalekit_redis_in_flight", "Commands sent or queued, not answered."),
+        _c("errors", "scalekit_redis_errors_total",
+           "Callers failed by a connection error or a timeout in the auto-pipeline."),
+    )),
     # DataLoader.stats() -> LoaderStats (batch sizes: see _batch_histogram)
     "loader": Shape("loader", (
         _c("loads", "scalekit_loader_loads_total", "Keys asked for."),
@@ -223,10 +234,12 @@ class Source:
                 own = _get(obj, "name")
                 yield str(own if isinstance(own, str) and own else key), obj
             return
-        objs: list[Any] | tuple[Any, ...] = [result]
-        if isinstance(result, list | tuple) and not hasattr(result, "_fields"):
-            objs = result  # a NamedTuple (SamplingStats) is one stats object
-        for obj in objs:
+        if not isinstance(result, list | tuple) or hasattr(result, "_fields"):
+            # one stats object (a NamedTuple is one): the name given wins over its own
+            own = _get(result, "name")
+            yield self.name or str(own if isinstance(own, str) and own else self.kind), result
+            return
+        for obj in result:
             own = _get(obj, "name")
             yield str(own if isinstance(own, str) and own else self.name or self.kind), obj
 

@@ -163,7 +163,7 @@ class PgPool:
         self._user_init = init
         self._user_setup = setup
         self._options = pool_options
-        self._counters = PoolCounters()
+        self._counters = self._new_counters()
         self._pool: Any = None
         self._opening: asyncio.Lock | None = None
         self._pid = os.getpid()
@@ -184,6 +184,18 @@ class PgPool:
         self._connect_errors: tuple[type[BaseException], ...] = ()
         _LIVE.add(self)
 
+    def _new_counters(self) -> PoolCounters:
+        ref = weakref.ref(self)
+
+        def size() -> int:
+            pool = ref()
+            raw = pool._pool if pool is not None else None
+            return int(raw.get_size()) if raw is not None else 0
+
+        return PoolCounters().attach(
+            name=self.name, kind="postgres", max_size=self.settings.max_size, size=size
+        )
+
     def _after_fork(self) -> None:
         """In a forked child: drop the parent's pool (its sockets and loop) unused and
         unclosed; the next acquire opens a pool of this process."""
@@ -191,7 +203,7 @@ class PgPool:
             FORK_ORPHANS.append(self._pool)
         self._pool = None
         self._opening = None
-        self._counters = PoolCounters()
+        self._counters = self._new_counters()
         self._leased = set()
         self._releasing = 0
         self._pid = os.getpid()
@@ -333,7 +345,7 @@ class PgPool:
                 self._leased.add(con)
             t = now()
             if t >= con._sk_expires:
-                c.recycled += 1
+                c.recycled.inc()
                 await self._discard(con, graceful=True)
                 continue
             ping_after = self._ping_after
@@ -341,14 +353,14 @@ class PgPool:
                 try:
                     await con.execute("SELECT 1", timeout=max(deadline - t, 0.001))
                 except Exception:
-                    c.ping_failures += 1
+                    c.ping_failures.inc()
                     await self._discard(con, graceful=False)
                     continue
                 except BaseException:  # cancelled mid-ping: give the connection back
                     await self.release(con)
                     raise
             c.waited(t - start)
-            c.acquired += 1
+            c.acquired.inc()
             return con
 
     async def _wait(self, pool: Any, start: float, deadline: float, wait: float) -> Any:
@@ -372,7 +384,7 @@ class PgPool:
                     raise BackendError(
                         f"pool {self.name!r}: could not open a connection within {wait:.3f}s"
                     ) from None
-                c.timeouts += 1
+                c.exhausted(self.name, "postgres", self._max_size, wait)
                 raise PoolExhausted(
                     self.name, size=self._max_size, waiters=c.waiters, timeout=wait
                 ) from None
@@ -455,7 +467,7 @@ class PgPool:
                 # changed by ALTER TYPE), never inside a transaction.
                 if con.is_in_transaction():
                     raise
-                self._counters.retries += 1
+                self._counters.retries.inc()
                 return await getattr(con, method)(query, *args, timeout=timeout)
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[Any]:

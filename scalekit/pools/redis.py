@@ -27,6 +27,7 @@ import os
 import queue
 import random
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -66,7 +67,7 @@ class _Lifetimes:
         self, settings: PoolSettings, clock: Clock | Callable[[], float] | None, rng: Any
     ) -> None:
         self.sk_settings = settings
-        self.sk_counters = PoolCounters()
+        self.sk_counters = self._sk_new_counters()
         self._sk_now = as_clock(clock).now
         self._sk_rng = rng if rng is not None else random.Random()
         self._sk_lifetime = settings.seconds("max_lifetime")
@@ -103,13 +104,30 @@ class _Lifetimes:
             return False
         if now >= expires:
             connection._sk_expires = fresh
-            self.sk_counters.recycled += 1
+            self.sk_counters.recycled.inc()
             return True
         return False
 
+    def _sk_new_counters(self) -> PoolCounters:
+        ref = weakref.ref(self)
+
+        def size() -> int:
+            pool: Any = ref()
+            return int(pool.stats().size) if pool is not None else 0
+
+        settings = self.sk_settings
+        return PoolCounters().attach(
+            name=settings.label, kind="redis", max_size=settings.max_size, size=size
+        )
+
     def _sk_exhausted(self) -> PoolExhausted:
         c = self.sk_counters
-        c.timeouts += 1
+        c.exhausted(
+            self.sk_settings.label,
+            "redis",
+            self.sk_settings.max_size,
+            self.sk_settings.acquire_seconds,
+        )
         return PoolExhausted(
             self.sk_settings.label,
             size=self.sk_settings.max_size,
@@ -121,7 +139,7 @@ class _Lifetimes:
         pid = os.getpid()
         if pid != self._sk_pid:  # forked: the parent's counts mean nothing here
             self._sk_pid = pid
-            self.sk_counters = PoolCounters()
+            self.sk_counters = self._sk_new_counters()
 
 
 def _sync_pool_class() -> Any:
@@ -174,7 +192,7 @@ def _sync_pool_class() -> Any:
                 raise
             with self._sk_lock:
                 c.waited(t - start)
-                c.acquired += 1
+                c.acquired.inc()
                 c.in_use += 1
             return connection
 
@@ -265,7 +283,7 @@ def _async_pool_class() -> Any:
                 self._sk_hand_over(connection, now())
                 raise
             c.waited(t - start)
-            c.acquired += 1
+            c.acquired.inc()
             c.in_use += 1
             return connection
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 import logging
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, cast, overload
@@ -22,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, c
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError
+from scalekit.observability._events import log_event
+from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.resilience.machine import ADMIT, PROBE, REJECT, BreakerMachine
 from scalekit.resilience.policy import BreakerPolicy, State
 
@@ -57,9 +58,44 @@ _FAILURE = 1
 _IGNORED = 2
 
 
-def _counted(counter: itertools.count[int]) -> int:
-    """How many times ``next(counter)`` ran, read from its repr ``count(N)``."""
-    return int(repr(counter)[6:-1])
+_STATES = tuple(State)
+_EVENT_OF = {
+    State.OPEN: "breaker.opened",
+    State.HALF_OPEN: "breaker.half_opened",
+    State.CLOSED: "breaker.closed",
+    State.FORCED_OPEN: "breaker.forced_open",
+    State.DISABLED: "breaker.disabled",
+}
+
+# the breaker's families in the metrics registry (created once, here)
+_CALLS = _metrics.counter(
+    "scalekit_breaker_calls_total", "Calls through the breaker.", labels=("breaker",)
+)
+_FAILURES = _metrics.counter(
+    "scalekit_breaker_failures_total", "Calls recorded as failures.", labels=("breaker",)
+)
+_IGNORED_C = _metrics.counter(
+    "scalekit_breaker_ignored_total", "Calls neither success nor failure.", labels=("breaker",)
+)
+_REJECTED = _metrics.counter(
+    "scalekit_breaker_rejected_total", "Calls refused while open.", labels=("breaker",)
+)
+_TRANSITIONS = _metrics.counter(
+    "scalekit_breaker_transitions_total",
+    "State changes, by the state entered.",
+    labels=("breaker", "state"),
+)
+_STATE = _metrics.gauge(
+    "scalekit_breaker_state", "1 for the breaker's current state.", labels=("breaker", "state")
+)
+
+
+def _state_gauge(ref: weakref.ref[CircuitBreaker], state: State) -> Callable[[], float]:
+    def read() -> float:
+        b = ref()
+        return 1.0 if b is not None and b.state is state else 0.0
+
+    return read
 
 
 def _matcher(name: str, spec: ExceptionSpec | None) -> Callable[[BaseException], bool]:
@@ -194,10 +230,15 @@ class CircuitBreaker:
         self._timed = policy.slow_s is not None
         self._slow_s = policy.slow_s if policy.slow_s is not None else float("inf")
         self._time_window = policy.window_s is not None
-        self._calls = itertools.count()
-        self._failures = itertools.count()
-        self._ignored = itertools.count()
-        self._rejected = itertools.count()
+        # counters of this breaker's own in the metrics registry; inc() is one C call
+        self._calls = _CALLS.attach(self, name)
+        self._failures = _FAILURES.attach(self, name)
+        self._ignored = _IGNORED_C.attach(self, name)
+        self._rejected = _REJECTED.attach(self, name)
+        self._transitions = {s: _TRANSITIONS.attach(self, name, s.value) for s in _STATES}
+        ref = weakref.ref(self)
+        for st in _STATES:
+            _STATE.attach(self, name, st.value).set_function(_state_gauge(ref, st))
         if shared is not None and not hasattr(shared, "attach"):
             from scalekit.resilience.shared import SharedState
 
@@ -272,9 +313,9 @@ class CircuitBreaker:
             trips = m.trips
         if self._shared is not None:
             snap_state, retry_after = self._shared.view()
-        total = _counted(self._calls)
-        failures = _counted(self._failures)
-        ignored = _counted(self._ignored)
+        total = int(self._calls.value)
+        failures = int(self._failures.value)
+        ignored = int(self._ignored.value)
         return BreakerSnapshot(
             name=self.name,
             state=snap_state,
@@ -288,7 +329,7 @@ class CircuitBreaker:
             successes=total - failures - ignored,
             failures=failures,
             ignored=ignored,
-            rejected=_counted(self._rejected),
+            rejected=int(self._rejected.value),
             shared=self._shared is not None,
         )
 
@@ -305,7 +346,8 @@ class CircuitBreaker:
         if not transitions:
             return
         for prev, new, at in transitions:
-            log.info("circuit breaker %r: %s -> %s", self.name, prev.value, new.value)
+            self._transitions[new].inc()
+            log_event(_EVENT_OF[new], breaker=self.name, state=new.value, previous=prev.value)
             if self._listeners:
                 self._notify(BreakerEvent(self.name, "state_change", new, prev, at))
 
@@ -334,7 +376,7 @@ class CircuitBreaker:
         return decision
 
     def _rejected_error(self, retry_after: float) -> CircuitOpenError:
-        next(self._rejected)
+        self._rejected.inc()
         state = self.state
         if self._listeners:
             self._outcome_event("rejected", None, None)
@@ -354,14 +396,14 @@ class CircuitBreaker:
         exc: BaseException | None,
     ) -> None:
         """Record one outcome of an admitted call."""
-        next(self._calls)
+        self._calls.inc()
         now = self._now()
         duration = now - start if self._timed else None
         slow = duration is not None and duration >= self._slow_s
         if outcome == _FAILURE:
-            next(self._failures)
+            self._failures.inc()
         elif outcome == _IGNORED:
-            next(self._ignored)
+            self._ignored.inc()
         shared = self._shared
         if shared is not None:
             shared.record(kind, ticket, outcome, slow)
@@ -395,13 +437,13 @@ class CircuitBreaker:
             self._finish(kind, ticket, outcome, start, exc)
             return
         # same as _finish, but the round trip to Redis is awaited
-        next(self._calls)
+        self._calls.inc()
         duration = self._now() - start if self._timed else None
         slow = duration is not None and duration >= self._slow_s
         if outcome == _FAILURE:
-            next(self._failures)
+            self._failures.inc()
         elif outcome == _IGNORED:
-            next(self._ignored)
+            self._ignored.inc()
         await shared.arecord(kind, ticket, outcome, slow)
         if self._listeners:
             ev: EventKind = (
@@ -432,11 +474,13 @@ class CircuitBreaker:
                 m.record(self._now(), epoch, False)
                 moved = self._drain()
             self._emit(moved)
-            next(self._calls)
+            self._calls.inc()
 
     # -- calling -------------------------------------------------------------------------
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
@@ -457,7 +501,7 @@ class CircuitBreaker:
 
     def _wrap_sync(self, fn: Callable[P, R]) -> Callable[P, R]:
         m = self._m
-        calls = self._calls
+        calls = self._calls.tick
         listeners = self._listeners
         bad_result = self._failure_result
         fallback = self._fallback
@@ -510,9 +554,9 @@ class CircuitBreaker:
         wrapper.breaker = self  # type: ignore[attr-defined]
         return wrapper
 
-    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
         m = self._m
-        calls = self._calls
+        calls = self._calls.tick
         listeners = self._listeners
         bad_result = self._failure_result
         fallback = self._fallback

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import itertools
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -17,8 +17,31 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit import _validate as check
 from scalekit.errors import BulkheadFull, ConfigurationError
+from scalekit.observability._metrics import default_registry as _metrics
 
 __all__ = ["Bulkhead", "BulkheadStats", "bulkhead"]
+
+_ADMITTED = _metrics.counter(
+    "scalekit_bulkhead_admitted_total", "Calls admitted.", labels=("bulkhead",)
+)
+_REJECTED = _metrics.counter(
+    "scalekit_bulkhead_rejected_total", "Calls rejected (full).", labels=("bulkhead",)
+)
+_RUNNING = _metrics.gauge("scalekit_bulkhead_running", "Calls running now.", labels=("bulkhead",))
+_QUEUED = _metrics.gauge(
+    "scalekit_bulkhead_queued", "Calls waiting for a slot now.", labels=("bulkhead",)
+)
+
+
+def _reader(ref: weakref.ref[Bulkhead], what: str) -> Callable[[], float]:
+    def read() -> float:
+        b = ref()
+        if b is None:
+            return 0.0
+        return float(b._running if what == "running" else len(b._waiters))
+
+    return read
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -87,8 +110,11 @@ class Bulkhead:
         self._lock = threading.Lock()
         self._running = 0
         self._waiters: deque[_Waiter] = deque()
-        self._admitted = itertools.count()
-        self._rejected = 0
+        self._admitted = _ADMITTED.attach(self, self.name)
+        self._rejected = _REJECTED.attach(self, self.name)
+        ref = weakref.ref(self)
+        _RUNNING.attach(self, self.name).set_function(_reader(ref, "running"))
+        _QUEUED.attach(self, self.name).set_function(_reader(ref, "queued"))
 
     def __repr__(self) -> str:
         return (
@@ -101,12 +127,12 @@ class Bulkhead:
             return BulkheadStats(
                 self._running,
                 len(self._waiters),
-                int(repr(self._admitted)[6:-1]),
-                self._rejected,
+                int(self._admitted.value),
+                int(self._rejected.value),
             )
 
     def _full(self) -> BulkheadFull:
-        self._rejected += 1  # under the lock
+        self._rejected.inc()
         return BulkheadFull(self.name, self.max_concurrent, self.max_queued)
 
     # -- slots -----------------------------------------------------------------
@@ -115,7 +141,7 @@ class Bulkhead:
         with self._lock:
             if self._running < self.max_concurrent:
                 self._running += 1
-                next(self._admitted)
+                self._admitted.inc()
                 return None
             if len(self._waiters) >= self.max_queued:
                 raise self._full()
@@ -132,7 +158,7 @@ class Bulkhead:
         w.event.wait(self.queue_timeout)
         with self._lock:
             if w.granted:
-                next(self._admitted)
+                self._admitted.inc()
                 return
             self._waiters.remove(w)
             raise self._full()
@@ -160,7 +186,7 @@ class Bulkhead:
             if granted:
                 self.release()  # pass the slot on
             raise
-        next(self._admitted)
+        self._admitted.inc()
 
     def release(self) -> None:
         """Give a slot back: to the first waiter in the queue, or to the pool.

@@ -24,7 +24,6 @@ import email.utils
 import functools
 import importlib.util
 import inspect
-import itertools
 import math
 import random
 import re
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError, MissingDependency
+from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.resilience.breaker import ExceptionSpec, _matcher
 from scalekit.resilience.policy import State
 from scalekit.resilience.timeouts import _DEADLINE, _narrowed, remaining
@@ -50,6 +50,22 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _BUCKETS = 10
+
+_CALLS = _metrics.counter(
+    "scalekit_retry_calls_total",
+    "Calls seen by the retry budget (first attempts).",
+    labels=("budget",),
+)
+_RETRIES = _metrics.counter(
+    "scalekit_retry_retries_total",
+    "Retries granted (attempts after the first).",
+    labels=("budget",),
+)
+_REFUSED = _metrics.counter(
+    "scalekit_retry_refused_total",
+    "Retries refused: the budget was exhausted.",
+    labels=("budget",),
+)
 
 
 def _require_tenacity() -> None:
@@ -70,6 +86,7 @@ def _import_tenacity() -> Any:
 class RetryStats:
     """A budget's counters: calls seen, retries granted and refused (in total)."""
 
+    name: str
     calls: int
     retries: int
     refused: int
@@ -92,27 +109,29 @@ class RetryBudget:
         window: float | timedelta = 10.0,
         min_per_second: float = 1.0,
         clock: Clock | Callable[[], float] | None = None,
+        name: str = "retry",
     ) -> None:
+        self.name = check.name(name, "name")
         self.ratio = check.number(ratio, "ratio (0.1 = 10 %)", minimum=0, maximum=10)
         self.window = check.duration(window, "window")
         self.min_per_second = check.number(min_per_second, "min_per_second", minimum=0)
         self._now = as_clock(clock).now
         self._lock = threading.Lock()
-        self._calls = itertools.count()
+        self._calls = _CALLS.attach(self, self.name)
+        self._retries = _RETRIES.attach(self, self.name)
+        self._refused = _REFUSED.attach(self, self.name)
         self._width = self.window / _BUCKETS
         # per bucket with an observation: [absolute bucket index, first seen (time,
         # calls counter), last seen (time, calls counter), retries granted in it]
         now = self._now()
         self._marks: list[list[Any]] = [[math.floor(now / self._width), now, 0, now, 0, 0]]
-        self._retries = 0
-        self._refused = 0
 
     def record_call(self) -> None:
         """Count one call (the first attempt; retries are not calls)."""
-        next(self._calls)
+        self._calls.inc()
 
     def _calls_now(self) -> int:
-        return int(repr(self._calls)[6:-1])
+        return int(self._calls.value)
 
     def try_retry(self) -> bool:
         """Take one retry from the budget; False (and counted) when it is spent."""
@@ -144,18 +163,20 @@ class RetryBudget:
             retries = sum(int(m[5]) for m in marks)
             allowed = self.ratio * window_calls + self.min_per_second * self.window
             if retries + 1 > allowed:
-                self._refused += 1
+                self._refused.inc()
                 return False
             last[5] += 1
-            self._retries += 1
+            self._retries.inc()
             return True
 
     def stats(self) -> RetryStats:
-        return RetryStats(self._calls_now(), self._retries, self._refused)
+        return RetryStats(
+            self.name, self._calls_now(), int(self._retries.value), int(self._refused.value)
+        )
 
     def __repr__(self) -> str:
         return (
-            f"RetryBudget(ratio={self.ratio}, window={self.window}, "
+            f"RetryBudget(name={self.name!r}, ratio={self.ratio}, window={self.window}, "
             f"min_per_second={self.min_per_second})"
         )
 
@@ -253,7 +274,8 @@ def retry(
     the_clock = as_clock(clock)
     now = the_clock.now
     draw = rng if rng is not None else random.random
-    count_call = the_budget.record_call if the_budget is not None else None
+    # one C call per first attempt (the budget's counter in the metrics registry)
+    count_call = the_budget._calls.inc if the_budget is not None else None
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         guard: CircuitBreaker | None = breaker or getattr(fn, "breaker", None)

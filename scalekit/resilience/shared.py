@@ -13,8 +13,9 @@ half-open probe leases in three Redis keys under one ``{hash tag}``:
   within ``probe_timeout`` counts as failed;
 - **Redis TIME** decides every deadline (the local clock only counts down the
   cached "retry after");
-- **when Redis is down**, ``on_backend_error`` decides: ``"local"`` (default)
-  continues on this process' own breaker, seeded with the last fleet state seen;
+- **when Redis is down**, ``on_backend_error`` decides: ``"local_fallback"``
+  (default; ``"local"`` until this release, a deprecated alias now) continues on
+  this process' own breaker, seeded with the last fleet state seen;
   ``"fail_open"`` lets every call through; ``"fail_closed"`` rejects them. The
   outage is logged once and Redis is tried again after ``backend_cooldown``.
 
@@ -29,7 +30,7 @@ import logging
 import math
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from scalekit import _validate
 from scalekit._keys import build_key
@@ -46,8 +47,8 @@ if TYPE_CHECKING:
 
 __all__ = ["OnBackendError", "SharedState"]
 
-OnBackendError = Literal["local", "fail_open", "fail_closed"]
-_POLICIES = ("local", "fail_open", "fail_closed")
+#: ``"local"`` is the deprecated spelling of ``"local_fallback"`` (one release)
+OnBackendError = Literal["local_fallback", "fail_open", "fail_closed", "local"]
 _STATES = {s.value: s for s in State}
 _OUTCOME = ("s", "f", "i")  # indexed by the breaker's outcome codes
 # tickets: >= 0 from Redis (an epoch, or a probe id); <= -1 from the local breaker
@@ -67,7 +68,7 @@ class SharedState:
         backend: BackendLike,
         *,
         prefix: str = "scalekit",
-        on_backend_error: OnBackendError = "local",
+        on_backend_error: OnBackendError = "local_fallback",
         backend_cooldown: float = 5.0,
         poll_interval: float = 0.5,
     ) -> None:
@@ -77,10 +78,14 @@ class SharedState:
                 f"shared breaker state needs a Redis backend (redis://, unix://, "
                 f"redis+cluster://), got {backend!r}"
             )
-        if on_backend_error not in _POLICIES:
-            raise ConfigurationError(
-                f"on_backend_error must be one of {_POLICIES}, got {on_backend_error!r}"
-            )
+        on_backend_error = cast(
+            OnBackendError,
+            _validate.failure_policy(
+                on_backend_error,
+                "SharedState(on_backend_error)",
+                deprecated={"local": "local_fallback"},
+            ),
+        )
         backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
         poll_interval = _validate.duration(poll_interval, "poll_interval")
         self.backend = b
@@ -206,7 +211,11 @@ class SharedState:
     # -- outage policy --------------------------------------------------------------------
     def _down(self, exc: BackendError | None) -> None:
         """After a failure (the guard has counted it) or while Redis is skipped (None)."""
-        if exc is not None and self.on_backend_error == "local" and self._state is State.OPEN:
+        if (
+            exc is not None
+            and self.on_backend_error == "local_fallback"
+            and self._state is State.OPEN
+        ):
             b = self._b
             left = self._until - self._now()
             if left > 0:
@@ -231,7 +240,7 @@ class SharedState:
         return kind, -ticket - 1  # negative: admitted by the local breaker
 
     def _local_record(self, kind: int, ticket: float, outcome: int, slow: bool) -> None:
-        if ticket >= 0 or ticket == _UNRECORDED or self.on_backend_error != "local":
+        if ticket >= 0 or ticket == _UNRECORDED or self.on_backend_error != "local_fallback":
             return
         b = self._b
         local = int(-ticket - 1)

@@ -34,6 +34,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import ConfigurationError, DeadlineExceeded
+from scalekit.observability._metrics import default_registry as _metrics
 
 __all__ = ["deadline", "remaining", "timeout"]
 
@@ -82,6 +83,13 @@ def deadline(
         _DEADLINE.reset(token)
 
 
+_EXPIRED = _metrics.counter(
+    "scalekit_timeout_expired_total",
+    "Calls of a @timeout function that ran out of time (or started past the deadline).",
+    labels=("function",),
+)
+
+
 def _expired(name: str, limit: float | None) -> DeadlineExceeded:
     if limit is None:
         return DeadlineExceeded(f"{name}: the deadline passed before the call started")
@@ -108,6 +116,12 @@ def timeout(
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         name = getattr(fn, "__qualname__", repr(fn))
+        expired_count = _EXPIRED.attach(fn, (name or "_")[:128]).inc
+
+        def expired(limit: float | None) -> DeadlineExceeded:
+            expired_count()
+            return _expired(name, limit)
+
         if inspect.iscoroutinefunction(fn):
             if offload:
                 raise ConfigurationError(
@@ -123,14 +137,14 @@ def timeout(
                 at, clock_now = _narrowed(limit, now)
                 left = at - clock_now()
                 if left <= 0:
-                    raise _expired(name, None)
+                    raise expired(None)
                 token = _DEADLINE.set((at, clock_now))
                 try:
                     async with asyncio.timeout(left) as cm:
                         return await afn(*args, **kwargs)
                 except TimeoutError as exc:
                     if cm.expired():
-                        raise _expired(name, left) from exc
+                        raise expired(left) from exc
                     raise
                 finally:
                     _DEADLINE.reset(token)
@@ -146,7 +160,7 @@ def timeout(
                 at, clock_now = _narrowed(limit, now)
                 left = at - clock_now()
                 if left <= 0:
-                    raise _expired(name, None)
+                    raise expired(None)
                 token = _DEADLINE.set((at, clock_now))
                 try:
                     ctx = contextvars.copy_context()
@@ -165,7 +179,7 @@ def timeout(
 
                 threading.Thread(target=run, name=f"scalekit-timeout:{name}", daemon=True).start()
                 if not done.wait(left):
-                    raise _expired(name, left)
+                    raise expired(left)
                 ok, value = box[0]
                 if ok:
                     return cast(R, value)
@@ -179,7 +193,7 @@ def timeout(
                 return fn(*args, **kwargs)
             at, clock_now = _narrowed(limit, now)
             if at - clock_now() <= 0:
-                raise _expired(name, None)
+                raise expired(None)
             token = _DEADLINE.set((at, clock_now))
             try:
                 return fn(*args, **kwargs)

@@ -20,7 +20,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Literal, TypeAlias, TypeVar
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
@@ -40,8 +40,8 @@ __all__ = ["Budget", "BudgetFailurePolicy", "Cap", "budget_probability"]
 
 T = TypeVar("T")
 
-BudgetFailurePolicy: TypeAlias = Literal["skip", "local_fallback"]
-_FAILURE_POLICIES = ("skip", "local_fallback")
+#: ``"skip"`` is the deprecated spelling of ``"fail_closed"`` (one release)
+BudgetFailurePolicy: TypeAlias = Literal["fail_closed", "local_fallback", "skip"]
 
 #: (sampled, probability, considered, sampled count) for one decision
 Outcome: TypeAlias = tuple[bool, float, int, int]
@@ -238,9 +238,10 @@ class Budget(Generic[T]):
     ``expected``: the arrivals you expect per period and scope, used while the
     first window is young (later windows use the previous window's count).
     ``warmup``: the smallest part of a period over which the arrival rate is
-    measured. ``on_backend_error``: ``"skip"`` (the default: nothing is sampled
-    while the backend is down, so costs cannot overrun) or ``"local_fallback"``
-    (a budget in this process of ``target // fallback_instances``).
+    measured. ``on_backend_error``: ``"fail_closed"`` (the default: nothing is
+    sampled while the backend is down, so costs cannot overrun; ``"skip"`` is its
+    deprecated spelling) or ``"local_fallback"`` (a budget in this process of
+    ``target // fallback_instances``).
     """
 
     kind = "budget"
@@ -259,7 +260,7 @@ class Budget(Generic[T]):
         expected: float | None = None,
         warmup: float = 0.01,
         clock: Clock | Callable[[], float] | None = None,
-        on_backend_error: BudgetFailurePolicy = "skip",
+        on_backend_error: BudgetFailurePolicy = "fail_closed",
         fallback_instances: int = 1,
         backend_cooldown: float = 5.0,
         prefix: str = "scalekit:sb",
@@ -305,12 +306,15 @@ class Budget(Generic[T]):
                 f"got {warmup!r}"
             )
         self.warmup = float(warmup)
-        if on_backend_error not in _FAILURE_POLICIES:
-            raise ConfigurationError(
-                f"Budget {name!r}: unknown on_backend_error {on_backend_error!r}; expected one "
-                f"of {', '.join(_FAILURE_POLICIES)}"
-            )
-        self.on_backend_error: BudgetFailurePolicy = on_backend_error
+        self.on_backend_error = cast(
+            BudgetFailurePolicy,
+            _validate.failure_policy(
+                on_backend_error,
+                f"Budget {name!r}: on_backend_error",
+                allowed=("fail_closed", "local_fallback"),
+                deprecated={"skip": "fail_closed"},
+            ),
+        )
         if (
             isinstance(fallback_instances, bool)
             or not isinstance(fallback_instances, int)
@@ -430,8 +434,8 @@ class Budget(Generic[T]):
 
     def _degraded(self, scope: str, u: float) -> tuple[bool, float, str]:
         self.degraded += 1
-        if self.on_backend_error == "skip":
-            return False, 0.0, "backend unavailable: skipped (on_backend_error='skip')"
+        if self.on_backend_error == "fail_closed":
+            return False, 0.0, "backend unavailable: skipped (on_backend_error='fail_closed')"
         fb = self._fallback
         if fb is None:
             fb = self._fallback = _MemoryBudgetStore(self.clock.now, MemoryBackend().max_keys)

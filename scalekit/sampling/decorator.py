@@ -7,17 +7,40 @@ import asyncio
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
+from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.sampling.decision import SampleDecision
 from scalekit.sampling.pipeline import Pipeline
 
 __all__ = ["BackgroundTasks", "SampledDecorator", "sampled"]
 
 log = logging.getLogger("scalekit.sampling")
+
+_TASKS = {
+    what: _metrics.counter(f"scalekit_tasks_{what}_total", help, labels=("tasks",))
+    for what, help in (
+        ("spawned", "Background tasks spawned."),
+        ("succeeded", "Tasks that returned."),
+        ("failed", "Tasks that raised."),
+        ("dropped", "Tasks dropped (limit reached)."),
+        ("cancelled", "Tasks cancelled."),
+    )
+}
+_RUNNING = _metrics.gauge("scalekit_tasks_running", "Tasks not finished.", labels=("tasks",))
+
+
+def _running(ref: weakref.ref[BackgroundTasks]) -> Callable[[], float]:
+    def read() -> float:
+        tasks = ref()
+        return float(tasks.running) if tasks is not None else 0.0
+
+    return read
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -138,7 +161,9 @@ class BackgroundTasks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._queued = 0  # spawned, waiting for a slot
         self._active = 0  # holding a slot
-        self.spawned = self.succeeded = self.failed = self.dropped = self.cancelled = 0
+        label = (name if isinstance(name, str) and name else "background")[:128]
+        self._count = {what: fam.attach(self, label) for what, fam in _TASKS.items()}
+        _RUNNING.attach(self, label).set_function(_running(weakref.ref(self)))
 
     def spawn(
         self, coro: Coroutine[Any, Any, Any], *, decision: SampleDecision | None = None
@@ -153,7 +178,7 @@ class BackgroundTasks:
             self._sem = asyncio.Semaphore(self.concurrency)
         if self._active + self._queued >= self.concurrency + self.max_pending:
             coro.close()
-            self.dropped += 1
+            self._count["dropped"].inc()
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning(
                     "%s: %d background task(s) dropped so far (%d running, %d waiting)",
@@ -163,7 +188,7 @@ class BackgroundTasks:
                     self._queued,
                 )
             return None
-        self.spawned += 1
+        self._count["spawned"].inc()
         self._queued += 1
         task = asyncio.get_running_loop().create_task(self._run(coro))
         self._tasks.add(task)
@@ -176,7 +201,7 @@ class BackgroundTasks:
             await self._sem.acquire()
         except asyncio.CancelledError:
             coro.close()
-            self.cancelled += 1
+            self._count["cancelled"].inc()
             raise
         finally:
             self._queued -= 1
@@ -184,16 +209,37 @@ class BackgroundTasks:
         try:
             await coro
         except asyncio.CancelledError:
-            self.cancelled += 1
+            self._count["cancelled"].inc()
             raise
         except Exception:
-            self.failed += 1
+            self._count["failed"].inc()
             log.exception("%s: a background task failed", self.name)
         else:
-            self.succeeded += 1
+            self._count["succeeded"].inc()
         finally:
             self._active -= 1
             self._sem.release()
+
+    # the totals, read from its counters in the metrics registry
+    @property
+    def spawned(self) -> int:
+        return int(self._count["spawned"].value)
+
+    @property
+    def succeeded(self) -> int:
+        return int(self._count["succeeded"].value)
+
+    @property
+    def failed(self) -> int:
+        return int(self._count["failed"].value)
+
+    @property
+    def dropped(self) -> int:
+        return int(self._count["dropped"].value)
+
+    @property
+    def cancelled(self) -> int:
+        return int(self._count["cancelled"].value)
 
     @property
     def running(self) -> int:

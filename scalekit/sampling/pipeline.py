@@ -10,13 +10,14 @@ cannot, so put caps after budgets.
 
 from __future__ import annotations
 
-import itertools
 import zlib
 from collections.abc import Callable, Generator
-from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
+from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.sampling._hash import to_bytes
 from scalekit.sampling.budget import Budget, Cap
 from scalekit.sampling.decision import SampleDecision
@@ -35,15 +36,18 @@ Outcome: TypeAlias = tuple[bool, float, str]
 _Step: TypeAlias = tuple[str, "Budget[Any] | Cap[Any]"]
 
 
-def _counted(counter: itertools.count[int]) -> int:
-    """How many times ``next(counter)`` ran, read from its repr (``count(N)``)."""
-    return int(repr(counter)[6:-1])
+_SAMPLED = _metrics.counter("scalekit_sampling_sampled_total", "Items kept.", labels=("pipeline",))
+_SKIPPED = _metrics.counter(
+    "scalekit_sampling_skipped_total", "Items skipped, per stage.", labels=("pipeline", "stage")
+)
 
 
-class SamplingStats(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class SamplingStats:
     """Counters since the pipeline was built: ``skipped`` maps a stage name to the
     items it skipped; ``considered == sampled + sum(skipped.values())``."""
 
+    name: str
     considered: int
     sampled: int
     skipped: dict[str, int]
@@ -93,8 +97,12 @@ class Pipeline(Generic[T]):
         self.stages: tuple[Stage, ...] = tuple(stages)
         self._local = tuple(local)
         self._remote = tuple(remote)
-        self._skips = {s.name: itertools.count() for s in self.stages}
-        self._sampled = itertools.count()
+        # counters of this pipeline's own in the metrics registry; the compiled paths
+        # count with next(counter.tick), one C call
+        self._skip_counters = {s.name: _SKIPPED.attach(self, name, s.name) for s in self.stages}
+        self._sampled_counter = _SAMPLED.attach(self, name)
+        self._skips = {n: c.tick for n, c in self._skip_counters.items()}
+        self._sampled = self._sampled_counter.tick
         last = self.stages[-1] if self.stages else None
         self._last = (last.name, last.kind) if last is not None else ("", "")
         self._gate_skip = {
@@ -303,9 +311,9 @@ class Pipeline(Generic[T]):
 
     def stats(self) -> SamplingStats:
         """The counters: considered, sampled, and skipped per stage."""
-        skipped = {name: _counted(c) for name, c in self._skips.items()}
-        sampled = _counted(self._sampled)
-        return SamplingStats(sampled + sum(skipped.values()), sampled, skipped)
+        skipped = {name: int(c.value) for name, c in self._skip_counters.items()}
+        sampled = int(self._sampled_counter.value)
+        return SamplingStats(self.name, sampled + sum(skipped.values()), sampled, skipped)
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.stages))}, name={self.name!r})"

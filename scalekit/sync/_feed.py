@@ -23,6 +23,7 @@ from typing import Any
 from scalekit import _validate
 from scalekit._clock import Clock
 from scalekit.errors import ConfigurationError, CursorError, MustRefetch
+from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.pagination._cursor import CursorCodec, digest
 from scalekit.sync._schema import DELETED_AT, XID, Names, check_keep, install_sql, names
 from scalekit.sync._schema import uninstall_sql as _uninstall_sql
@@ -143,6 +144,31 @@ class ChangePage:
     reset: bool
 
 
+_FEED = ("feed",)
+_PAGES = _metrics.counter("scalekit_sync_pages_total", "Change pages served.", labels=_FEED)
+_RESETS = _metrics.counter(
+    "scalekit_sync_resets_total", "Pages that restarted a client's sync (reset).", labels=_FEED
+)
+_ROWS = _metrics.histogram(
+    "scalekit_sync_page_rows",
+    "Upserts and deletes per change page.",
+    labels=_FEED,
+    unit="rows",
+    buckets=(0, 1, 10, 50, 100, 500, 1000, 5000, 10_000, 100_000),
+)
+_LAG = _metrics.gauge(
+    "scalekit_sync_watermark_lag_seconds",
+    "Seconds since the oldest open transaction began, at the last ChangeFeed.stats().",
+    labels=_FEED,
+    unit="seconds",
+)
+_XID_LAG = _metrics.gauge(
+    "scalekit_sync_xid_lag",
+    "Transaction ids between the watermark and the next one, at the last stats().",
+    labels=_FEED,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FeedStats:
     """``watermark_lag``: seconds since the oldest transaction still open began (its
@@ -174,7 +200,17 @@ class ChangeFeed:
     cursors older than that as :class:`~scalekit.errors.CursorError`.
     """
 
-    __slots__ = ("_codec", "_n", "key")
+    __slots__ = (
+        "__weakref__",
+        "_codec",
+        "_lag",
+        "_n",
+        "_pages",
+        "_resets",
+        "_rows",
+        "_xids",
+        "key",
+    )
 
     def __init__(
         self,
@@ -191,6 +227,13 @@ class ChangeFeed:
         self._codec = CursorCodec(
             secret, purpose="changefeed", what="ChangeFeed", max_age=max_age, clock=clock
         )
+        label = self._n.label[:128]
+        self._pages = _PAGES.attach(self, label)
+        self._resets = _RESETS.attach(self, label)
+        self._rows = _ROWS.attach(self, label)
+        # the lag is the table's, whichever feed measured it last: one shared child
+        self._lag = _LAG.labels(label)
+        self._xids = _XID_LAG.labels(label)
 
     def __repr__(self) -> str:
         return f"ChangeFeed({self._n.label!r}, key={self.key!r})"
@@ -352,6 +395,10 @@ class ChangeFeed:
             nxt = _Position(xid, kind, key, hi, system, pos.initial)
         else:
             nxt = _Position(hi, -1, None, None, system, False)
+        self._pages.inc()
+        self._rows.observe(len(upserts) + len(deletes))
+        if reset:
+            self._resets.inc()
         return ChangePage(
             upserts=upserts,
             deletes=deletes,
@@ -381,12 +428,15 @@ class ChangeFeed:
             n.label,
         )
         floor = None if row["floor"] is None else int(row["floor"])
-        return FeedStats(
+        stats = FeedStats(
             watermark_lag=max(float(row["lag"] or 0.0), 0.0),
             xid_lag=int(row["xids"]),
             floor=floor,
             complete=bool(row["complete"]),
         )
+        self._lag.set(stats.watermark_lag)  # the gauges hold the last measure
+        self._xids.set(stats.xid_lag)
+        return stats
 
     async def purge_tombstones(
         self,

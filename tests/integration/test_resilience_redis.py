@@ -129,7 +129,7 @@ def test_scripts_use_redis_server_time(fresh_redis_url: str) -> None:
     assert 0 < client.pttl(state_key) <= 86_400_000  # every key expires
 
 
-@pytest.mark.parametrize("policy", ["local", "fail_closed", "fail_open"])
+@pytest.mark.parametrize("policy", ["local_fallback", "fail_closed", "fail_open"])
 def test_redis_outage_follows_the_policy_and_recovers(redis_server: Any, policy: str) -> None:
     clock = FakeClock()  # drives the cooldown and the local breaker
     breaker = CircuitBreaker(
@@ -168,7 +168,7 @@ def test_redis_outage_follows_the_policy_and_recovers(redis_server: Any, policy:
             outcomes.append("rejected")
     elapsed = time.perf_counter() - began
     assert elapsed < 2.0  # one socket timeout, then no network until the cooldown ends
-    if policy == "local":
+    if policy == "local_fallback":
         # the first failure's report hit the outage; then the local breaker counts:
         # three more failures trip it
         assert outcomes == ["failed"] * 4 + ["rejected"] * 2

@@ -88,7 +88,7 @@ async def test_per_key_budgets_on_a_cluster(redis_cluster_url: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("policy", ["skip", "local_fallback"])
+@pytest.mark.parametrize("policy", ["fail_closed", "local_fallback"])
 def test_redis_outage_follows_the_budget_policy_and_recovers(
     redis_server: Any, policy: str
 ) -> None:
@@ -108,7 +108,7 @@ def test_redis_outage_follows_the_budget_policy_and_recovers(
     decisions = [pipe.decide(i) for i in range(8)]
     assert b._guard.errors == 1 and b._guard.episodes == 1, "one failure, then the cooldown"
     assert b.degraded == 8
-    if policy == "skip":
+    if policy == "fail_closed":
         assert not any(decisions)
         assert "backend unavailable" in decisions[0].detail
     else:  # 10/hour over 2 instances: 5 locally

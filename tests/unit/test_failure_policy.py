@@ -86,8 +86,11 @@ async def test_each_episode_is_logged_once(
         for _ in range(4):
             await _hit(lim)
             clock.advance(10)  # past the cooldown: every call probes and fails again
-    messages = [r.getMessage() for r in caplog.records]
+    # the primitive's own log (the structured backend.down event goes to scalekit.events)
+    messages = [r.getMessage() for r in caplog.records if r.name == "scalekit.ratelimit"]
     assert len(messages) == 1, messages
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "scalekit.events"]
+    assert events == ["backend.down"]
     assert "'chat'" in messages[0] and "backend failed" in messages[0]
     assert lim.stats()["backend_errors"] == 4
 

@@ -352,13 +352,12 @@ def test_log_event_has_a_stable_event_field(caplog: pytest.LogCaptureFixture) ->
         log_event("backend.sad")
 
 
-def test_breaker_listener_logs_transitions_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_breakers_log_their_transitions_once(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="scalekit.events")
     clock = FakeClock()
     breaker = CircuitBreaker(
         "payments", record=ConnectionError, failure_threshold=1, open_duration=10, clock=clock
     )
-    breaker.add_listener(breaker_listener)
     for _ in range(3):
         with pytest.raises((ConnectionError, CircuitOpenError)):
             breaker.call(fail)
@@ -367,6 +366,24 @@ def test_breaker_listener_logs_transitions_once(caplog: pytest.LogCaptureFixture
     events = [r.event for r in caplog.records]  # type: ignore[attr-defined]
     assert events == ["breaker.opened", "breaker.half_opened", "breaker.closed"]
     assert set(events) <= EVENTS
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.INFO, logging.INFO]
+
+
+def test_breaker_listener_is_deprecated_and_does_not_log_twice(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scalekit.observability import _events
+
+    monkeypatch.setattr(_events, "_warned", [])
+    caplog.set_level(logging.INFO, logger="scalekit.events")
+    breaker = CircuitBreaker("payments", record=ConnectionError, failure_threshold=1)
+    breaker.add_listener(breaker_listener)
+    warns = pytest.warns(DeprecationWarning, match="breaker_listener is deprecated")
+    with warns, pytest.raises(ConnectionError):
+        breaker.call(fail)
+    with pytest.raises(CircuitOpenError):
+        breaker.call(fail)  # no second warning (pytest's filter would raise it as an error)
+    assert [r.event for r in caplog.records] == ["breaker.opened"]  # type: ignore[attr-defined]
 
 
 # -- the public surface and the optional extras ----------------------------------------
