@@ -71,12 +71,8 @@ CC_CORRUPT_KEYS = _counter(
 
 def attach(family: Family[Counter], owner: object, *values: str) -> Counter:
     """A counter of ``owner``'s own, exported under ``values`` with every other
-    owner's of the same values (``Family.attach``). On a registry without
-    ``attach`` the counter is ``owner``'s alone and not exported."""
-    attach_fn = getattr(family, "attach", None)
-    if attach_fn is None:
-        return Counter()
-    child: Counter = attach_fn(owner, *values)
+    owner's of the same values (``Family.attach``)."""
+    child: Counter = family.attach(owner, *values)
     return child
 
 

@@ -10,7 +10,7 @@ import socket
 import pytest
 
 from scalekit import RedisBackend
-from scalekit.observability import Family, default_registry
+from scalekit.observability import default_registry
 from scalekit.ratelimit import (
     ALGORITHMS,
     AsyncConcurrencyLimiter,
@@ -21,11 +21,6 @@ from scalekit.ratelimit import (
     RateLimiterStats,
 )
 from scalekit.testing import FakeClock
-
-needs_attach = pytest.mark.skipif(
-    not hasattr(Family, "attach"),
-    reason="exporting needs Family.attach (wip/metrics-wiring): stats() work without it",
-)
 
 
 def closed_backend() -> RedisBackend:
@@ -108,7 +103,6 @@ def series(name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {tuple(sorted(s.labels.items())): s.value for s in metric.samples}
 
 
-@needs_attach
 def test_exported_by_limiter_algorithm_and_tier_never_a_key() -> None:
     a = RateLimiter("memory://", {"free": "1/minute", "paid": "5/minute"}, name="export-a")
     b = RateLimiter("memory://", {"free": "1/minute", "paid": "5/minute"}, name="export-a")
