@@ -238,7 +238,6 @@ def _seconds(value: float) -> float | None:
 def _limiter(args: argparse.Namespace) -> Any:
     from scalekit.ratelimit import RateLimiter
 
-    backend = _redis(args)
     overrides = None
     policy = args.policy
     algorithm = args.algorithm
@@ -260,7 +259,8 @@ def _limiter(args: argparse.Namespace) -> Any:
     if prefix is not None:
         options["prefix"] = prefix
     shape = {args.tier: policy} if args.tier is not None else policy
-    return RateLimiter(backend, shape, **options)
+    RateLimiter("memory://", shape, **options)  # a usage error (exit 2) before connecting
+    return RateLimiter(_redis(args), shape, **options)
 
 
 def _limits_show(args: argparse.Namespace) -> int:

@@ -78,9 +78,7 @@ class Settings:
     def __repr__(self) -> str:
         r = None if self.redis_url is None else _redact(self.redis_url)
         d = None if self.database_url is None else _redact(self.database_url)
-        return (
-            f"Settings(redis_url={r!r}, database_url={d!r}, limiters={dict(self.limiters)!r})"
-        )
+        return f"Settings(redis_url={r!r}, database_url={d!r}, limiters={dict(self.limiters)!r})"
 
     # -- backends ----------------------------------------------------------------------
     def backend_url(self) -> str:
@@ -125,13 +123,15 @@ class Settings:
         value from the environment raises a ConfigurationError naming the variable."""
         from scalekit.ratelimit import RateLimiter
 
-        return self._build(RateLimiter, name, policy)
+        limiter: RateLimiter = self._build(RateLimiter, name, policy)
+        return limiter
 
     def async_rate_limiter(self, name: str, policy: PolicyLike | None = None) -> AsyncRateLimiter:
         """The asyncio twin of :meth:`rate_limiter`."""
         from scalekit.ratelimit import AsyncRateLimiter
 
-        return self._build(AsyncRateLimiter, name, policy)
+        limiter: AsyncRateLimiter = self._build(AsyncRateLimiter, name, policy)
+        return limiter
 
     def _build(self, cls: Any, name: str, policy: PolicyLike | None) -> Any:
         options = self.limiter_options(name, policy)
@@ -181,7 +181,9 @@ def _settings_class(database_url_var: str) -> Any:
         from pydantic import BaseModel, ConfigDict, Field
         from pydantic_settings import BaseSettings, SettingsConfigDict
     except ImportError as exc:
-        raise MissingDependency("scalekit.config.from_env", "settings", "pydantic-settings") from exc
+        raise MissingDependency(
+            "scalekit.config.from_env", "settings", "pydantic-settings"
+        ) from exc
 
     class _Limiter(BaseModel):
         model_config = ConfigDict(extra="ignore")
@@ -197,7 +199,6 @@ def _settings_class(database_url_var: str) -> Any:
             extra="ignore",
             env_nested_delimiter="__",
             case_sensitive=False,
-            populate_by_name=True,
         )
         redis_url: str | None = None
         database_url: str | None = Field(default=None, validation_alias=database_url_var)
@@ -219,7 +220,10 @@ def unknown_names(prefix: str = PREFIX, environ: Mapping[str, str] | None = None
         if not upper.startswith(prefix.upper()):
             continue
         rest = upper[len(prefix) :]
-        if rest in ("REDIS_URL", "DATABASE_URL", "CURSOR_SECRET") or rest.startswith(_TOOLING):
+        # LIMITER: every limiter as one JSON object (pydantic-settings' form)
+        if rest in ("REDIS_URL", "DATABASE_URL", "CURSOR_SECRET", "LIMITER") or rest.startswith(
+            _TOOLING
+        ):
             continue
         kind, _, option = rest.partition("_")
         if kind in ("REDIS", "POSTGRES") and option in pool_fields:
@@ -317,9 +321,7 @@ def default_backend_url(*, fallback: str | None = None) -> str:
     except MissingDependency:
         # without the extra, a primitive that has a fallback keeps working -- unless
         # the variable is set: then the user meant it, and is told what to install
-        if fallback is not None and not any(
-            k.upper() == PREFIX + "REDIS_URL" for k in os.environ
-        ):
+        if fallback is not None and not any(k.upper() == PREFIX + "REDIS_URL" for k in os.environ):
             return fallback
         raise
     if settings.redis_url is None and fallback is not None:
