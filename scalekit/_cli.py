@@ -140,6 +140,8 @@ def add_commands(sub: Any) -> None:
     )
     p = leaf(cache, "get", "print an entry's value", _cache_get, "Print an entry's value.")
     p.add_argument("key", help="the cache key")
+    ns_help = "the prefix of the cache's Redis keys (RedisCacheBackend's namespace: sk)"
+    p.add_argument("--backend-namespace", default="sk", help=ns_help)
     p.add_argument(
         "--serializer",
         choices=("json", "msgpack"),
@@ -153,6 +155,7 @@ def add_commands(sub: Any) -> None:
         _cache_purge,
         "Drop every entry tagged with any --tag, or every @cached entry of --namespace.",
     )
+    p.add_argument("--backend-namespace", default="sk", help=ns_help)
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--tag", action="append", help="a tag (repeatable)")
     what.add_argument("--namespace", help="an @cached namespace")
@@ -342,9 +345,14 @@ def _breaker_close(args: argparse.Namespace) -> int:
 # -- cache ----------------------------------------------------------------------------------
 def _cache(args: argparse.Namespace, serializer: str = "json") -> Any:
     from scalekit.cache import Cache
+    from scalekit.cache.redis import RedisCacheBackend
 
-    _redis(args)  # reachable, or exit 3 (a cache read degrades to a miss)
-    return Cache(_redis_url(args), name="scalekit-cli", serializer=serializer)
+    backend = RedisCacheBackend(
+        _redis(args),  # reachable, or exit 3 (a cache read degrades to a miss)
+        namespace=args.backend_namespace,
+        serializer=serializer,
+    )
+    return Cache(backend, name="scalekit-cli")
 
 
 _MISSING = object()

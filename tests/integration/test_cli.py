@@ -252,3 +252,26 @@ def test_existing_commands_still_work() -> None:
         out = cli("capacity", str(plans[0]), "--json")
         assert out.returncode == 0, out.stderr
         json.loads(out.stdout)
+
+
+def test_cache_of_another_backend_namespace(fresh_redis_url: str) -> None:
+    from scalekit.cache.redis import RedisCacheBackend
+
+    Cache(RedisCacheBackend(fresh_redis_url, namespace="app2")).set("k", "v2")
+    url = ("--redis-url", fresh_redis_url)
+    assert cli("cache", "get", "k", *url).returncode == 1  # not under the default "sk"
+    out = cli("cache", "get", "k", "--backend-namespace", "app2", *url)
+    assert out.returncode == 0 and json.loads(out.stdout) == "v2"
+
+
+def test_a_wrong_type_under_a_breaker_key_exits_4(fresh_redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(fresh_redis_url)
+    try:
+        client.rpush("scalekit:cb:{llm}:s", "not a breaker")  # SharedState's state key
+    finally:
+        client.close()
+    out = cli("breaker", "close", "llm", "--redis-url", fresh_redis_url)
+    assert out.returncode == 4, out.stderr
+    assert "data error" in out.stderr
