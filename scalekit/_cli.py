@@ -50,6 +50,22 @@ def _help(parser: argparse.ArgumentParser) -> Handler:
     return show
 
 
+def _duration(raw: str) -> float:
+    """An argparse type: seconds, finite and positive (a usage error otherwise)."""
+    from scalekit import _validate
+
+    try:
+        return float(_validate.duration(float(raw), "a duration"))
+    except (ValueError, ConfigurationError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _nonempty(raw: str) -> str:
+    if not raw:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return raw
+
+
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -126,7 +142,7 @@ def add_commands(sub: Any) -> None:
         p.add_argument("name", help="the breaker's name")
         p.add_argument("--prefix", default="scalekit", help="SharedState's prefix (scalekit)")
         if name == "open":
-            p.add_argument("--for", dest="duration", type=float, metavar="SECONDS")
+            p.add_argument("--for", dest="duration", type=_duration, metavar="SECONDS")
 
     # -- cache ----------------------------------------------------------------------------
     _, cache = group(
@@ -157,8 +173,8 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--backend-namespace", default="sk", help=ns_help)
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--tag", action="append", help="a tag (repeatable)")
-    what.add_argument("--namespace", help="an @cached namespace")
+    what.add_argument("--tag", action="append", type=_nonempty, help="a tag (repeatable)")
+    what.add_argument("--namespace", type=_nonempty, help="an @cached namespace")
     p.add_argument("--version", help="only this version of the namespace")
 
     # -- health ---------------------------------------------------------------------------
@@ -178,7 +194,7 @@ def add_commands(sub: Any) -> None:
         metavar="URL",
         help="the PostgreSQL to probe (default: SCALEKIT_DATABASE_URL)",
     )
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds per probe (2)")
+    p.add_argument("--timeout", type=_duration, default=2.0, help="seconds per probe (2)")
     p.set_defaults(func=_health)
 
 

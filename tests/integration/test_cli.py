@@ -80,6 +80,19 @@ def test_usage_errors_exit_2() -> None:
     assert out.returncode == 2 and "SCALEKIT_REDIS_URL" in out.stderr
     out = cli("limits", "show", "chat", "u", "--redis-url", "memcached://h", "--policy", "1/s")
     assert out.returncode == 2 and "unsupported backend URL" in out.stderr
+    closed = ("--redis-url", "redis://127.0.0.1:1/0")  # refused before connecting
+    for args in (
+        ("breaker", "open", "llm", "--for", "nan"),
+        ("breaker", "open", "llm", "--for", "-1"),
+        ("cache", "purge", "--namespace", ""),
+        ("health", "--timeout", "inf"),
+        ("limits", "show", "chat", "u", "--policy", "60/fortnight"),
+        ("limits", "show", "chat", "u", "--policy", "1/s", "--algorithm", "nope"),
+        ("bogus",),
+    ):
+        out = cli(*args, *closed)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "unreachable" not in out.stderr
 
 
 def test_unreachable_redis_exits_3_without_its_password() -> None:
