@@ -333,10 +333,19 @@ def _breaker(args: argparse.Namespace) -> Any:
 def _breaker_report(args: argparse.Namespace, shared: Any) -> int:
     shared.refresh()
     state, retry_after = shared.view()
-    data = {"breaker": args.name, "state": state.value, "retry_after": _seconds(retry_after)}
+    # no state hash: no process recorded an outcome within its TTL, or a misspelt name
+    stored = bool(shared.backend.execute("EXISTS", shared._keys[0]))
+    data = {
+        "breaker": args.name,
+        "state": state.value,
+        "retry_after": _seconds(retry_after),
+        "stored": stored,
+    }
     extra = "" if state.value == "closed" else f" (retry after {retry_after:.1f}s)"
     if math.isinf(retry_after):
         extra = " (until closed by hand)"
+    if not stored:
+        extra += " (no state on Redis: nothing recorded yet, expired, or a misspelt name)"
     _emit(args, data, f"{args.name}: {state.value}{extra}")
     return OK
 

@@ -160,11 +160,12 @@ def test_breaker_show_open_close(fresh_redis_url: str) -> None:
         "breaker": "llm",
         "state": "closed",
         "retry_after": 0.0,
+        "stored": False,  # nothing recorded yet: said, not guessed
     }
     with pytest.raises(RuntimeError):
         breaker.call(_fail)
     shown = as_json(cli("breaker", "show", "llm", "--json", "--redis-url", fresh_redis_url))
-    assert shown["state"] == "open" and 0 < shown["retry_after"] <= 60
+    assert shown["state"] == "open" and 0 < shown["retry_after"] <= 60 and shown["stored"]
 
     out = cli("breaker", "close", "llm", "--redis-url", fresh_redis_url)
     assert out.returncode == 0 and "llm: closed" in out.stdout
