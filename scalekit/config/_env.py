@@ -213,9 +213,9 @@ def unknown_names(prefix: str = PREFIX, environ: Mapping[str, str] | None = None
     from scalekit.pools.settings import PoolSettings
 
     pool_fields = {f.name.upper() for f in fields(PoolSettings)}
-    env = os.environ if environ is None else environ
+    names = {*os.environ, *_dotenv_names()} if environ is None else set(environ)
     unknown = []
-    for name in env:
+    for name in names:
         upper = name.upper()
         if not upper.startswith(prefix.upper()):
             continue
@@ -238,6 +238,17 @@ def unknown_names(prefix: str = PREFIX, environ: Mapping[str, str] | None = None
             continue
         unknown.append(name)
     return sorted(unknown)
+
+
+def _dotenv_names() -> list[str]:
+    """The names set in ``./.env`` (read by pydantic-settings too); never the values."""
+    if not os.path.isfile(".env"):
+        return []
+    try:
+        from dotenv import dotenv_values  # a dependency of pydantic-settings
+    except ImportError:
+        return []
+    return list(dotenv_values(".env"))
 
 
 def _report(prefix: str, strict: bool) -> None:

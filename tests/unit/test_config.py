@@ -151,6 +151,16 @@ def test_unknown_names_are_reported_once_by_name(monkeypatch: pytest.MonkeyPatch
         from_env()  # reported once per name
 
 
+def test_unknown_names_in_the_dotenv_file_are_reported(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        "SCALEKIT_REDIS_URL=redis://:hunter2@h/0\nSCALEKIT_REDIS_MAX_SIZ=4\nOTHER=1\n"
+    )
+    with pytest.warns(UnknownSettingWarning, match="SCALEKIT_REDIS_MAX_SIZ") as record:
+        settings = from_env()  # the working directory is tmp_path
+    assert settings.redis_url == "redis://:hunter2@h/0"  # read from .env
+    assert "hunter2" not in str(record[0].message) and "OTHER" not in str(record[0].message)
+
+
 def test_strict_mode_refuses_unknown_names(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALEKIT_REDIS_ULR", "redis://h/0")
     with pytest.raises(ConfigurationError, match="SCALEKIT_REDIS_ULR"):
