@@ -1,6 +1,9 @@
-"""``python -m scalekit demo``: a short, self-explaining tour on the memory backend:
-rate limits, the query cache, circuit breakers and retries, and sampling.
-``python -m scalekit capacity plan.toml``: a capacity plan's load and headroom.
+"""``python -m scalekit`` / the ``scalekit`` console script.
+
+``demo``: a short, self-explaining tour on the memory backend: rate limits, the query
+cache, circuit breakers and retries, and sampling. ``capacity plan.toml``: a capacity
+plan's load and headroom. ``limits``, ``breaker``, ``cache`` and ``health``: the
+operations commands of :mod:`scalekit._cli` (exit codes documented there).
 
 Time in the demo is simulated with :class:`scalekit.testing.FakeClock`, so an hour
 of traffic runs in milliseconds; the speed figure at the end is measured for real.
