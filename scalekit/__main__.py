@@ -1,6 +1,9 @@
-"""``python -m scalekit demo``: a short, self-explaining tour on the memory backend:
-rate limits, the query cache, circuit breakers and retries, and sampling.
-``python -m scalekit capacity plan.toml``: a capacity plan's load and headroom.
+"""``python -m scalekit`` / the ``scalekit`` console script.
+
+``demo``: a short, self-explaining tour on the memory backend: rate limits, the query
+cache, circuit breakers and retries, and sampling. ``capacity plan.toml``: a capacity
+plan's load and headroom. ``limits``, ``breaker``, ``cache`` and ``health``: the
+operations commands of :mod:`scalekit._cli` (exit codes documented there).
 
 Time in the demo is simulated with :class:`scalekit.testing.FakeClock`, so an hour
 of traffic runs in milliseconds; the speed figure at the end is measured for real.
@@ -244,9 +247,24 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+_DESCRIPTION = """\
+scalekit: scaling primitives for Python services. The operations commands
+(limits, breaker, cache, health) act on --redis-url or SCALEKIT_REDIS_URL and
+print JSON with --json; 'scalekit COMMAND --help' explains each one.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m scalekit", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from scalekit._cli import EPILOG, USAGE, add_commands, run
+
+    parser = argparse.ArgumentParser(
+        prog="scalekit",
+        description=_DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"scalekit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="a short tour of the primitives on the memory backend")
     demo.add_argument("--quick", action="store_true", help="shorter speed measurement")
     demo.set_defaults(func=cmd_demo)
@@ -262,9 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.add_argument("--html", action="store_true", help="print an HTML page with a chart")
     cap.add_argument("--users", type=int, help="project at this many users instead")
     cap.set_defaults(func=cmd_capacity)
+    add_commands(sub)
     args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    if args.command is None:  # the list of commands, and a usage error for scripts
+        parser.print_help(sys.stderr)
+        return USAGE
+    return run(args.func, args)
 
 
 if __name__ == "__main__":

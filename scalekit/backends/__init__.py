@@ -151,8 +151,14 @@ def backend_from_url(url: str, **options: Any) -> Backend:
     return _SCHEMES[scheme].build(url, parsed, options)
 
 
-def as_backend(backend: BackendLike) -> Backend:
-    """Accept a URL or a backend object."""
+def as_backend(backend: BackendLike | None, *, fallback: str | None = None) -> Backend:
+    """Accept a URL or a backend object; ``None``: ``SCALEKIT_REDIS_URL`` (see
+    :mod:`scalekit.config`), else ``fallback``, else a ConfigurationError -- a limiter
+    silently in this process' memory on a fleet would multiply its limit."""
+    if backend is None:
+        from scalekit.config import default_backend_url
+
+        backend = default_backend_url(fallback=fallback)
     if isinstance(backend, str):
         return backend_from_url(backend)
     if isinstance(backend, MemoryBackend | RedisBackend):

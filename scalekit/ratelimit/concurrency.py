@@ -95,7 +95,7 @@ class _MemoryLeases:
 class _ConcurrencyCore:
     def __init__(
         self,
-        backend: BackendLike,
+        backend: BackendLike | None,
         limit: int,
         *,
         lease_ttl: float = 60.0,

@@ -47,7 +47,7 @@ class _LimiterCore:
 
     def __init__(
         self,
-        backend: BackendLike,
+        backend: BackendLike | None,
         policy: PolicyLike | Mapping[str, PolicyLike],
         *,
         algorithm: Algorithm = "sliding_window",

@@ -65,7 +65,7 @@ class SharedState:
 
     def __init__(
         self,
-        backend: BackendLike,
+        backend: BackendLike | None = None,
         *,
         prefix: str = "scalekit",
         on_backend_error: OnBackendError = "local_fallback",

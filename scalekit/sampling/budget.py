@@ -251,7 +251,7 @@ class Budget(Generic[T]):
         rate: Rate | str,
         *,
         per: Callable[[T], str] | None = None,
-        backend: BackendLike = "memory://",
+        backend: BackendLike | None = None,
         name: str = "budget",
         key: Callable[[T], Id] | None = None,
         salt: str | None = None,
@@ -326,7 +326,7 @@ class Budget(Generic[T]):
         backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
         self.fallback_instances = fallback_instances
         self.clock = as_clock(clock)
-        self.backend = as_backend(backend)
+        self.backend = as_backend(backend, fallback="memory://")
         self._store: _MemoryBudgetStore | _RedisBudgetStore
         if isinstance(self.backend, MemoryBackend):
             self._store = _MemoryBudgetStore(self.clock.now, self.backend.max_keys)
