@@ -1,5 +1,6 @@
 """Backends for the contract suites: every primitive x memory, fakeredis, real Redis
-(auto-pipelining on, and off: ``redis-nopipe``), Redis 7 and Valkey 8 x sync, async.
+(auto-pipelining on, and off: ``redis-nopipe``), Redis 7, Valkey 8 and the 3-master
+Redis Cluster x sync, async.
 
 Time: the memory backend reads the test's ``FakeClock``; the Redis backends are
 built with ``clock=`` so the Lua scripts receive the same fake time instead of
@@ -25,7 +26,7 @@ T = TypeVar("T")
 
 #: ``redis``: the suite's main server with auto-pipelining (the default); ``redis-nopipe``:
 #: the same server with ``autopipeline=False``; ``redis7`` / ``valkey``: the other families
-BACKENDS = ["memory", "fakeredis", "redis", "redis-nopipe", "redis7", "valkey"]
+BACKENDS = ["memory", "fakeredis", "redis", "redis-nopipe", "redis7", "valkey", "cluster"]
 #: where each real-server kind comes from (fixtures of tests/conftest.py)
 _SERVER_FIXTURES = {
     "redis": "fresh_redis_url",
@@ -77,6 +78,9 @@ def _backend(
             ),
             clock=clock.now,
         )
+        return
+    if kind == "cluster":  # never flushed: every test's keys carry a prefix of its own
+        yield from _cluster(kind, clock, request)
         return
     url = request.getfixturevalue(_SERVER_FIXTURES[kind])
     if kind in ("redis7", "valkey"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -11,12 +12,15 @@ from scalekit import ConcurrencyLimitExceeded, ConfigurationError
 from scalekit.ratelimit import AsyncConcurrencyLimiter, ConcurrencyLimiter
 from scalekit.testing import FakeClock
 
+_prefixes = itertools.count()
+
 
 @pytest.fixture
 def make_cc(backend: Any, mode: str, clock: FakeClock) -> Any:
     def factory(limit: int, **options: Any) -> Any:
         cls = AsyncConcurrencyLimiter if mode == "async" else ConcurrencyLimiter
         options.setdefault("clock", clock)
+        options.setdefault("prefix", f"cc{next(_prefixes)}")  # the cluster is not flushed
         return cls(backend, limit, **options)
 
     return factory
