@@ -30,7 +30,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["fakeredis", "redis"])
+@pytest.fixture(params=["fakeredis", "redis", "redis-nopipe", "valkey", "cluster"])
 def backend_factory(
     request: pytest.FixtureRequest, clock: FakeClock
 ) -> Iterator[Callable[[], RedisBackend]]:
@@ -47,10 +47,17 @@ def backend_factory(
             )
 
     else:
-        url = request.getfixturevalue("fresh_redis_url")
+        fixture = {"cluster": "redis_cluster_url", "valkey": "valkey_url"}
+        url = request.getfixturevalue(fixture.get(request.param, "fresh_redis_url"))
 
         def make() -> RedisBackend:
-            b = RedisBackend(url, clock=clock.now, socket_timeout=5.0, connect_timeout=5.0)
+            b = RedisBackend(
+                url,
+                clock=clock.now,
+                socket_timeout=5.0,
+                connect_timeout=5.0,
+                autopipeline=request.param != "redis-nopipe",
+            )
             made.append(b)
             return b
 
