@@ -57,25 +57,31 @@ bytes, bytearray, memoryview               base64 string (msgpack: native ``bin`
 Anything else makes ``dumps`` raise :class:`SerializationError`.
 
 ``loads(data)`` without a type hint returns the plain values (dicts, lists, str, ...).
-``loads(data, type_hint)`` rebuilds typed values:
+``loads(data, type_hint)`` rebuilds typed values with the engine chosen at
+construction, ``decoder="stdlib"`` (the default) or ``decoder="pydantic"``. The choice
+is explicit and never depends on what happens to be importable, so two processes of
+one fleet never decode the same entry differently (``"42"`` for ``int`` is refused by
+the default engine in every process, whether or not pydantic is installed):
 
-* With pydantic >= 2.9 importable (and ``use_pydantic`` not ``False``):
+* ``decoder="pydantic"`` (needs pydantic >= 2.9, ``MissingDependency`` otherwise):
   ``pydantic.TypeAdapter`` validation of the payload in JSON mode, lax (pydantic's
   default rules: e.g. ``"42"`` is accepted for ``int``, unknown keys of a dataclass are
   ignored). One adapter is built per hint and cached. Stdlib dataclasses and bare
   ``bytes`` read base64, as written; pydantic models and pydantic dataclasses use
   their own config both ways (pydantic's default writes bytes as UTF-8 text, so
   non-UTF-8 bytes in a model fail at ``dumps`` unless the model sets
-  ``ser_json_bytes="base64", val_json_bytes="base64"``). In auto mode a hint pydantic
-  refuses (e.g. ``typing.TypedDict`` on Python < 3.12) falls back to the stdlib rebuild.
+  ``ser_json_bytes="base64", val_json_bytes="base64"``). A hint pydantic refuses
+  (e.g. ``typing.TypedDict`` on Python < 3.12) is rebuilt by the stdlib engine.
   pydantic refuses ``Decimal`` infinities and NaN by default (the stdlib path keeps them).
-* Otherwise the stdlib reconstruction: dataclasses (recursively, from
+* ``decoder="stdlib"`` (the default), the standard-library rebuild: dataclasses (recursively, from
   ``typing.get_type_hints``; unknown or missing fields are errors), ``X | None`` and
   other unions, ``Literal``, ``list``/``set``/``frozenset``/``tuple``/``dict`` (and their
   ``collections.abc`` counterparts), TypedDict, NamedTuple, ``NewType``, ``Annotated``
   (metadata ignored), Enum, datetime/date/time, UUID, Decimal, bytes. It is strict:
   JSON types must match exactly (an int is accepted for ``float``), and a hint it
-  cannot rebuild exactly (any other class) raises ``SerializationError``.
+  cannot rebuild exactly (any other class) raises ``SerializationError``. A pydantic
+  model or pydantic dataclass met on the way is validated by its own config (only a
+  process that imported pydantic can name one).
 
 Bounds
 ------
@@ -110,9 +116,10 @@ import sys
 import types
 import typing
 import uuid
+import warnings
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 from scalekit.errors import ConfigurationError, MissingDependency, SerializationError
 
@@ -351,32 +358,49 @@ def _adapter(type_hint: Any) -> Any:
     return _cached_adapter(type_hint)
 
 
-def _use_pydantic(setting: bool | None, feature: str) -> bool:
-    if setting is False:
-        return False
-    if _pydantic() is not None:
-        return True
-    if setting:
+#: the typed-decoding engines (see the module docstring); the default is the first
+Decoder: TypeAlias = Literal["stdlib", "pydantic"]
+DECODERS: Final = ("stdlib", "pydantic")
+
+
+def _engine(decoder: str, use_pydantic: bool | None, feature: str) -> str:
+    """The engine a serializer is built with: ``decoder``, or the deprecated
+    ``use_pydantic`` spelling; ``"pydantic"`` needs pydantic >= 2.9 installed."""
+    if use_pydantic is not None:
+        warnings.warn(
+            "use_pydantic= is deprecated: pass decoder='pydantic' or decoder='stdlib' "
+            "(the default)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        decoder = "pydantic" if use_pydantic else "stdlib"
+    if decoder not in DECODERS:
+        raise ConfigurationError(
+            f"decoder must be one of {DECODERS!r} (typed loads: the standard-library "
+            f"rebuild, strict, or pydantic's validation, lax), got {decoder!r}"
+        )
+    if decoder == "pydantic" and _pydantic() is None:
         raise MissingDependency(f"{feature} (pydantic >= 2.9)", "pydantic", "pydantic")
-    return False
+    return decoder
 
 
-def _validator(setting: bool | None, feature: str, type_hint: Any) -> tuple[Any, _Decoder]:
+def _validator(engine: str, type_hint: Any) -> tuple[Any, _Decoder]:
     """``(adapter, _identity)`` to validate with pydantic, or ``(None, stdlib decoder)``.
 
-    In auto mode (``setting is None``) a hint pydantic refuses (e.g. ``typing.TypedDict``
-    on Python < 3.12) falls back to the stdlib rebuild when that supports it.
+    The engine is the serializer's, chosen at construction, so every process decodes
+    an entry the same way. With ``"pydantic"``, a hint pydantic refuses (e.g.
+    ``typing.TypedDict`` on Python < 3.12) is rebuilt by the stdlib engine when that
+    supports it (the same answer in every process with the same versions).
     """
-    if not _use_pydantic(setting, feature):
+    if engine == "stdlib":
         return None, _decoder(type_hint)
     adapter = _adapter(type_hint)
     if not isinstance(adapter, _Refused):
         return adapter, _identity
-    if setting is None:
-        try:
-            return None, _decoder(type_hint)
-        except SerializationError:
-            pass
+    try:
+        return None, _decoder(type_hint)
+    except SerializationError:
+        pass
     raise SerializationError(adapter.message) from adapter.cause
 
 
@@ -545,9 +569,7 @@ class _Compiler:
             if issubclass(origin, enum.Enum):
                 return self._enum(origin)
             if _is_pydantic_type(origin):
-                raise SerializationError(
-                    f"rebuilding the pydantic type {origin.__qualname__} needs pydantic >= 2.9"
-                )
+                return _own_validation(hint, origin)
             if dataclasses.is_dataclass(origin):
                 return self._dataclass(hint, origin, args)
             if typing.is_typeddict(origin):
@@ -852,6 +874,26 @@ def _is_pydantic_type(cls: type) -> bool:
     return "pydantic" in sys.modules and hasattr(cls, "__pydantic_validator__")
 
 
+def _own_validation(hint: Any, cls: type) -> _Decoder:
+    """A pydantic model or pydantic dataclass inside a stdlib rebuild: validated by
+    its own config (JSON mode, as ``dumps`` wrote it). Only a process that imported
+    the class can ask for it, so this answers the same in every process."""
+    pydantic = _pydantic()
+    if pydantic is None:
+        raise SerializationError(
+            f"rebuilding the pydantic type {cls.__qualname__} needs pydantic >= 2.9"
+        )
+    adapter = pydantic.TypeAdapter(hint)
+
+    def decode(obj: Any) -> Any:
+        try:
+            return adapter.validate_json(_json_bytes(obj))
+        except Exception as exc:
+            raise _Mismatch(f"{cls.__qualname__}: {exc}") from exc
+
+    return decode
+
+
 def _compile(type_hint: Any) -> _Decoder:
     return _Compiler().build(type_hint)
 
@@ -886,21 +928,22 @@ def _decode_error(name: str, exc: Exception) -> SerializationError:
 class JsonSerializer:
     """UTF-8 JSON with compact separators; the default serializer.
 
-    ``use_pydantic``: ``None`` (default) validates typed loads with pydantic when it is
-    importable and with the stdlib reconstruction otherwise; ``False`` always uses the
-    stdlib reconstruction; ``True`` requires pydantic (``MissingDependency`` if absent).
+    ``decoder``: the engine of typed loads, fixed at construction so that every
+    process of a fleet decodes an entry the same way whether or not pydantic happens
+    to be importable: ``"stdlib"`` (default: the strict standard-library rebuild;
+    pydantic models and dataclasses inside it use their own validation) or
+    ``"pydantic"`` (``TypeAdapter`` validation, lax; ``MissingDependency`` without
+    pydantic >= 2.9). ``use_pydantic=True/False`` is the deprecated spelling.
     """
 
-    __slots__ = ("_pydantic",)
+    __slots__ = ("decoder",)
     name: Final = "json"
 
-    def __init__(self, *, use_pydantic: bool | None = None) -> None:
-        self._pydantic = use_pydantic
-        if use_pydantic:
-            _use_pydantic(use_pydantic, "typed JSON loading")
+    def __init__(self, *, decoder: Decoder = "stdlib", use_pydantic: bool | None = None) -> None:
+        self.decoder = _engine(decoder, use_pydantic, "typed JSON loading (decoder='pydantic')")
 
     def __repr__(self) -> str:
-        return f"JsonSerializer(use_pydantic={self._pydantic!r})"
+        return f"JsonSerializer(decoder={self.decoder!r})"
 
     def dumps(self, value: Any) -> bytes:
         try:
@@ -916,7 +959,7 @@ class JsonSerializer:
             body = _open_envelope(data, _JSON_ID, self.name)
             if type_hint is None:
                 return json.loads(str(body, "utf-8"))
-            adapter, decoder = _validator(self._pydantic, "typed JSON loading", type_hint)
+            adapter, decoder = _validator(self.decoder, type_hint)
             if adapter is not None:
                 return _validate_json(adapter, body)
             return _rebuild(decoder, json.loads(str(body, "utf-8")), type_hint)
@@ -948,24 +991,21 @@ class MsgpackSerializer:
     """msgpack (optional dependency) over the same conversion rules as JSON.
 
     bytes are stored natively (msgpack ``bin``); integers must fit in 64 bits. Typed
-    loads use pydantic or the stdlib reconstruction exactly like
-    :class:`JsonSerializer` (``use_pydantic`` means the same).
+    loads use the engine named by ``decoder``, exactly like :class:`JsonSerializer`.
     """
 
-    __slots__ = ("_msgpack", "_pydantic")
+    __slots__ = ("_msgpack", "decoder")
     name: Final = "msgpack"
 
-    def __init__(self, *, use_pydantic: bool | None = None) -> None:
+    def __init__(self, *, decoder: Decoder = "stdlib", use_pydantic: bool | None = None) -> None:
+        self.decoder = _engine(decoder, use_pydantic, "typed msgpack loading (decoder='pydantic')")
         try:
             self._msgpack: Any = importlib.import_module("msgpack")
         except ImportError as exc:
             raise MissingDependency("msgpack serialization", "msgpack", "msgpack") from exc
-        self._pydantic = use_pydantic
-        if use_pydantic:
-            _use_pydantic(use_pydantic, "typed msgpack loading")
 
     def __repr__(self) -> str:
-        return f"MsgpackSerializer(use_pydantic={self._pydantic!r})"
+        return f"MsgpackSerializer(decoder={self.decoder!r})"
 
     def dumps(self, value: Any) -> bytes:
         try:
@@ -985,7 +1025,7 @@ class MsgpackSerializer:
             if type_hint is None:
                 _check_plain(obj)
                 return obj
-            adapter, decoder = _validator(self._pydantic, "typed msgpack loading", type_hint)
+            adapter, decoder = _validator(self.decoder, type_hint)
             if adapter is not None:
                 # one validation path for both formats: back through the JSON encoding
                 return _validate_json(adapter, _json_bytes(obj))
