@@ -114,9 +114,16 @@ from urllib.parse import parse_qs, urlsplit
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit._keys import escape
 from scalekit.backends._guard import BackendGuard
-from scalekit.cache.backend import CacheBackend, CachedError, Entry, FillTicket, RemoteError
+from scalekit.cache.backend import (
+    AsyncCacheBackend,
+    CacheBackend,
+    CachedError,
+    Entry,
+    FencedCacheBackend,
+    FillTicket,
+    RemoteError,
+)
 from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
@@ -126,6 +133,7 @@ from scalekit.cache.freshness import (
     plan_after_load_failure,
     remaining_ttl,
 )
+from scalekit.cache.keys import head as _key_head
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.serde import Serializer
@@ -148,11 +156,9 @@ R = TypeVar("R")
 _Flow: TypeAlias = Generator[tuple[str, Any], Any, R]
 
 
-def _seconds(value: float | timedelta | None, what: str, *, allow_none: bool = False) -> float:
-    """:func:`~scalekit.cache.freshness._duration`, with ``None`` meaning forever."""
-    if value is None and allow_none:
-        return math.inf
-    return _duration(value, what)  # type: ignore[arg-type]
+def _seconds(value: float | timedelta | None, what: str) -> float:
+    """:func:`~scalekit.cache.freshness._duration` (``None`` is refused there)."""
+    return _duration(cast("float | timedelta", value), what)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,10 +291,11 @@ def _backend_from(
     clock_given: bool,
 ) -> CacheBackend:
     if not isinstance(backend, str):
-        if not isinstance(backend, CacheBackend):
+        if not isinstance(backend, CacheBackend) or not isinstance(backend, AsyncCacheBackend):
             raise ConfigurationError(
                 f"backend must be a URL ('memory://', 'redis://...') or a cache backend "
-                f"object (get/set/delete/delete_tags/delete_prefix/clear), got {backend!r}"
+                f"object (get/set/delete/delete_tags/delete_prefix/clear and their "
+                f"a-prefixed async twins), got {backend!r}"
             )
         return backend
     parts = urlsplit(backend)
@@ -387,7 +394,7 @@ class Cache:
         #: code directly); False for a fleet-shared one (fenced fills, async twins)
         self._local: bool = bool(getattr(self.backend, "local", True))
         if not self._local:
-            self._clock = self.backend.clock  # type: ignore[attr-defined]
+            self._clock = cast(FencedCacheBackend, self.backend).clock
         self._guard = BackendGuard(
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
@@ -506,10 +513,7 @@ class Cache:
     def _head(self, namespace: str, version: int | str | None) -> str:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
-        head = f"{self.prefix}:{escape(namespace)}:"
-        if version is not None:
-            head += f"v{escape(str(version))}:"
-        return head
+        return _key_head(self.prefix, namespace, version)
 
     def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
         """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
@@ -1185,7 +1189,6 @@ class Cache:
             yield from self._call("release", ticket)
         else:
             raise exc
-
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
         with self._lock:

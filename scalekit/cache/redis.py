@@ -140,7 +140,7 @@ _META_MEMO = 1024
 _NAME_MEMO = 4096
 _SLOTS = 16384
 #: negative entries: the exception's class and arguments, always plain JSON
-_PLAIN = JsonSerializer(use_pydantic=False)
+_PLAIN = JsonSerializer()
 #: a read whose leader was cancelled: the waiters read again
 _RETRY = object()
 
