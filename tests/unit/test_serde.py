@@ -663,9 +663,9 @@ def test_serializers_satisfy_the_protocol() -> None:
 
 
 def test_use_pydantic_true_needs_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalekit.serde as serde
+    import scalekit.serde._typed as engines
 
-    monkeypatch.setattr(serde, "_pydantic", lambda: None)
+    monkeypatch.setattr(engines, "_pydantic", lambda: None)
     with pytest.raises(MissingDependency, match="pydantic"):
         JsonSerializer(decoder="pydantic")
     with (
@@ -805,11 +805,11 @@ def _optional_msgpack() -> list[Serializer]:
 def _json_values(max_int: int | None = None) -> st.SearchStrategy[Any]:
     ints = st.integers() if max_int is None else st.integers(-(2**63), max_int)
     scalars = st.none() | st.booleans() | ints | st.floats(allow_nan=False) | st.text()
-    return st.recursive(
-        scalars,
-        lambda children: st.lists(children) | st.dictionaries(st.text(), children),
-        max_leaves=25,
-    )
+    return st.recursive(scalars, _containers, max_leaves=25)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children) | st.dictionaries(st.text(), children)
 
 
 @settings(max_examples=300, deadline=None)
@@ -906,9 +906,9 @@ def test_moderate_nesting_still_decodes() -> None:
 
 
 def test_payload_size_is_bounded_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalekit.serde as serde
+    import scalekit.serde._encode as encode
 
-    monkeypatch.setattr(serde, "MAX_PAYLOAD_BYTES", 64)
+    monkeypatch.setattr(encode, "MAX_PAYLOAD_BYTES", 64)
     s = JsonSerializer()
     with pytest.raises(SerializationError, match="larger than 64 bytes"):
         s.dumps("x" * 100)
