@@ -813,7 +813,7 @@ class Cache:
         heads: tuple[str, ...] = (),
         hint: Any = None,
     ) -> T:
-        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_alookup`)."""
+        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_areader`)."""
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
@@ -1002,11 +1002,9 @@ class Cache:
         servable state with :meth:`_count_served`, or a hit with ``_hit_count``).
         A random number for XFetch is drawn only when early refresh is enabled."""
         entry = yield from self._read(key, hint)
-        if entry is not None and type(entry[0]) is RemoteError:
-            entry = _materialize(entry, opts)
         if entry is None:
             return _MISSING
-        return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
+        return _classified(entry, opts, self._clock.now(), self._draw)
 
     def _lookup(
         self, key: str, opts: CacheOptions, hint: Any = None
@@ -1014,33 +1012,52 @@ class Cache:
         """:meth:`_lookup_flow`, run by the sync driver."""
         return self._run(self._lookup_flow(key, opts, hint))
 
-    async def _alookup(
-        self, key: str, opts: CacheOptions, hint: Any = None
-    ) -> tuple[Entry | None, Freshness | None]:
-        """:meth:`_lookup_flow`, run by the async driver."""
-        return await self._arun(self._lookup_flow(key, opts, hint))
-
     def _reader(
         self, opts: CacheOptions, hint: Any = None
     ) -> Callable[[str], tuple[Entry | None, Freshness | None]]:
-        """:meth:`_lookup` for one set of options, as a closure over prebound locals:
-        the ``@cached`` hit path (an in-process backend's read costs no method
-        lookups and no flow)."""
-        if not self._local:
-            run, flow = self._run, self._lookup_flow
-            return lambda key: run(flow(key, opts, hint))
-        get = self.backend.get
+        """The ``@cached`` hit path's read: :meth:`_lookup` for one set of options,
+        as a closure over prebound locals, with no flow and no driver (an in-process
+        backend's read costs no method lookups; a remote one is one guarded call)."""
         now = self._clock.now
         beta = opts.beta
         draw = self._draw
+        if self._local:
+            get = self.backend.get
 
-        def read(key: str) -> tuple[Entry | None, Freshness | None]:
-            entry = get(key)
-            if entry is None:
+            def read(key: str) -> tuple[Entry | None, Freshness | None]:
+                entry = get(key)
+                if entry is None:
+                    return _MISSING
+                return entry, classify_unchecked(entry[1], now(), beta, draw)
+
+            return read
+
+        call, rget = self._guard.call, self.backend.get
+
+        def read_remote(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = call(lambda: rget(key, hint), _no_entry)
+            except BackendDataError:  # about this key only: a miss
                 return _MISSING
-            return entry, classify_unchecked(entry[1], now(), beta, draw)
+            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
 
-        return read
+        return read_remote
+
+    def _areader(
+        self, opts: CacheOptions, hint: Any = None
+    ) -> Callable[[str], Awaitable[tuple[Entry | None, Freshness | None]]]:
+        """:meth:`_reader` for async code: the backend's read awaited."""
+        now, draw = self._clock.now, self._draw
+        acall, aget = self._guard.acall, cast(AsyncCacheBackend, self.backend).aget
+
+        async def aread(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = await acall(lambda: aget(key, hint), _no_entry)
+            except BackendDataError:
+                return _MISSING
+            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
+
+        return aread
 
     def _draw(self) -> float:
         """XFetch's ``rand``, uniform in ``(0, 1]``."""
@@ -1368,6 +1385,24 @@ def _materialize(
                 return CachedError(cls(*remote.args)), entry[1]
             except Exception:
                 return None
+    return None
+
+
+def _classified(
+    entry: Entry, opts: CacheOptions, now: float, draw: Callable[[], float]
+) -> tuple[Entry | None, Freshness | None]:
+    """A read entry and its state (a remote negative entry rebuilt as one of
+    ``opts.cache_exceptions``, or a miss if none matches)."""
+    if type(entry[0]) is RemoteError:
+        rebuilt = _materialize(entry, opts)
+        if rebuilt is None:
+            return _MISSING
+        entry = rebuilt
+    return entry, classify_unchecked(entry[1], now, opts.beta, draw)
+
+
+def _no_entry(exc: BackendError | None) -> None:
+    """A read on a failing or cooling-down backend: a miss."""
     return None
 
 

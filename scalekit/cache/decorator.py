@@ -167,12 +167,12 @@ def cached(
                     return await amiss(k, args, kwargs, entry, state)
 
             else:
-                alookup = c._alookup
+                aread = c._areader(opts, hint)
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                     k = make_key(*args, **kwargs)
-                    entry, state = await alookup(k, opts, hint)
+                    entry, state = await aread(k)
                     if state is _FRESH and entry is not None:
                         next(hits)
                         value = entry[0]
