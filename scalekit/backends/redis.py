@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -605,6 +605,50 @@ class RedisBackend:
                 await self.aexecute("DEL", k)
         elif keys:
             await self.aexecute("DEL", *keys)
+
+    def scan_iter(self, pattern: str, count: int = 500) -> Iterator[list[Any]]:
+        """The names matching ``pattern``, in batches of about ``count``, from the
+        server, or from every primary of a Cluster (``SCAN ... MATCH ... COUNT``);
+        driver errors mapped. A name written or dropped meanwhile may be missed or
+        seen twice (``SCAN``'s guarantee)."""
+        if self.cluster:
+            batch: list[Any] = []
+            with self._mapped:
+                for name in self.sync_client.scan_iter(match=pattern, count=count):
+                    batch.append(name)
+                    if len(batch) >= count:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
+            return
+        cursor: Any = 0
+        while True:
+            cursor, names = self.execute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            yield list(names)
+            if int(cursor) == 0:
+                return
+
+    async def ascan_iter(self, pattern: str, count: int = 500) -> AsyncIterator[list[Any]]:
+        """The async twin of :meth:`scan_iter`; never blocks the event loop."""
+        if self.cluster:
+            batch: list[Any] = []
+            with self._mapped:
+                client = self._loop_client().client
+                async for name in client.scan_iter(match=pattern, count=count):
+                    batch.append(name)
+                    if len(batch) >= count:
+                        yield batch
+                        batch = []
+            if batch:
+                yield batch
+            return
+        cursor: Any = 0
+        while True:
+            cursor, names = await self.aexecute("SCAN", cursor, "MATCH", pattern, "COUNT", count)
+            yield list(names)
+            if int(cursor) == 0:
+                return
 
 
 def _finish(agen: AsyncGenerator[None, None] | None) -> None:

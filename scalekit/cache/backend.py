@@ -35,13 +35,21 @@ A value that cannot be decoded, and a reply that is an error about one key's dat
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
+from scalekit._clock import Clock
 from scalekit.cache.freshness import EntryMeta
 
-__all__ = ["CacheBackend", "CachedError", "FillTicket", "RemoteError"]
+__all__ = [
+    "AsyncCacheBackend",
+    "CacheBackend",
+    "CachedError",
+    "FencedCacheBackend",
+    "FillTicket",
+    "RemoteError",
+]
 
 Entry = tuple[object, EntryMeta]
 
@@ -99,8 +107,10 @@ class FillTicket:
 class CacheBackend(Protocol):
     """What :class:`~scalekit.cache.core.Cache` needs from every store.
 
-    Remote backends (``local = False``) also implement ``clock``, the fill protocol
-    and the ``a``-prefixed async twins; see the module docstring.
+    Every backend also implements :class:`AsyncCacheBackend` (the ``a``-prefixed
+    twins, which the cache's async driver awaits; an in-process backend's simply
+    call the sync ones); remote backends (``local = False``) are
+    :class:`FencedCacheBackend` objects. See the module docstring.
     """
 
     local: bool
@@ -123,3 +133,63 @@ class CacheBackend(Protocol):
     def delete_prefix(self, prefix: str) -> int: ...
 
     def clear(self) -> None: ...
+
+
+@runtime_checkable
+class AsyncCacheBackend(Protocol):
+    """The async twins of :class:`CacheBackend`'s calls (same arguments, same answers)."""
+
+    async def aget(self, key: str, hint: Any = None) -> Entry | None: ...
+
+    async def aset(
+        self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
+    ) -> None: ...
+
+    async def adelete(self, key: str) -> bool: ...
+
+    async def adelete_tags(self, tags: Iterable[str]) -> int: ...
+
+    async def adelete_prefix(self, prefix: str) -> int: ...
+
+    async def aclear(self) -> None: ...
+
+
+@runtime_checkable
+class FencedCacheBackend(CacheBackend, AsyncCacheBackend, Protocol):
+    """A backend a fleet shares (``local = False``): the clock every process agrees
+    on, and the fill protocol (see the module docstring), sync and async."""
+
+    clock: Clock
+    decode_errors: int
+
+    def begin_fill(
+        self,
+        key: str,
+        tags: frozenset[str],
+        heads: Sequence[str],
+        now: float,
+        hint: Any = None,
+        margin: float = 0.0,
+    ) -> FillTicket: ...
+
+    async def abegin_fill(
+        self,
+        key: str,
+        tags: frozenset[str],
+        heads: Sequence[str],
+        now: float,
+        hint: Any = None,
+        margin: float = 0.0,
+    ) -> FillTicket: ...
+
+    def commit_fill(
+        self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float
+    ) -> bool: ...
+
+    async def acommit_fill(
+        self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float
+    ) -> bool: ...
+
+    def release(self, ticket: FillTicket) -> None: ...
+
+    async def arelease(self, ticket: FillTicket) -> None: ...

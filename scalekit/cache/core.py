@@ -106,18 +106,25 @@ import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit._keys import escape
 from scalekit.backends import memory_bound, parse_backend_url
 from scalekit.backends._guard import BackendGuard
-from scalekit.cache.backend import CacheBackend, CachedError, FillTicket, RemoteError
+from scalekit.cache.backend import (
+    AsyncCacheBackend,
+    CacheBackend,
+    CachedError,
+    Entry,
+    FencedCacheBackend,
+    FillTicket,
+    RemoteError,
+)
 from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
@@ -127,6 +134,7 @@ from scalekit.cache.freshness import (
     plan_after_load_failure,
     remaining_ttl,
 )
+from scalekit.cache.keys import head as _key_head
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.serde import Serializer
@@ -142,13 +150,16 @@ __all__ = [
 log = logging.getLogger("scalekit.cache")
 
 T = TypeVar("T")
+R = TypeVar("R")
+
+#: a flow of the fill engine: yields ``(step, argument)``, receives the step's
+#: ``(result, exception)``, returns its outcome (see ``Cache._run``)
+_Flow: TypeAlias = Generator[tuple[str, Any], Any, R]
 
 
-def _seconds(value: float | timedelta | None, what: str, *, allow_none: bool = False) -> float:
-    """:func:`~scalekit.cache.freshness._duration`, with ``None`` meaning forever."""
-    if value is None and allow_none:
-        return math.inf
-    return _duration(value, what)  # type: ignore[arg-type]
+def _seconds(value: float | timedelta | None, what: str) -> float:
+    """:func:`~scalekit.cache.freshness._duration` (``None`` is refused there)."""
+    return _duration(cast("float | timedelta", value), what)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -281,10 +292,11 @@ def _backend_from(
     clock_given: bool,
 ) -> CacheBackend:
     if not isinstance(backend, str):
-        if not isinstance(backend, CacheBackend):
+        if not isinstance(backend, CacheBackend) or not isinstance(backend, AsyncCacheBackend):
             raise ConfigurationError(
                 f"backend must be a URL ('memory://', 'redis://...') or a cache backend "
-                f"object (get/set/delete/delete_tags/delete_prefix/clear), got {backend!r}"
+                f"object (get/set/delete/delete_tags/delete_prefix/clear and their "
+                f"a-prefixed async twins), got {backend!r}"
             )
         return backend
     parts = urlsplit(backend)
@@ -376,7 +388,7 @@ class Cache:
         #: code directly); False for a fleet-shared one (fenced fills, async twins)
         self._local: bool = bool(getattr(self.backend, "local", True))
         if not self._local:
-            self._clock = self.backend.clock  # type: ignore[attr-defined]
+            self._clock = cast(FencedCacheBackend, self.backend).clock
         self._guard = BackendGuard(
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
@@ -399,7 +411,7 @@ class Cache:
     def __repr__(self) -> str:
         return f"Cache(name={self.name!r}, backend={self.backend!r})"
 
-    # --- direct access -----------------------------------------------------------
+    # --- direct access: each operation is one flow, run by the sync or the async driver --
 
     def get(
         self, key: str, default: T | None = None, *, type_hint: Any = None
@@ -408,19 +420,16 @@ class Cache:
         ``stale_while_revalidate``), else ``default``. Counts a hit or a miss; never
         loads or refreshes. A negative entry for an exception counts as a miss.
         ``type_hint``: the type a remote backend decodes the value to."""
-        key = _key(key)
-        entry = self.backend.get(key) if self._local else self._remote_get(key, type_hint)
-        return self._get_result(entry, default)
+        return self._run(self._get_flow(_key(key), default, type_hint))
 
     async def aget(
         self, key: str, default: T | None = None, *, type_hint: Any = None
     ) -> object | T | None:
         """:meth:`get` for async code (a remote backend is awaited)."""
-        key = _key(key)
-        if self._local:
-            entry = self.backend.get(key)
-        else:
-            entry = await self._aremote_get(key, type_hint)
+        return await self._arun(self._get_flow(_key(key), default, type_hint))
+
+    def _get_flow(self, key: str, default: T | None, hint: Any) -> _Flow[object]:
+        entry = yield from self._read(key, hint)
         return self._get_result(entry, default)
 
     def _get_result(self, entry: tuple[object, EntryMeta] | None, default: T | None) -> object:
@@ -445,18 +454,7 @@ class Cache:
         Loads of ``key`` in progress (in any process, on a remote backend) will not
         overwrite it. A remote backend's failure raises
         :class:`~scalekit.errors.BackendError`."""
-        key = _key(key)
-        opts = options or self.options
-        tagset = _check_tags(tags)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key == key)
-            if self._local:
-                self._write(key, value, tagset, opts, delta=0.0, negative=False)
-                return
-            meta = self._meta(opts, delta=0.0, negative=False)
-        self._remote(
-            self.backend.set, key, value, meta, remaining_ttl(meta, meta.stored_at), tagset
-        )
+        self._run(self._set_flow(key, value, tags, options))
 
     async def aset(
         self,
@@ -467,104 +465,77 @@ class Cache:
         options: CacheOptions | None = None,
     ) -> None:
         """:meth:`set` for async code."""
+        await self._arun(self._set_flow(key, value, tags, options))
+
+    def _set_flow(
+        self, key: str, value: object, tags: Iterable[str], options: CacheOptions | None
+    ) -> _Flow[object]:
         key = _key(key)
-        if self._local:
-            self.set(key, value, tags=tags, options=options)
-            return
         opts = options or self.options
         tagset = _check_tags(tags)
         with self._lock:
             self._invalidate_fills(lambda f: f.key == key)
             meta = self._meta(opts, delta=0.0, negative=False)
-        await self._aremote(
-            self.backend.aset,  # type: ignore[attr-defined]
-            key,
-            value,
-            meta,
-            remaining_ttl(meta, meta.stored_at),
-            tagset,
-        )
+        ttl = remaining_ttl(meta, meta.stored_at)
+        return (yield from self._write_call("set", key, value, meta, ttl, tagset))
 
     def delete(self, key: str) -> bool:
         """Drop ``key``; loads of it in progress will not store. True if it existed."""
-        key = _key(key)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key == key)
-            if self._local:
-                return self.backend.delete(key)
-        return bool(self._remote(self.backend.delete, key))
+        return bool(self._run(self._delete_flow(key)))
 
     async def adelete(self, key: str) -> bool:
         """:meth:`delete` for async code."""
+        return bool(await self._arun(self._delete_flow(key)))
+
+    def _delete_flow(self, key: str) -> _Flow[Any]:
         key = _key(key)
-        if self._local:
-            return self.delete(key)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key == key)
-        return bool(await self._aremote(self.backend.adelete, key))  # type: ignore[attr-defined]
+        return self._invalidate(lambda f: f.key == key, "delete", key)
 
     def invalidate_tags(self, *tags: str) -> int:
         """Drop every entry tagged with any of ``tags`` (and void matching loads in
         progress); returns how many entries were dropped."""
-        tagset = _check_tags(tags)
-        with self._lock:
-            self._invalidate_fills(lambda f: not f.tags.isdisjoint(tagset))
-            if self._local:
-                return self.backend.delete_tags(tagset)
-        return int(self._remote(self.backend.delete_tags, tagset))
+        return int(self._run(self._tags_flow(tags)))
 
     async def ainvalidate_tags(self, *tags: str) -> int:
         """:meth:`invalidate_tags` for async code."""
-        if self._local:
-            return self.invalidate_tags(*tags)
+        return int(await self._arun(self._tags_flow(tags)))
+
+    def _tags_flow(self, tags: Iterable[str]) -> _Flow[Any]:
         tagset = _check_tags(tags)
-        with self._lock:
-            self._invalidate_fills(lambda f: not f.tags.isdisjoint(tagset))
-        return int(await self._aremote(self.backend.adelete_tags, tagset))  # type: ignore[attr-defined]
+        return self._invalidate(lambda f: not f.tags.isdisjoint(tagset), "delete_tags", tagset)
 
     def _head(self, namespace: str, version: int | str | None) -> str:
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
-        head = f"{self.prefix}:{escape(namespace)}:"
-        if version is not None:
-            head += f"v{escape(str(version))}:"
-        return head
+        return _key_head(self.prefix, namespace, version)
 
     def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
         """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
-        head = self._head(namespace, version)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key.startswith(head))
-            if self._local:
-                return self.backend.delete_prefix(head)
-        return int(self._remote(self.backend.delete_prefix, head))
+        return int(self._run(self._namespace_flow(namespace, version)))
 
     async def ainvalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
         """:meth:`invalidate_namespace` for async code."""
-        if self._local:
-            return self.invalidate_namespace(namespace, version)
+        flow = self._namespace_flow(namespace, version)
+        return int(await self._arun(flow))
+
+    def _namespace_flow(self, namespace: str, version: int | str | None) -> _Flow[Any]:
         head = self._head(namespace, version)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key.startswith(head))
-        return int(await self._aremote(self.backend.adelete_prefix, head))  # type: ignore[attr-defined]
+        return self._invalidate(lambda f: f.key.startswith(head), "delete_prefix", head)
 
     def clear(self) -> None:
         """Drop everything; loads in progress will not store."""
-        with self._lock:
-            self._invalidate_fills(lambda f: True)
-            if self._local:
-                self.backend.clear()
-                return
-        self._remote(self.backend.clear)
+        self._run(self._invalidate(_every, "clear"))
 
     async def aclear(self) -> None:
         """:meth:`clear` for async code."""
-        if self._local:
-            self.clear()
-            return
+        await self._arun(self._invalidate(_every, "clear"))
+
+    def _invalidate(self, match: Callable[[_Fill], bool], op: str, *args: Any) -> _Flow[Any]:
+        """An invalidation: void the matching loads in progress, then ``op`` on the
+        backend (which, on a remote backend, moves the fences it covers)."""
         with self._lock:
-            self._invalidate_fills(lambda f: True)
-        await self._aremote(self.backend.aclear)  # type: ignore[attr-defined]
+            self._invalidate_fills(match)
+        return (yield from self._write_call(op, *args))
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
@@ -582,79 +553,111 @@ class Cache:
                 backend_errors=self._guard.errors,
             )
 
-    # --- remote backend calls ----------------------------------------------------------
+    # --- the engine's backend steps and the two drivers ------------------------------
+    #
+    # A flow is a generator: it yields steps, ``("load", None)`` (run the loader),
+    # ``("sleep", seconds)`` or ``(method, args)`` (call the backend's ``method``,
+    # or its ``a``-prefixed twin in async code), receives ``(result, exception)``
+    # (None for a sleep), and returns the outcome. Everything else (freshness,
+    # fences, counting, the guard) is decided in the flow, without I/O; the drivers
+    # only run the steps (tenacity's ``iter()``, httpx's ``auth_flow``;
+    # ``sampling/pipeline.py``'s ``_walk`` in this library).
 
-    def _remote(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """An invalidation or write on a remote backend: failures are counted and raised."""
+    def _run(self, flow: _Flow[R], loader: Callable[[], object] | None = None) -> R:
+        """The sync driver: blocking backend calls, ``time.sleep``, ``loader()``."""
+        backend = self.backend
+        reply: Any = None
         try:
-            result = fn(*args)
-        except BackendError as exc:
-            self._guard.failure(exc)
-            raise
-        self._guard.success()
-        return result
+            while True:
+                op, arg = flow.send(reply)
+                if op == "load":
+                    try:
+                        reply = cast("Callable[[], object]", loader)(), None
+                    except Exception as exc:
+                        reply = None, exc
+                elif op == "sleep":
+                    time.sleep(arg)
+                    reply = None
+                else:
+                    try:
+                        reply = getattr(backend, op)(*arg), None
+                    except Exception as exc:
+                        reply = None, exc
+        except StopIteration as stop:
+            return cast(R, stop.value)
+        finally:
+            flow.close()
 
-    async def _aremote(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _arun(
+        self, flow: _Flow[R], loader: Callable[[], Awaitable[object]] | None = None
+    ) -> R:
+        """The async driver: awaited backend twins, ``asyncio.sleep``, ``await loader()``."""
+        backend = self.backend
+        reply: Any = None
         try:
-            result = await fn(*args)
-        except BackendError as exc:
-            self._guard.failure(exc)
-            raise
-        self._guard.success()
-        return result
+            while True:
+                op, arg = flow.send(reply)
+                if op == "load":
+                    try:
+                        reply = await cast("Callable[[], Awaitable[object]]", loader)(), None
+                    except Exception as exc:
+                        reply = None, exc
+                elif op == "sleep":
+                    await asyncio.sleep(arg)
+                    reply = None
+                else:
+                    try:
+                        reply = await getattr(backend, "a" + op)(*arg), None
+                    except Exception as exc:
+                        reply = None, exc
+        except StopIteration as stop:
+            return cast(R, stop.value)
+        finally:
+            flow.close()
 
-    def _degrade(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """A remote call that degrades: ``_DOWN`` if the backend is cooling down or
-        fails (counted by the guard), else its answer. Reads and fills use it;
-        writes and invalidations use :meth:`_remote`, which raises."""
+    def _call(self, op: str, *args: Any) -> _Flow[Any]:
+        """A backend call that degrades (reads and fills): ``_DOWN`` if the backend is
+        cooling down, fails (counted by the guard) or answers a data error about this
+        key (the backend is healthy: load without storing); else its answer.
+        Writes and invalidations use :meth:`_write_call`, which raises."""
         guard = self._guard
         if guard.skip():
             return _DOWN
-        try:
-            result = fn(*args, **kwargs)
-        except BackendError as exc:
+        result, exc = yield op, args
+        if exc is None:
+            guard.success()
+            return result
+        if isinstance(exc, BackendError):
             guard.failure(exc)
             return _DOWN
-        except BackendDataError:
-            # about this key's data only: the backend is healthy; load without storing
+        if isinstance(exc, BackendDataError):
             guard.success()
             return _DOWN
-        guard.success()
-        return result
+        raise exc
 
-    async def _adegrade(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        guard = self._guard
-        if guard.skip():
-            return _DOWN
-        try:
-            result = await fn(*args, **kwargs)
-        except BackendError as exc:
-            guard.failure(exc)
-            return _DOWN
-        except BackendDataError:
-            guard.success()
-            return _DOWN
-        guard.success()
-        return result
+    def _write_call(self, op: str, *args: Any) -> _Flow[Any]:
+        """A write or an invalidation: a backend failure is counted and raised."""
+        result, exc = yield op, args
+        if exc is None:
+            self._guard.success()
+            return result
+        if isinstance(exc, BackendError):
+            self._guard.failure(exc)
+        raise exc
 
-    def _remote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
+    def _read(self, key: str, hint: Any) -> _Flow[Entry | None]:
         """A read that degrades: a failing or cooling-down backend is a miss."""
-        entry = self._degrade(self.backend.get, key, hint)
-        return None if entry is _DOWN else cast("tuple[object, EntryMeta] | None", entry)
+        entry = yield from self._call("get", key, hint)
+        return None if entry is _DOWN else cast("Entry | None", entry)
 
-    async def _aremote_get(self, key: str, hint: Any) -> tuple[object, EntryMeta] | None:
-        backend: Any = self.backend
-        entry = await self._adegrade(backend.aget, key, hint)
-        return None if entry is _DOWN else cast("tuple[object, EntryMeta] | None", entry)
-
-    def _peek(self, key: str, hint: Any = None) -> tuple[object, EntryMeta] | None:
+    def _peek(self, key: str, hint: Any = None) -> Entry | None:
         """The stored entry, not counted (refresh scheduling)."""
-        return self.backend.get(key) if self._local else self._remote_get(key, hint)
+        return self._run(self._read(key, hint))
 
-    async def _apeek(self, key: str, hint: Any = None) -> tuple[object, EntryMeta] | None:
-        return self.backend.get(key) if self._local else await self._aremote_get(key, hint)
+    async def _apeek(self, key: str, hint: Any = None) -> Entry | None:
+        return await self._arun(self._read(key, hint))
 
-    # --- loading: sync -------------------------------------------------------------
+    # --- loading -------------------------------------------------------------------
 
     def get_or_load(
         self,
@@ -671,8 +674,28 @@ class Cache:
         key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
-        entry, state = self._lookup(key, opts, type_hint)
+        entry, state = self._run(self._lookup_flow(key, opts, type_hint))
         return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
+
+    async def aget_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+        type_hint: Any = None,
+    ) -> T:
+        """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
+        as a task shared by every caller of ``key`` on this event loop."""
+        key = _key(key)
+        opts = options or self.options
+        tagset = _check_tags(tags)
+        entry, state = await self._arun(self._lookup_flow(key, opts, type_hint))
+        return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
+
+    # single-flight: threads wait on an Event, tasks share one task per loop; both
+    # run the one fill flow (_fill_flow) with their driver
 
     def _serve_or_load(
         self,
@@ -680,7 +703,7 @@ class Cache:
         loader: Callable[[], T],
         tagset: frozenset[str],
         opts: CacheOptions,
-        entry: tuple[object, EntryMeta] | None,
+        entry: Entry | None,
         state: Freshness | None,
         heads: tuple[str, ...] = (),
         hint: Any = None,
@@ -706,8 +729,8 @@ class Cache:
             if not flight.done.wait(opts._wait):
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
-                outcome = self._run_sync(fill, loader, opts, background=False, lease=False)
-                return cast(T, self._resolve(outcome, entry))
+                flow = self._fill_flow(fill, opts, background=False, lease=False)
+                return cast(T, self._resolve(self._run(flow, loader), entry))
             if flight.abandoned or flight.outcome is None:
                 continue
             return cast(T, self._resolve(flight.outcome, entry))
@@ -723,7 +746,7 @@ class Cache:
         background: bool,
     ) -> _Outcome:
         try:
-            outcome = self._run_sync(fill, loader, opts, background=background)
+            outcome = self._run(self._fill_flow(fill, opts, background=background), loader)
         except BaseException:
             flight.abandoned = True
             raise
@@ -735,39 +758,6 @@ class Cache:
                 if self._sync_flights.get(key) is flight:
                     del self._sync_flights[key]
             flight.done.set()
-
-    def _run_sync(
-        self,
-        fill: _Fill,
-        loader: Callable[[], object],
-        opts: CacheOptions,
-        *,
-        background: bool,
-        lease: bool = True,
-    ) -> _Outcome:
-        started = self._clock.now()
-        ticket: FillTicket | None = None
-        try:
-            if self._local:
-                if not background and (ready := self._recheck(fill.key)) is not None:
-                    return ready
-            else:
-                ticket, ready = self._begin(fill, opts, lease=lease)
-                if ready is not None:
-                    return ready
-                started = self._clock.now()
-            try:
-                value = loader()
-            except Exception as exc:
-                outcome, store = self._failed(fill, exc, opts, started, background=background)
-            else:
-                outcome, store = self._loaded(fill, value, opts, started)
-            if not self._local:
-                self._finish(fill, ticket, store, opts)
-            return outcome
-        finally:
-            with self._lock:
-                self._fills.discard(fill)
 
     def _spawn_thread(
         self,
@@ -806,6 +796,114 @@ class Cache:
             t.join(timeout)
         return not any(t.is_alive() for t in threads)
 
+    async def _aserve_or_load(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[T]],
+        tagset: frozenset[str],
+        opts: CacheOptions,
+        entry: Entry | None,
+        state: Freshness | None,
+        heads: tuple[str, ...] = (),
+        hint: Any = None,
+    ) -> T:
+        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_areader`)."""
+        if entry is not None and state is not None and state.servable:
+            self._count_served(state)
+            if state.needs_refresh:
+                self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
+            return cast(T, _unwrap(entry[0]))
+        with self._lock:
+            self._misses += 1
+        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
+        if leader:
+            outcome = await asyncio.shield(task)
+        else:
+            try:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
+                # this caller's cancellation when the load ends at the same moment
+                async with asyncio.timeout(opts._wait):
+                    outcome = await asyncio.shield(task)
+            except TimeoutError:
+                with self._lock:
+                    fill = self._new_fill(key, tagset, heads, hint)
+                flow = self._fill_flow(fill, opts, background=False, lease=False)
+                outcome = await self._arun(flow, loader)
+        return cast(T, self._resolve(outcome, entry))
+
+    def _async_flight(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[object]],
+        tags: frozenset[str],
+        opts: CacheOptions,
+        heads: tuple[str, ...],
+        hint: Any,
+        *,
+        background: bool,
+    ) -> tuple[asyncio.Task[_Outcome], bool]:
+        loop = asyncio.get_running_loop()
+        fkey = (loop, key)
+        with self._lock:
+            task = self._async_flights.get(fkey)
+            if task is not None:
+                return task, False
+            fill = self._new_fill(key, tags, heads, hint)
+            flow = self._fill_flow(fill, opts, background=background)
+            task = loop.create_task(self._arun(flow, loader))
+            self._async_flights[fkey] = task
+            self._tasks.add(task)
+
+        def done(t: asyncio.Task[_Outcome]) -> None:
+            with self._lock:
+                if self._async_flights.get(fkey) is t:
+                    del self._async_flights[fkey]
+                self._tasks.discard(t)
+            if not t.cancelled():
+                t.exception()  # retrieved: no "never retrieved" warning
+
+        task.add_done_callback(done)
+        return task, True
+
+    async def adrain(self) -> None:
+        """Wait for the background refresh tasks of the running loop started so far."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            tasks = [t for t in self._tasks if t.get_loop() is loop]
+        if tasks:
+            await asyncio.wait(tasks)
+
+    # --- the fill flow ------------------------------------------------------------------
+
+    def _fill_flow(
+        self, fill: _Fill, opts: CacheOptions, *, background: bool, lease: bool = True
+    ) -> _Flow[_Outcome]:
+        """One load of ``fill.key``: begin (the fresh value another caller stored, or
+        this caller's lease), load, commit (fenced) or release; returns the outcome.
+        An in-process backend needs no lease: a foreground load reads once more
+        instead, and the value is stored under the cache lock."""
+        started = self._clock.now()
+        ticket: FillTicket | None = None
+        try:
+            if self._local:
+                if not background and (ready := self._recheck(fill.key)) is not None:
+                    return ready
+            else:
+                ticket, ready = yield from self._begin(fill, opts, lease=lease)
+                if ready is not None:
+                    return ready
+                started = self._clock.now()
+            value, exc = yield "load", None
+            if exc is None:
+                outcome, store = self._loaded(fill, value, opts, started)
+            else:
+                outcome, store = self._failed(fill, exc, opts, started, background=background)
+            yield from self._finish(fill, ticket, store, opts)
+            return outcome
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
     # --- refresh ahead -----------------------------------------------------------------
 
     def refresh(
@@ -827,34 +925,7 @@ class Cache:
         A remote backend that is down or cooling down: False (nothing ran).
         See :class:`~scalekit.cache.refresh.RefreshAhead` for the scheduled job.
         """
-        key = _key(key)
-        opts = options or self.options
-        tagset = _check_tags(tags)
-        gap = _margin(margin)
-        with self._lock:
-            fill = self._new_fill(key, tagset, (), type_hint)
-        ticket: FillTicket | None = None
-        try:
-            if self._local:
-                if gap != math.inf and self._fresh_for(self.backend.get(key), gap):
-                    return False
-            else:
-                ticket = self._refresh_ticket(fill, gap)
-                if ticket is None:
-                    return False
-            started = self._clock.now()
-            try:
-                value = loader()
-            except Exception as exc:
-                _, store = self._failed(fill, exc, opts, started, background=True)
-                self._finish(fill, ticket, store, opts)  # a negative entry, if asked for
-                raise
-            _, store = self._loaded(fill, value, opts, started)
-            self._finish(fill, ticket, store, opts)
-            return True
-        finally:
-            with self._lock:
-                self._fills.discard(fill)
+        return self._run(self._refresh_flow(key, tags, options, type_hint, margin), loader)
 
     async def arefresh(
         self,
@@ -867,30 +938,43 @@ class Cache:
         margin: float | None = None,
     ) -> bool:
         """:meth:`refresh` for async code (``loader`` returns an awaitable)."""
+        flow = self._refresh_flow(key, tags, options, type_hint, margin)
+        return await self._arun(flow, loader)
+
+    def _refresh_flow(
+        self,
+        key: str,
+        tags: Iterable[str],
+        options: CacheOptions | None,
+        hint: Any,
+        margin: float | None,
+    ) -> _Flow[bool]:
         key = _key(key)
         opts = options or self.options
         tagset = _check_tags(tags)
         gap = _margin(margin)
         with self._lock:
-            fill = self._new_fill(key, tagset, (), type_hint)
+            fill = self._new_fill(key, tagset, (), hint)
         ticket: FillTicket | None = None
         try:
             if self._local:
                 if gap != math.inf and self._fresh_for(self.backend.get(key), gap):
                     return False
             else:
-                ticket = await self._arefresh_ticket(fill, gap)
+                begun = yield from self._call(
+                    "begin_fill", key, tagset, (), self._clock.now(), hint, min(gap, _FAR)
+                )
+                ticket = _acquired(begun)
                 if ticket is None:
                     return False
             started = self._clock.now()
-            try:
-                value = await loader()
-            except Exception as exc:
+            value, exc = yield "load", None
+            if exc is not None:
                 _, store = self._failed(fill, exc, opts, started, background=True)
-                await self._afinish(fill, ticket, store, opts)  # a negative entry, if asked for
-                raise
+                yield from self._finish(fill, ticket, store, opts)  # a negative entry, if asked
+                raise exc
             _, store = self._loaded(fill, value, opts, started)
-            await self._afinish(fill, ticket, store, opts)
+            yield from self._finish(fill, ticket, store, opts)
             return True
         finally:
             with self._lock:
@@ -903,210 +987,71 @@ class Cache:
         meta = entry[1]
         return self._clock.now() + gap < meta.stored_at + meta.ttl
 
-    def _refresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
-        backend: Any = self.backend
-        ticket = self._degrade(
-            backend.begin_fill,
-            fill.key,
-            fill.tags,
-            (),
-            self._clock.now(),
-            fill.hint,
-            margin=min(gap, _FAR),
-        )
-        return _acquired(ticket)
+    # --- reads ---------------------------------------------------------------------
 
-    async def _arefresh_ticket(self, fill: _Fill, gap: float) -> FillTicket | None:
-        backend: Any = self.backend
-        ticket = await self._adegrade(
-            backend.abegin_fill,
-            fill.key,
-            fill.tags,
-            (),
-            self._clock.now(),
-            fill.hint,
-            margin=min(gap, _FAR),
-        )
-        return _acquired(ticket)
-
-    # --- loading: async ------------------------------------------------------------
-
-    async def aget_or_load(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[T]],
-        *,
-        tags: Iterable[str] = (),
-        options: CacheOptions | None = None,
-        type_hint: Any = None,
-    ) -> T:
-        """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
-        as a task shared by every caller of ``key`` on this event loop."""
-        key = _key(key)
-        opts = options or self.options
-        tagset = _check_tags(tags)
-        entry, state = await self._alookup(key, opts, type_hint)
-        return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
-
-    async def _aserve_or_load(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[T]],
-        tagset: frozenset[str],
-        opts: CacheOptions,
-        entry: tuple[object, EntryMeta] | None,
-        state: Freshness | None,
-        heads: tuple[str, ...] = (),
-        hint: Any = None,
-    ) -> T:
-        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_alookup`)."""
-        if entry is not None and state is not None and state.servable:
-            self._count_served(state)
-            if state.needs_refresh:
-                self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
-            return cast(T, _unwrap(entry[0]))
-        with self._lock:
-            self._misses += 1
-        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
-        if leader:
-            outcome = await asyncio.shield(task)
-        else:
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
-                # this caller's cancellation when the load ends at the same moment
-                async with asyncio.timeout(opts._wait):
-                    outcome = await asyncio.shield(task)
-            except TimeoutError:
-                with self._lock:
-                    fill = self._new_fill(key, tagset, heads, hint)
-                outcome = await self._run_async(fill, loader, opts, background=False, lease=False)
-        return cast(T, self._resolve(outcome, entry))
-
-    def _async_flight(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        tags: frozenset[str],
-        opts: CacheOptions,
-        heads: tuple[str, ...],
-        hint: Any,
-        *,
-        background: bool,
-    ) -> tuple[asyncio.Task[_Outcome], bool]:
-        loop = asyncio.get_running_loop()
-        fkey = (loop, key)
-        with self._lock:
-            task = self._async_flights.get(fkey)
-            if task is not None:
-                return task, False
-            fill = self._new_fill(key, tags, heads, hint)
-            task = loop.create_task(self._run_async(fill, loader, opts, background=background))
-            self._async_flights[fkey] = task
-            self._tasks.add(task)
-
-        def done(t: asyncio.Task[_Outcome]) -> None:
-            with self._lock:
-                if self._async_flights.get(fkey) is t:
-                    del self._async_flights[fkey]
-                self._tasks.discard(t)
-            if not t.cancelled():
-                t.exception()  # retrieved: no "never retrieved" warning
-
-        task.add_done_callback(done)
-        return task, True
-
-    async def _run_async(
-        self,
-        fill: _Fill,
-        loader: Callable[[], Awaitable[object]],
-        opts: CacheOptions,
-        *,
-        background: bool,
-        lease: bool = True,
-    ) -> _Outcome:
-        started = self._clock.now()
-        ticket: FillTicket | None = None
-        try:
-            if self._local:
-                if not background and (ready := self._recheck(fill.key)) is not None:
-                    return ready
-            else:
-                ticket, ready = await self._abegin(fill, opts, lease=lease)
-                if ready is not None:
-                    return ready
-                started = self._clock.now()
-            try:
-                value = await loader()
-            except Exception as exc:
-                outcome, store = self._failed(fill, exc, opts, started, background=background)
-            else:
-                outcome, store = self._loaded(fill, value, opts, started)
-            if not self._local:
-                await self._afinish(fill, ticket, store, opts)
-            return outcome
-        finally:
-            with self._lock:
-                self._fills.discard(fill)
-
-    async def adrain(self) -> None:
-        """Wait for the background refresh tasks of the running loop started so far."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            tasks = [t for t in self._tasks if t.get_loop() is loop]
-        if tasks:
-            await asyncio.wait(tasks)
-
-    # --- shared core ---------------------------------------------------------------
-
-    def _lookup(
+    def _lookup_flow(
         self, key: str, opts: CacheOptions, hint: Any = None
-    ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
+    ) -> _Flow[tuple[Entry | None, Freshness | None]]:
         """Read ``key`` and classify it (nothing counted: the caller counts a
         servable state with :meth:`_count_served`, or a hit with ``_hit_count``).
         A random number for XFetch is drawn only when early refresh is enabled."""
-        if self._local:
-            entry = self.backend.get(key)
-        else:
-            entry = self._remote_get(key, hint)
-            if entry is not None and type(entry[0]) is RemoteError:
-                entry = _materialize(entry, opts)
+        entry = yield from self._read(key, hint)
         if entry is None:
-            return None, None
-        return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
+            return _MISSING
+        return _classified(entry, opts, self._clock.now(), self._draw)
+
+    def _lookup(
+        self, key: str, opts: CacheOptions, hint: Any = None
+    ) -> tuple[Entry | None, Freshness | None]:
+        """:meth:`_lookup_flow`, run by the sync driver."""
+        return self._run(self._lookup_flow(key, opts, hint))
 
     def _reader(
         self, opts: CacheOptions, hint: Any = None
-    ) -> Callable[[str], tuple[tuple[object, EntryMeta] | None, Freshness | None]]:
-        """:meth:`_lookup` for one set of options, as a closure over prebound locals:
-        the ``@cached`` hit path (a local backend's read costs no method lookups)."""
-        if not self._local:
-            lookup = self._lookup
-            return lambda key: lookup(key, opts, hint)
-        get = self.backend.get
+    ) -> Callable[[str], tuple[Entry | None, Freshness | None]]:
+        """The ``@cached`` hit path's read: :meth:`_lookup` for one set of options,
+        as a closure over prebound locals, with no flow and no driver (an in-process
+        backend's read costs no method lookups; a remote one is one guarded call)."""
         now = self._clock.now
         beta = opts.beta
         draw = self._draw
-
-        def read(key: str) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
-            entry = get(key)
-            if entry is None:
-                return _MISSING
-            return entry, classify_unchecked(entry[1], now(), beta, draw)
-
-        return read
-
-    async def _alookup(
-        self, key: str, opts: CacheOptions, hint: Any = None
-    ) -> tuple[tuple[object, EntryMeta] | None, Freshness | None]:
-        """:meth:`_lookup` for async code: a remote backend is awaited."""
         if self._local:
-            return self._lookup(key, opts)
-        entry = await self._aremote_get(key, hint)
-        if entry is not None and type(entry[0]) is RemoteError:
-            entry = _materialize(entry, opts)
-        if entry is None:
-            return None, None
-        return entry, classify_unchecked(entry[1], self._clock.now(), opts.beta, self._draw)
+            get = self.backend.get
+
+            def read(key: str) -> tuple[Entry | None, Freshness | None]:
+                entry = get(key)
+                if entry is None:
+                    return _MISSING
+                return entry, classify_unchecked(entry[1], now(), beta, draw)
+
+            return read
+
+        call, rget = self._guard.call, self.backend.get
+
+        def read_remote(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = call(lambda: rget(key, hint), _no_entry)
+            except BackendDataError:  # about this key only: a miss
+                return _MISSING
+            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
+
+        return read_remote
+
+    def _areader(
+        self, opts: CacheOptions, hint: Any = None
+    ) -> Callable[[str], Awaitable[tuple[Entry | None, Freshness | None]]]:
+        """:meth:`_reader` for async code: the backend's read awaited."""
+        now, draw = self._clock.now, self._draw
+        acall, aget = self._guard.acall, cast(AsyncCacheBackend, self.backend).aget
+
+        async def aread(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = await acall(lambda: aget(key, hint), _no_entry)
+            except BackendDataError:
+                return _MISSING
+            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
+
+        return aread
 
     def _draw(self) -> float:
         """XFetch's ``rand``, uniform in ``(0, 1]``."""
@@ -1179,23 +1124,22 @@ class Cache:
 
     def _begin(
         self, fill: _Fill, opts: CacheOptions, *, lease: bool
-    ) -> tuple[FillTicket | None, _Outcome | None]:
+    ) -> _Flow[tuple[FillTicket | None, _Outcome | None]]:
         """Before a load on a remote backend: the fresh value if another process
         stored it, else a ticket (this caller's lease, or none after waiting
         ``lock_timeout`` for another process' load); see :meth:`_begin_step`."""
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
         delay = _POLL_FIRST
-        backend: Any = self.backend
         margin = 0.0
         while True:
-            ticket = self._degrade(
-                backend.begin_fill,
+            ticket = yield from self._call(
+                "begin_fill",
                 fill.key,
                 fill.tags,
                 fill.heads,
                 self._clock.now(),
                 fill.hint,
-                margin=margin,
+                margin,
             )
             step = self._begin_step(
                 ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
@@ -1205,35 +1149,7 @@ class Cache:
                 continue
             if not isinstance(step, float):
                 return step
-            time.sleep(min(delay, step))
-            delay = min(delay * 2, _POLL_MAX)
-
-    async def _abegin(
-        self, fill: _Fill, opts: CacheOptions, *, lease: bool
-    ) -> tuple[FillTicket | None, _Outcome | None]:
-        deadline = None if opts._wait is None else time.monotonic() + opts._wait
-        delay = _POLL_FIRST
-        backend: Any = self.backend
-        margin = 0.0
-        while True:
-            ticket = await self._adegrade(
-                backend.abegin_fill,
-                fill.key,
-                fill.tags,
-                fill.heads,
-                self._clock.now(),
-                fill.hint,
-                margin=margin,
-            )
-            step = self._begin_step(
-                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
-            )
-            if step is None:
-                margin = _FAR
-                continue
-            if not isinstance(step, float):
-                return step
-            await asyncio.sleep(min(delay, step))
+            yield "sleep", min(delay, step)
             delay = min(delay * 2, _POLL_MAX)
 
     def _commit_plan(
@@ -1263,50 +1179,27 @@ class Cache:
 
     def _finish(
         self, fill: _Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
-    ) -> None:
+    ) -> _Flow[None]:
         """After a load on a remote backend: commit (fenced) or release the lease."""
         if ticket is None:
             return
-        backend: Any = self.backend
         current = None
         if isinstance(store, CachedError):
-            current = self._remote_get(fill.key, fill.hint)
-        try:
-            plan = self._commit_plan(fill, store, opts, current)
-            if plan is None:
-                backend.release(ticket)
-            else:
-                backend.commit_fill(ticket, *plan)
-        except BackendError as exc:
+            current = yield from self._read(fill.key, fill.hint)
+        plan = self._commit_plan(fill, store, opts, current)
+        if plan is None:
+            _, exc = yield "release", (ticket,)
+        else:
+            _, exc = yield "commit_fill", (ticket, *plan)
+        if exc is None or isinstance(exc, BackendDataError):
+            return  # a data error is about this key: not stored, the next read loads
+        if isinstance(exc, BackendError):
             self._guard.failure(exc)
-        except BackendDataError:
-            pass  # about this key's data: not stored, the next read loads again
-        except SerializationError as exc:
+        elif isinstance(exc, SerializationError):
             self._store_failed(fill, exc)
-            self._degrade(backend.release, ticket)
-
-    async def _afinish(
-        self, fill: _Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
-    ) -> None:
-        if ticket is None:
-            return
-        backend: Any = self.backend
-        current = None
-        if isinstance(store, CachedError):
-            current = await self._aremote_get(fill.key, fill.hint)
-        try:
-            plan = self._commit_plan(fill, store, opts, current)
-            if plan is None:
-                await backend.arelease(ticket)
-            else:
-                await backend.acommit_fill(ticket, *plan)
-        except BackendError as exc:
-            self._guard.failure(exc)
-        except BackendDataError:
-            pass  # about this key's data: not stored, the next read loads again
-        except SerializationError as exc:
-            self._store_failed(fill, exc)
-            await self._adegrade(backend.arelease, ticket)
+            yield from self._call("release", ticket)
+        else:
+            raise exc
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
         with self._lock:
@@ -1489,6 +1382,24 @@ def _materialize(
     return None
 
 
+def _classified(
+    entry: Entry, opts: CacheOptions, now: float, draw: Callable[[], float]
+) -> tuple[Entry | None, Freshness | None]:
+    """A read entry and its state (a remote negative entry rebuilt as one of
+    ``opts.cache_exceptions``, or a miss if none matches)."""
+    if type(entry[0]) is RemoteError:
+        rebuilt = _materialize(entry, opts)
+        if rebuilt is None:
+            return _MISSING
+        entry = rebuilt
+    return entry, classify_unchecked(entry[1], now, opts.beta, draw)
+
+
+def _no_entry(exc: BackendError | None) -> None:
+    """A read on a failing or cooling-down backend: a miss."""
+    return None
+
+
 def _counted(counter: itertools.count[int]) -> int:
     """How many times ``next(counter)`` was called (``counter`` started at 0),
     without consuming a value: the count is read from its repr, ``count(N)``."""
@@ -1497,6 +1408,10 @@ def _counted(counter: itertools.count[int]) -> int:
 
 def _no_draw() -> float:  # pragma: no cover - never called with beta 0
     return 1.0
+
+
+def _every(fill: _Fill) -> bool:
+    return True
 
 
 def _unwrap(value: object) -> object:

@@ -31,7 +31,6 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
-from scalekit._keys import escape
 from scalekit.cache.backend import CachedError
 from scalekit.cache.core import (
     Cache,
@@ -116,28 +115,14 @@ def cached(
         builder: KeyBuilder[P] = KeyBuilder(
             fn, namespace=namespace, version=version, ignore=ignore, prefix=c.prefix
         )
-        make_key: Callable[..., str]
-        if key is None:
-            make_key = builder.function()
-        else:
-            head = f"{c.prefix}:{escape(builder.namespace)}:v{escape(str(builder.version))}:"
-            custom = key
-
-            def make_key(*args: Any, **kwargs: Any) -> str:
-                k = custom(*args, **kwargs)
-                if not isinstance(k, str):
-                    raise ConfigurationError(
-                        f"key= of {builder.namespace} must return a str, got {k!r}"
-                    )
-                return f"{head}{{{escape(k)}}}"
+        make_key: Callable[..., str] = builder.function() if key is None else builder.custom(key)
 
         def entry_tags(args: tuple[Any, ...], kwargs: dict[str, Any]) -> frozenset[str]:
             return static_tags if tag_fn is None else _check_tags(tag_fn(*args, **kwargs))
 
         # what a remote backend needs: the namespace heads its fills are fenced by
         # (invalidate_namespace) and the type values decode to (the return annotation)
-        ns_head = f"{c.prefix}:{escape(builder.namespace)}:"
-        heads = (ns_head, f"{ns_head}v{escape(str(builder.version))}:")
+        heads = builder.heads
         hint = _return_hint(fn)
 
         # The hit path: key, read, classify; a plain FRESH hit is answered here (a
@@ -182,12 +167,12 @@ def cached(
                     return await amiss(k, args, kwargs, entry, state)
 
             else:
-                alookup = c._alookup
+                aread = c._areader(opts, hint)
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                     k = make_key(*args, **kwargs)
-                    entry, state = await alookup(k, opts, hint)
+                    entry, state = await aread(k)
                     if state is _FRESH and entry is not None:
                         next(hits)
                         value = entry[0]

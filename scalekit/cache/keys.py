@@ -365,6 +365,14 @@ def _too_deep(where: str) -> ConfigurationError:
     )
 
 
+def head(prefix: str, namespace: str, version: int | str | None = None) -> str:
+    """The start of every key of ``namespace`` (of one ``version`` if given):
+    ``<prefix>:<namespace>:`` or ``<prefix>:<namespace>:v<version>:``, escaped.
+    The one place the layout's head is built (keys, custom keys, invalidation)."""
+    text = f"{prefix}:{escape(namespace)}:"
+    return text if version is None else f"{text}v{escape(str(version))}:"
+
+
 def encode_args(values: Iterable[object]) -> str:
     """Encode a sequence of argument values (the ``<args>`` part of a key, unescaped).
 
@@ -428,6 +436,7 @@ class KeyBuilder(Generic[P]):
         "_namespace",
         "_one",
         "_plan",
+        "_prefix",
         "_readable_prefix",
         "_sig",
         "_version",
@@ -459,7 +468,8 @@ class KeyBuilder(Generic[P]):
                 raise ConfigurationError(f"{name} must be an int >= 0, got {value!r}")
         self._max_length = max_length
         self._readable_prefix = readable_prefix
-        self._head = f"{prefix}:{escape(self._namespace)}:v{escape(str(self._version))}:"
+        self._prefix = prefix
+        self._head = head(prefix, self._namespace, self._version)
 
         params = list(sig.parameters.values())
         names = [p.name for p in params]
@@ -519,6 +529,27 @@ class KeyBuilder(Generic[P]):
     def version(self) -> int | str:
         """The version in keys; bumping it abandons every old key."""
         return self._version
+
+    @property
+    def heads(self) -> tuple[str, str]:
+        """The heads of this function's keys: its namespace's, and its version's
+        (what a remote backend fences a ``@cached`` fill by)."""
+        return head(self._prefix, self._namespace), self._head
+
+    def custom(self, key: Callable[..., str]) -> Callable[..., str]:
+        """The key function for ``@cached(key=...)``: ``key``'s string (escaped) as the
+        hash tag, under this function's head, so namespace/version invalidation
+        covers it."""
+        tag_head = self._head + "{"
+        namespace = self._namespace
+
+        def make_key(*args: Any, **kwargs: Any) -> str:
+            k = key(*args, **kwargs)
+            if not isinstance(k, str):
+                raise ConfigurationError(f"key= of {namespace} must return a str, got {k!r}")
+            return f"{tag_head}{escape(k)}}}"
+
+        return make_key
 
     def __repr__(self) -> str:
         return f"KeyBuilder(namespace={self._namespace!r}, version={self._version!r})"

@@ -11,6 +11,10 @@
     clear()
     evictions                         LRU evictions so far
 
+and the ``a``-prefixed async twins of the calls
+(:class:`~scalekit.cache.backend.AsyncCacheBackend`),
+which run the same code: nothing here does I/O.
+
 Decisions
 ---------
 - Values are kept as Python objects (no serialization): a cached list is the same
@@ -176,6 +180,33 @@ class MemoryCacheBackend:
         with self._lock:
             self._data.clear()
             self._tags.clear()
+
+    # --- the async protocol: the same calls (no I/O, nothing to await) ----------------
+
+    async def aget(self, key: str, hint: object = None) -> tuple[object, EntryMeta] | None:
+        return self.get(key, hint)
+
+    async def aset(
+        self,
+        key: str,
+        value: object,
+        meta: EntryMeta,
+        ttl: float,
+        tags: Iterable[str] = (),
+    ) -> None:
+        self.set(key, value, meta, ttl, tags)
+
+    async def adelete(self, key: str) -> bool:
+        return self.delete(key)
+
+    async def adelete_tags(self, tags: Iterable[str]) -> int:
+        return self.delete_tags(tags)
+
+    async def adelete_prefix(self, prefix: str) -> int:
+        return self.delete_prefix(prefix)
+
+    async def aclear(self) -> None:
+        self.clear()
 
     # --- internals -------------------------------------------------------------------
 

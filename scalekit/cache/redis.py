@@ -112,13 +112,12 @@ import struct
 import threading
 import time
 from binascii import crc_hqx
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 from zlib import crc32
 
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
-from scalekit.backends._errors import map_redis_errors
 from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
 from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
@@ -141,7 +140,7 @@ _META_MEMO = 1024
 _NAME_MEMO = 4096
 _SLOTS = 16384
 #: negative entries: the exception's class and arguments, always plain JSON
-_PLAIN = JsonSerializer(use_pydantic=False)
+_PLAIN = JsonSerializer()
 #: a read whose leader was cancelled: the waiters read again
 _RETRY = object()
 
@@ -395,8 +394,10 @@ class RedisCacheBackend:
 
     # --- encoding ------------------------------------------------------------------------
 
-    def _encode(self, value: object, meta: EntryMeta) -> bytes | None:
-        """The stored bytes; None for an exception whose arguments do not serialize."""
+    def encode_entry(self, value: object, meta: EntryMeta) -> bytes | None:
+        """The stored bytes of an entry (header + payload); None for an exception whose
+        arguments do not serialize. Part of the seam the tiered backend uses (its L1
+        keeps what L2 would read back)."""
         kind = _VALUE
         if isinstance(value, CachedError):
             exc = value.error
@@ -421,7 +422,7 @@ class RedisCacheBackend:
         )
         return b"".join((_MAGIC, fresh_until, b"|", head, payload))
 
-    def _decode(self, data: Any, hint: Any) -> Entry | None:
+    def decode_entry(self, data: Any, hint: Any) -> Entry | None:
         """The entry in ``data``, or None (a miss, counted) for anything that does not
         decode: never an exception."""
         try:
@@ -503,7 +504,7 @@ class RedisCacheBackend:
                 raise BackendError(str(shared.error)) from shared.error
             if not shared.retry:
                 data = shared.data
-                return None if data is None else self._decode(data, hint)
+                return None if data is None else self.decode_entry(data, hint)
         try:
             data = self.redis.execute("GET", name)
         except BaseException as exc:
@@ -522,7 +523,7 @@ class RedisCacheBackend:
             mine.finished = True
             for event in mine.events:
                 event.set()
-        return None if data is None else self._decode(data, hint)
+        return None if data is None else self.decode_entry(data, hint)
 
     async def aget(self, key: str, hint: Any = None) -> Entry | None:
         """:meth:`get`; concurrent readers of ``key`` in this event loop share one
@@ -544,7 +545,7 @@ class RedisCacheBackend:
                 self._data_error()
                 return None
             if data is not _RETRY:
-                return None if data is None else self._decode(data, hint)
+                return None if data is None else self.decode_entry(data, hint)
         waiting = reads[fkey] = []
         try:
             data = await self.redis.aexecute("GET", name)
@@ -567,7 +568,7 @@ class RedisCacheBackend:
         finally:
             if reads.get(fkey) is waiting:
                 del reads[fkey]
-        return None if data is None else self._decode(data, hint)
+        return None if data is None else self.decode_entry(data, hint)
 
     # --- writes --------------------------------------------------------------------------
 
@@ -626,14 +627,14 @@ class RedisCacheBackend:
     def set(
         self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
     ) -> None:
-        data = self._encode(value, meta)
+        data = self.encode_entry(value, meta)
         if data is not None:
             self._store(*self._write_plan("set", key, data, ttl, tags))
 
     async def aset(
         self, key: str, value: object, meta: EntryMeta, ttl: float, tags: Iterable[str] = ()
     ) -> None:
-        data = self._encode(value, meta)
+        data = self.encode_entry(value, meta)
         if data is not None:
             await self._astore(*self._write_plan("set", key, data, ttl, tags))
 
@@ -725,58 +726,12 @@ class RedisCacheBackend:
         for name in sets:
             self.redis.execute("DEL", name)
 
-    def _scan(self, pattern: str) -> Iterator[list[Any]]:
-        """Batches of the names matching ``pattern`` (every primary of a Cluster)."""
-        if self.cluster:
-            # the one call without a RedisBackend method: SCAN on every primary
-            client = self.redis.sync_client
-            batch: list[Any] = []
-            with map_redis_errors(self.redis._where):
-                for name in client.scan_iter(match=pattern, count=_SCAN_BATCH):
-                    batch.append(name)
-                    if len(batch) >= _SCAN_BATCH:
-                        yield batch
-                        batch = []
-            if batch:
-                yield batch
-            return
-        cursor: Any = 0
-        while True:
-            cursor, names = self.redis.execute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH
-            )
-            yield list(names)
-            if int(cursor) == 0:
-                return
-
-    async def _ascan(self, pattern: str) -> AsyncIterator[list[Any]]:
-        if self.cluster:
-            client = self.redis.async_client()
-            batch: list[Any] = []
-            with map_redis_errors(self.redis._where):
-                async for name in client.scan_iter(match=pattern, count=_SCAN_BATCH):
-                    batch.append(name)
-                    if len(batch) >= _SCAN_BATCH:
-                        yield batch
-                        batch = []
-            if batch:
-                yield batch
-            return
-        cursor: Any = 0
-        while True:
-            cursor, names = await self.redis.aexecute(
-                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH
-            )
-            yield list(names)
-            if int(cursor) == 0:
-                return
-
     def delete_prefix(self, prefix: str) -> int:
         """Invalidate every key starting with ``prefix`` (SCAN in batches, on every
         primary of a Cluster: fills in progress are fenced; keys written meanwhile
         by a direct ``set`` may stay)."""
         dropped = 0
-        for names in self._scan(self._pattern(prefix)):
+        for names in self.redis.scan_iter(self._pattern(prefix), _SCAN_BATCH):
             triples: dict[str, _Triple] = {}
             sets: list[str] = []
             self._sort(names, triples, sets)
@@ -786,7 +741,7 @@ class RedisCacheBackend:
 
     async def adelete_prefix(self, prefix: str) -> int:
         dropped = 0
-        async for names in self._ascan(self._pattern(prefix)):
+        async for names in self.redis.ascan_iter(self._pattern(prefix), _SCAN_BATCH):
             triples: dict[str, _Triple] = {}
             sets: list[str] = []
             self._sort(names, triples, sets)
@@ -829,7 +784,7 @@ class RedisCacheBackend:
         does not decode (or is not fresh by its own header): begin again, forced."""
         state = int(reply[0])
         if state == 1:
-            entry = self._decode(reply[1], hint)
+            entry = self.decode_entry(reply[1], hint)
             if entry is None:
                 return None
             meta = entry[1]
@@ -914,7 +869,7 @@ class RedisCacheBackend:
     ) -> tuple[list[str], list[Any], list[str]] | None:
         if not ticket.seen:
             return None
-        data = self._encode(value, meta)
+        data = self.encode_entry(value, meta)
         if data is None:
             return None
         return self._write_plan(

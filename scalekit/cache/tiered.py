@@ -564,11 +564,11 @@ class TieredCacheBackend:
         if not self._live or self._epoch != epoch:
             return
         l2 = self.l2
-        data = l2._encode(value, meta)
+        data = l2.encode_entry(value, meta)
         if data is None:
             return
         hint = ticket.extra.get("hint")
-        entry = l2._decode(data, hint)
+        entry = l2.decode_entry(data, hint)
         if entry is not None:
             self._keep(ticket.key, entry, hint, epoch, ticket.tags)
 

@@ -169,17 +169,17 @@ def _make(kind: str) -> Serializer:
         pytest.importorskip("msgpack", reason=MSGPACK_REASON)
     if validation == "pydantic":
         pytest.importorskip("pydantic", minversion="2.9", reason=PYDANTIC_REASON)
-    # "pydantic" is the default auto mode with pydantic installed: it falls back to the
-    # stdlib rebuild for hints pydantic refuses (typing.TypedDict on Python < 3.12)
-    use_pydantic = False if validation == "stdlib" else None
+    # decoder="pydantic" falls back to the stdlib rebuild for hints pydantic refuses
+    # (typing.TypedDict on Python < 3.12); no suffix: the default engine
+    decoder: Any = "pydantic" if validation == "pydantic" else "stdlib"
     if fmt == "msgpack":
-        return MsgpackSerializer(use_pydantic=use_pydantic)
-    return JsonSerializer(use_pydantic=use_pydantic)
+        return MsgpackSerializer(decoder=decoder)
+    return JsonSerializer(decoder=decoder)
 
 
 @pytest.fixture(scope="module", params=["json", "msgpack"])
 def serializer(request: pytest.FixtureRequest) -> Serializer:
-    """Each safe format, with the default (auto) validation."""
+    """Each safe format, with the default typed-decoding engine."""
     return _make(request.param)
 
 
@@ -405,7 +405,7 @@ def test_invalid_values_for_hint_raise(typed: Serializer, payload: Any, hint: An
 
 
 def test_error_names_the_path_and_chains_the_cause() -> None:
-    s = JsonSerializer(use_pydantic=False)
+    s = JsonSerializer(decoder="stdlib")
     data = s.dumps([{"id": 1, "name": "a"}, {"id": 2, "name": "b", "address": {"street": 3}}])
     with pytest.raises(SerializationError, match=r"\$\[1\]\.address\.street") as info:
         s.loads(data, list[User])
@@ -414,7 +414,7 @@ def test_error_names_the_path_and_chains_the_cause() -> None:
 
 
 def test_stdlib_rebuild_is_strict() -> None:
-    s = JsonSerializer(use_pydantic=False)
+    s = JsonSerializer(decoder="stdlib")
     with pytest.raises(SerializationError, match="unknown field"):
         s.loads(s.dumps({"id": 1, "name": "a", "extra": 1}), User)
     with pytest.raises(SerializationError):
@@ -426,7 +426,7 @@ def test_stdlib_rebuild_is_strict() -> None:
 
 
 def test_pydantic_validation_is_lax(pydantic: Any) -> None:
-    s = JsonSerializer(use_pydantic=True)
+    s = JsonSerializer(decoder="pydantic")
     assert s.loads(s.dumps("42"), int) == 42
     assert s.loads(s.dumps({"id": 1, "name": "a", "extra": 1}), User) == User(1, "a")
 
@@ -437,7 +437,7 @@ def test_pydantic_validation_is_lax(pydantic: Any) -> None:
     ids=["string annotation", "function", "Path", "plain class"],
 )
 def test_unsupported_hint_raises(hint: Any) -> None:
-    s = JsonSerializer(use_pydantic=False)
+    s = JsonSerializer(decoder="stdlib")
     with pytest.raises(SerializationError):
         s.loads(s.dumps({}), hint)
 
@@ -663,14 +663,53 @@ def test_serializers_satisfy_the_protocol() -> None:
 
 
 def test_use_pydantic_true_needs_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalekit.serde as serde
+    import scalekit.serde._typed as engines
 
-    monkeypatch.setattr(serde, "_pydantic", lambda: None)
+    monkeypatch.setattr(engines, "_pydantic", lambda: None)
     with pytest.raises(MissingDependency, match="pydantic"):
+        JsonSerializer(decoder="pydantic")
+    with (
+        pytest.raises(MissingDependency, match="pydantic"),
+        pytest.warns(DeprecationWarning, match="decoder="),
+    ):
         JsonSerializer(use_pydantic=True)
-    # auto mode falls back to the stdlib rebuild
+    # the default engine does not need it
     s = JsonSerializer()
+    assert s.decoder == "stdlib"
     assert s.loads(s.dumps([User(1, "a")]), list[User]) == [User(1, "a")]
+
+
+def test_the_decoder_is_an_explicit_choice_with_one_default() -> None:
+    assert JsonSerializer().decoder == "stdlib"
+    with pytest.raises(ConfigurationError, match="decoder"):
+        JsonSerializer(decoder="auto")  # type: ignore[arg-type]
+    with pytest.warns(DeprecationWarning, match="decoder="):
+        assert JsonSerializer(use_pydantic=False).decoder == "stdlib"
+
+
+_ONE_FLEET = (
+    "import sys\n"
+    "if sys.argv[1] == 'without': sys.modules['pydantic'] = None  # not importable\n"
+    "import scalekit.serde as s\n"
+    "j = s.JsonSerializer()\n"
+    "out = []\n"
+    "for v, hint in (('42', int), (42, int), ([1, '2'], list[int])):\n"
+    "    try: out.append(repr(j.loads(j.dumps(v), hint)))\n"
+    "    except s.SerializationError: out.append('miss')\n"
+    "print(j.decoder, out)\n"
+)
+
+
+def test_two_processes_of_one_fleet_decode_an_entry_the_same_way(pydantic: Any) -> None:
+    # one with pydantic importable, one without: the same default engine, the same
+    # answers ("42" for int is refused by both)
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", _ONE_FLEET, which], check=True, capture_output=True, text=True
+        ).stdout
+        for which in ("with", "without")
+    ]
+    assert runs[0] == runs[1] == "stdlib ['miss', '42', 'miss']\n"
 
 
 def test_import_is_lazy() -> None:
@@ -736,11 +775,21 @@ def test_pydantic_models_round_trip(models: Any) -> None:
         assert s.loads(s.dumps(utf8), item_cls) == utf8
 
 
-def test_pydantic_models_need_pydantic_for_rebuilding(models: Any) -> None:
-    item_cls, _, _ = models
-    s = JsonSerializer(use_pydantic=False)
-    with pytest.raises(SerializationError, match="needs pydantic"):
-        s.loads(s.dumps({}), item_cls)
+def test_the_stdlib_engine_validates_pydantic_models_by_their_own_config(models: Any) -> None:
+    item_cls, tagged_cls, _ = models
+    item = item_cls(
+        SKU="A-1", price=Decimal("9.99"), when=dt.datetime(2024, 1, 1), where=Address("s")
+    )
+    stdlib, lax = JsonSerializer(decoder="stdlib"), JsonSerializer(decoder="pydantic")
+    for s in (stdlib, lax):
+        assert s.loads(s.dumps(Box(item)), GenericAlias(Box, (item_cls,))).item == item
+        assert s.loads(s.dumps(tagged_cls("t", b"\xff")), tagged_cls) == tagged_cls("t", b"\xff")
+        with pytest.raises(SerializationError):
+            s.loads(s.dumps({}), item_cls)
+    # a model's own (lax) rules apply inside it; the strict rules around it
+    with pytest.raises(SerializationError):
+        stdlib.loads(stdlib.dumps(["42"]), GenericAlias(list, (int,)))
+    assert lax.loads(lax.dumps(["42"]), GenericAlias(list, (int,))) == [42]
 
 
 def _optional_msgpack() -> list[Serializer]:
@@ -756,11 +805,11 @@ def _optional_msgpack() -> list[Serializer]:
 def _json_values(max_int: int | None = None) -> st.SearchStrategy[Any]:
     ints = st.integers() if max_int is None else st.integers(-(2**63), max_int)
     scalars = st.none() | st.booleans() | ints | st.floats(allow_nan=False) | st.text()
-    return st.recursive(
-        scalars,
-        lambda children: st.lists(children) | st.dictionaries(st.text(), children),
-        max_leaves=25,
-    )
+    return st.recursive(scalars, _containers, max_leaves=25)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children) | st.dictionaries(st.text(), children)
 
 
 @settings(max_examples=300, deadline=None)
@@ -832,8 +881,8 @@ def _deep(depth: int) -> bytes:
 
 @pytest.mark.parametrize(
     "serializer",
-    [JsonSerializer(), JsonSerializer(use_pydantic=False)],
-    ids=["json-pydantic", "json-stdlib"],
+    [JsonSerializer(), JsonSerializer(decoder="pydantic")],
+    ids=["json-stdlib", "json-pydantic"],
 )
 @pytest.mark.parametrize("hint", [None, list[Any], Any], ids=["plain", "list", "any"])
 def test_json_nested_100000_deep_is_a_serialization_error(serializer: Any, hint: Any) -> None:
@@ -857,9 +906,9 @@ def test_moderate_nesting_still_decodes() -> None:
 
 
 def test_payload_size_is_bounded_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
-    import scalekit.serde as serde
+    import scalekit.serde._encode as encode
 
-    monkeypatch.setattr(serde, "MAX_PAYLOAD_BYTES", 64)
+    monkeypatch.setattr(encode, "MAX_PAYLOAD_BYTES", 64)
     s = JsonSerializer()
     with pytest.raises(SerializationError, match="larger than 64 bytes"):
         s.dumps("x" * 100)

@@ -1,98 +1,5 @@
-"""Serializers for values that leave the process (cache entries in Redis, and so on).
-
-Safe by default: :class:`JsonSerializer` is the default and never executes code,
-:class:`MsgpackSerializer` is its compact twin (optional ``msgpack`` dependency), and
-:class:`PickleSerializer` exists only for callers who explicitly accept that
-unpickling bytes an attacker could write executes arbitrary code.
-
-Every serializer implements the :class:`Serializer` protocol::
-
-    dumps(value) -> bytes
-    loads(data, type_hint=None) -> value
-
-``loads`` raises :class:`SerializationError` (the underlying error chained as
-``__cause__``) for any bytes it cannot turn into a value: garbage, truncated data,
-bytes of another serializer, or a payload that does not validate against
-``type_hint``. A cache treats that as a miss. Types are only ever taken from the
-``type_hint`` the caller passes (for example a cached function's resolved return
-annotation such as ``list[User]`` or ``User | None``), never from names inside the
-payload.
-
-Envelope
---------
-Every payload starts with two bytes, ``0xC1`` and a format id::
-
-    0xC1 'J' <UTF-8 JSON>        JSON, conversion rules v1
-    0xC1 'M' <msgpack>           msgpack, conversion rules v1
-    0xC1 'P' <pickle protocol 5> pickle v1
-
-``0xC1`` cannot start UTF-8 text (so no JSON document), is the one byte the msgpack
-spec marks "never used", and is not a pickle opcode, so foreign bytes are recognised
-before any decoder looks at them. An incompatible change to a format's encoding gets
-a new id, so entries written by older code fail with ``SerializationError`` instead
-of being misread.
-
-Conversion rules (JSON and msgpack share them)
-----------------------------------------------
-``dumps`` turns values into JSON-able primitives:
-
-=========================================  ==========================================
-value                                      encoded as
-=========================================  ==========================================
-None, bool, int, float, str                themselves (JSON: NaN and ±Infinity as the
-                                           ``NaN``/``Infinity`` literals)
-list, tuple (incl. NamedTuple)             array
-set, frozenset                             array (sorted when the items allow it)
-dict (keys: str, int, float, bool, None)   object (JSON turns non-str keys into str)
-dataclass instance                         object of its fields, recursively
-pydantic v2 model / pydantic dataclass     ``model_dump(mode="json", by_alias=True,
-                                           round_trip=True)`` (the model's own config)
-Enum member                                its value
-datetime, date, time                       ISO 8601 string (``isoformat()``)
-UUID                                       canonical string
-Decimal                                    ``str(d)``
-bytes, bytearray, memoryview               base64 string (msgpack: native ``bin``)
-=========================================  ==========================================
-
-Anything else makes ``dumps`` raise :class:`SerializationError`.
-
-``loads(data)`` without a type hint returns the plain values (dicts, lists, str, ...).
-``loads(data, type_hint)`` rebuilds typed values:
-
-* With pydantic >= 2.9 importable (and ``use_pydantic`` not ``False``):
-  ``pydantic.TypeAdapter`` validation of the payload in JSON mode, lax (pydantic's
-  default rules: e.g. ``"42"`` is accepted for ``int``, unknown keys of a dataclass are
-  ignored). One adapter is built per hint and cached. Stdlib dataclasses and bare
-  ``bytes`` read base64, as written; pydantic models and pydantic dataclasses use
-  their own config both ways (pydantic's default writes bytes as UTF-8 text, so
-  non-UTF-8 bytes in a model fail at ``dumps`` unless the model sets
-  ``ser_json_bytes="base64", val_json_bytes="base64"``). In auto mode a hint pydantic
-  refuses (e.g. ``typing.TypedDict`` on Python < 3.12) falls back to the stdlib rebuild.
-  pydantic refuses ``Decimal`` infinities and NaN by default (the stdlib path keeps them).
-* Otherwise the stdlib reconstruction: dataclasses (recursively, from
-  ``typing.get_type_hints``; unknown or missing fields are errors), ``X | None`` and
-  other unions, ``Literal``, ``list``/``set``/``frozenset``/``tuple``/``dict`` (and their
-  ``collections.abc`` counterparts), TypedDict, NamedTuple, ``NewType``, ``Annotated``
-  (metadata ignored), Enum, datetime/date/time, UUID, Decimal, bytes. It is strict:
-  JSON types must match exactly (an int is accepted for ``float``), and a hint it
-  cannot rebuild exactly (any other class) raises ``SerializationError``.
-
-Bounds
-------
-Every ``loads`` refuses (``SerializationError``) a payload larger than
-:data:`MAX_PAYLOAD_BYTES` (64 MiB; ``dumps`` refuses to write one), and nesting deeper
-than its decoder's bound: JSON, the interpreter's recursion limit (1,000 by default;
-pydantic's JSON parser stops at 200), msgpack 1,024 levels. A payload nested
-100,000 levels deep is therefore a ``SerializationError`` in microseconds, never a
-``RecursionError`` or a crash; the stdlib reconstruction of a recursive type is
-bounded the same way.
-
-Known losses: a tz-aware datetime comes back with a fixed UTC offset (the zone name is
-not stored); a set without a hint comes back as a list; JSON object keys come back as
-str unless the hint says otherwise; msgpack writes tuple dict keys but cannot read them
-back (``loads`` raises). String annotations (forward references) must be resolved by
-the caller, e.g. with ``typing.get_type_hints``.
-"""
+"""Typed loads: the two decoding engines, pydantic's and the standard-library rebuild
+(see :mod:`scalekit.serde`)."""
 
 from __future__ import annotations
 
@@ -103,203 +10,18 @@ import datetime as dt
 import enum
 import functools
 import importlib
-import json
-import pickle
 import re
 import sys
 import types
 import typing
 import uuid
+import warnings
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Literal, TypeAlias
 
 from scalekit.errors import ConfigurationError, MissingDependency, SerializationError
-
-__all__ = [
-    "JsonSerializer",
-    "MsgpackSerializer",
-    "PickleSerializer",
-    "SerializationError",
-    "Serializer",
-    "get_serializer",
-]
-
-
-@runtime_checkable
-class Serializer(Protocol):
-    """Turns values into bytes and back.
-
-    ``loads`` must raise :class:`SerializationError` for any input it cannot decode
-    (never another exception type), and must take types only from ``type_hint``.
-    """
-
-    @property
-    def name(self) -> str:
-        """Short identifier, e.g. ``"json"``."""
-        ...
-
-    def dumps(self, value: Any) -> bytes:
-        """Encode ``value``; :class:`SerializationError` if it is not supported."""
-        ...
-
-    def loads(self, data: bytes, type_hint: Any = None) -> Any:
-        """Decode ``data``, rebuilt as ``type_hint`` when one is given."""
-        ...
-
-
-# --------------------------------------------------------------------------- envelope
-
-#: the largest payload any serializer writes or reads (bytes, envelope included)
-MAX_PAYLOAD_BYTES: Final = 64 * 2**20
-
-_MARKER: Final = 0xC1
-_JSON_ID: Final = ord("J")
-_MSGPACK_ID: Final = ord("M")
-_PICKLE_ID: Final = ord("P")
-_FORMAT_NAMES: Final[dict[int, str]] = {
-    _JSON_ID: "json",
-    _MSGPACK_ID: "msgpack",
-    _PICKLE_ID: "pickle",
-}
-
-
-def _open_envelope(data: object, format_id: int, name: str) -> memoryview:
-    """The body of ``data`` if it carries ``format_id``'s envelope, else raise."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        hint = (
-            " (is the Redis client created with decode_responses=True?)"
-            if isinstance(data, str)
-            else ""
-        )
-        raise SerializationError(
-            f"the {name} serializer reads bytes, got {type(data).__name__}{hint}"
-        )
-    view = memoryview(data).cast("B")
-    if len(view) > MAX_PAYLOAD_BYTES:
-        raise SerializationError(
-            f"{name} payload of {len(view)} bytes is larger than {MAX_PAYLOAD_BYTES} bytes"
-        )
-    if len(view) >= 2 and view[0] == _MARKER:
-        if view[1] == format_id:
-            return view[2:]
-        other = _FORMAT_NAMES.get(view[1])
-        if other is not None:
-            raise SerializationError(
-                f"payload was written by the {other!r} serializer, this is {name!r}"
-            )
-        raise SerializationError(
-            f"unknown scalekit payload format id 0x{view[1]:02X} "
-            "(written by another version of scalekit?)"
-        )
-    raise SerializationError(
-        f"not a scalekit {name} payload ({len(view)} bytes without the 0xC1 envelope marker)"
-    )
-
-
-# ------------------------------------------------------------ value -> JSON primitives
-
-
-def _sealed(format_id: int, body: bytes, name: str) -> bytes:
-    """``body`` in its envelope, refused beyond :data:`MAX_PAYLOAD_BYTES`."""
-    if len(body) + 2 > MAX_PAYLOAD_BYTES:
-        raise SerializationError(
-            f"{name} payload of {len(body) + 2} bytes is larger than {MAX_PAYLOAD_BYTES} bytes"
-        )
-    return bytes((_MARKER, format_id)) + body
-
-
-def _to_primitive(obj: Any) -> Any:
-    """``default`` hook of the JSON and msgpack encoders: one level of conversion.
-
-    The encoder calls it for every object it cannot encode natively and encodes the
-    result again, so nested values are converted on the way. The converter is chosen
-    once per type.
-    """
-    cls = type(obj)
-    convert = _converters.get(cls)
-    if convert is None:
-        convert = _converter_for(cls)
-        if len(_converters) >= 4096:  # dynamically created classes: stay bounded
-            _converters.clear()
-        _converters[cls] = convert
-    return convert(obj)
-
-
-_Converter = Callable[[Any], Any]
-_converters: Final[dict[type, _Converter]] = {}
-
-
-def _converter_for(cls: type) -> _Converter:
-    if issubclass(cls, enum.Enum):
-        return _enum_value
-    if "pydantic" in sys.modules:  # a pydantic object implies pydantic was imported
-        pydantic: Any = sys.modules["pydantic"]
-        if issubclass(cls, pydantic.BaseModel):
-            return _dump_model
-        if dataclasses.is_dataclass(cls) and "__pydantic_serializer__" in cls.__dict__:
-            return _dump_pydantic_dataclass
-    if dataclasses.is_dataclass(cls):
-        names = tuple(f.name for f in dataclasses.fields(cls))
-        return lambda obj: {name: getattr(obj, name) for name in names}
-    if issubclass(cls, (dt.date, dt.time)):  # datetime is a date
-        return _isoformat
-    if issubclass(cls, (uuid.UUID, Decimal)):
-        return str
-    if issubclass(cls, (bytes, bytearray, memoryview)):
-        return _base64
-    if issubclass(cls, (set, frozenset)):
-        return _set_items
-    if issubclass(cls, collections.abc.Mapping):
-        return dict
-
-    def unsupported(obj: Any) -> Any:
-        raise TypeError(
-            f"cannot serialize a {cls.__module__}.{cls.__qualname__}; supported: JSON "
-            "values, tuples, sets, dataclasses, pydantic models, Enum, datetime, date, "
-            "time, UUID, Decimal, bytes"
-        )
-
-    return unsupported
-
-
-def _enum_value(obj: Any) -> Any:
-    return obj.value
-
-
-def _dump_model(obj: Any) -> Any:
-    return obj.model_dump(mode="json", by_alias=True, round_trip=True)
-
-
-def _dump_pydantic_dataclass(obj: Any) -> Any:
-    return type(obj).__pydantic_serializer__.to_python(
-        obj, mode="json", by_alias=True, round_trip=True
-    )
-
-
-def _isoformat(obj: Any) -> str:
-    return str(obj.isoformat())
-
-
-def _base64(obj: Any) -> str:
-    return base64.b64encode(obj).decode("ascii")
-
-
-def _set_items(obj: Any) -> list[Any]:
-    try:
-        return sorted(obj)
-    except TypeError:
-        return list(obj)
-
-
-_JSON_ENCODER: Final = json.JSONEncoder(
-    default=_to_primitive, separators=(",", ":"), ensure_ascii=False
-)
-
-
-def _json_bytes(value: Any) -> bytes:
-    return _JSON_ENCODER.encode(value).encode("utf-8")
-
+from scalekit.serde._encode import _json_bytes
 
 # ---------------------------------------------------------------- pydantic validation
 
@@ -351,32 +73,49 @@ def _adapter(type_hint: Any) -> Any:
     return _cached_adapter(type_hint)
 
 
-def _use_pydantic(setting: bool | None, feature: str) -> bool:
-    if setting is False:
-        return False
-    if _pydantic() is not None:
-        return True
-    if setting:
+#: the typed-decoding engines (see the module docstring); the default is the first
+Decoder: TypeAlias = Literal["stdlib", "pydantic"]
+DECODERS: Final = ("stdlib", "pydantic")
+
+
+def _engine(decoder: str, use_pydantic: bool | None, feature: str) -> str:
+    """The engine a serializer is built with: ``decoder``, or the deprecated
+    ``use_pydantic`` spelling; ``"pydantic"`` needs pydantic >= 2.9 installed."""
+    if use_pydantic is not None:
+        warnings.warn(
+            "use_pydantic= is deprecated: pass decoder='pydantic' or decoder='stdlib' "
+            "(the default)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        decoder = "pydantic" if use_pydantic else "stdlib"
+    if decoder not in DECODERS:
+        raise ConfigurationError(
+            f"decoder must be one of {DECODERS!r} (typed loads: the standard-library "
+            f"rebuild, strict, or pydantic's validation, lax), got {decoder!r}"
+        )
+    if decoder == "pydantic" and _pydantic() is None:
         raise MissingDependency(f"{feature} (pydantic >= 2.9)", "pydantic", "pydantic")
-    return False
+    return decoder
 
 
-def _validator(setting: bool | None, feature: str, type_hint: Any) -> tuple[Any, _Decoder]:
+def _validator(engine: str, type_hint: Any) -> tuple[Any, _Decoder]:
     """``(adapter, _identity)`` to validate with pydantic, or ``(None, stdlib decoder)``.
 
-    In auto mode (``setting is None``) a hint pydantic refuses (e.g. ``typing.TypedDict``
-    on Python < 3.12) falls back to the stdlib rebuild when that supports it.
+    The engine is the serializer's, chosen at construction, so every process decodes
+    an entry the same way. With ``"pydantic"``, a hint pydantic refuses (e.g.
+    ``typing.TypedDict`` on Python < 3.12) is rebuilt by the stdlib engine when that
+    supports it (the same answer in every process with the same versions).
     """
-    if not _use_pydantic(setting, feature):
+    if engine == "stdlib":
         return None, _decoder(type_hint)
     adapter = _adapter(type_hint)
     if not isinstance(adapter, _Refused):
         return adapter, _identity
-    if setting is None:
-        try:
-            return None, _decoder(type_hint)
-        except SerializationError:
-            pass
+    try:
+        return None, _decoder(type_hint)
+    except SerializationError:
+        pass
     raise SerializationError(adapter.message) from adapter.cause
 
 
@@ -545,9 +284,7 @@ class _Compiler:
             if issubclass(origin, enum.Enum):
                 return self._enum(origin)
             if _is_pydantic_type(origin):
-                raise SerializationError(
-                    f"rebuilding the pydantic type {origin.__qualname__} needs pydantic >= 2.9"
-                )
+                return _own_validation(hint, origin)
             if dataclasses.is_dataclass(origin):
                 return self._dataclass(hint, origin, args)
             if typing.is_typeddict(origin):
@@ -852,6 +589,26 @@ def _is_pydantic_type(cls: type) -> bool:
     return "pydantic" in sys.modules and hasattr(cls, "__pydantic_validator__")
 
 
+def _own_validation(hint: Any, cls: type) -> _Decoder:
+    """A pydantic model or pydantic dataclass inside a stdlib rebuild: validated by
+    its own config (JSON mode, as ``dumps`` wrote it). Only a process that imported
+    the class can ask for it, so this answers the same in every process."""
+    pydantic = _pydantic()
+    if pydantic is None:
+        raise SerializationError(
+            f"rebuilding the pydantic type {cls.__qualname__} needs pydantic >= 2.9"
+        )
+    adapter = pydantic.TypeAdapter(hint)
+
+    def decode(obj: Any) -> Any:
+        try:
+            return adapter.validate_json(_json_bytes(obj))
+        except Exception as exc:
+            raise _Mismatch(f"{cls.__qualname__}: {exc}") from exc
+
+    return decode
+
+
 def _compile(type_hint: Any) -> _Decoder:
     return _Compiler().build(type_hint)
 
@@ -878,200 +635,3 @@ def _rebuild(decoder: _Decoder, obj: Any, type_hint: Any) -> Any:
 
 def _decode_error(name: str, exc: Exception) -> SerializationError:
     return SerializationError(f"{name} payload cannot be decoded: {type(exc).__name__}: {exc}")
-
-
-# ---------------------------------------------------------------------- serializers
-
-
-class JsonSerializer:
-    """UTF-8 JSON with compact separators; the default serializer.
-
-    ``use_pydantic``: ``None`` (default) validates typed loads with pydantic when it is
-    importable and with the stdlib reconstruction otherwise; ``False`` always uses the
-    stdlib reconstruction; ``True`` requires pydantic (``MissingDependency`` if absent).
-    """
-
-    __slots__ = ("_pydantic",)
-    name: Final = "json"
-
-    def __init__(self, *, use_pydantic: bool | None = None) -> None:
-        self._pydantic = use_pydantic
-        if use_pydantic:
-            _use_pydantic(use_pydantic, "typed JSON loading")
-
-    def __repr__(self) -> str:
-        return f"JsonSerializer(use_pydantic={self._pydantic!r})"
-
-    def dumps(self, value: Any) -> bytes:
-        try:
-            body = _json_bytes(value)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot serialize {type(value).__name__} as JSON: {exc}"
-            ) from exc
-        return _sealed(_JSON_ID, body, self.name)
-
-    def loads(self, data: bytes, type_hint: Any = None) -> Any:
-        try:
-            body = _open_envelope(data, _JSON_ID, self.name)
-            if type_hint is None:
-                return json.loads(str(body, "utf-8"))
-            adapter, decoder = _validator(self._pydantic, "typed JSON loading", type_hint)
-            if adapter is not None:
-                return _validate_json(adapter, body)
-            return _rebuild(decoder, json.loads(str(body, "utf-8")), type_hint)
-        except SerializationError:
-            raise
-        except Exception as exc:
-            raise _decode_error(self.name, exc) from exc
-
-
-def _reject_ext(code: int, data: bytes) -> Any:
-    raise ValueError(f"msgpack extension type {code} is not part of scalekit's format")
-
-
-def _check_plain(obj: Any) -> None:
-    """Raise unless ``obj`` holds only what scalekit's msgpack format writes."""
-    stack = [obj]
-    while stack:
-        item = stack.pop()
-        if type(item) is list:
-            stack.extend(item)
-        elif type(item) is dict:
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif item is not None and type(item) not in (bool, int, float, str, bytes):
-            raise ValueError(f"unexpected {type(item).__name__} in a msgpack payload")
-
-
-class MsgpackSerializer:
-    """msgpack (optional dependency) over the same conversion rules as JSON.
-
-    bytes are stored natively (msgpack ``bin``); integers must fit in 64 bits. Typed
-    loads use pydantic or the stdlib reconstruction exactly like
-    :class:`JsonSerializer` (``use_pydantic`` means the same).
-    """
-
-    __slots__ = ("_msgpack", "_pydantic")
-    name: Final = "msgpack"
-
-    def __init__(self, *, use_pydantic: bool | None = None) -> None:
-        try:
-            self._msgpack: Any = importlib.import_module("msgpack")
-        except ImportError as exc:
-            raise MissingDependency("msgpack serialization", "msgpack", "msgpack") from exc
-        self._pydantic = use_pydantic
-        if use_pydantic:
-            _use_pydantic(use_pydantic, "typed msgpack loading")
-
-    def __repr__(self) -> str:
-        return f"MsgpackSerializer(use_pydantic={self._pydantic!r})"
-
-    def dumps(self, value: Any) -> bytes:
-        try:
-            body: bytes = self._msgpack.packb(value, default=_to_primitive, use_bin_type=True)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot serialize {type(value).__name__} as msgpack: {exc}"
-            ) from exc
-        return _sealed(_MSGPACK_ID, body, self.name)
-
-    def loads(self, data: bytes, type_hint: Any = None) -> Any:
-        try:
-            body = _open_envelope(data, _MSGPACK_ID, self.name)
-            obj = self._msgpack.unpackb(
-                body, raw=False, strict_map_key=False, ext_hook=_reject_ext, timestamp=0
-            )
-            if type_hint is None:
-                _check_plain(obj)
-                return obj
-            adapter, decoder = _validator(self._pydantic, "typed msgpack loading", type_hint)
-            if adapter is not None:
-                # one validation path for both formats: back through the JSON encoding
-                return _validate_json(adapter, _json_bytes(obj))
-            return _rebuild(decoder, obj, type_hint)
-        except SerializationError:
-            raise
-        except Exception as exc:
-            raise _decode_error(self.name, exc) from exc
-
-
-class PickleSerializer:
-    """pickle (protocol 5). Opt-in only: **unpickling executes code**.
-
-    Anyone who can write the bytes this serializer reads (a shared Redis, a
-    compromised or misconfigured peer) can run arbitrary code in your process, because
-    a pickle names callables that ``loads`` calls. The envelope check does not help
-    against that: an attacker writes the envelope too. Use it only for data that no one
-    else can write, and pass ``i_understand_pickle_executes_code=True`` to say so.
-    ``type_hint`` is ignored: pickle restores the types named in the payload.
-    """
-
-    __slots__ = ()
-    name: Final = "pickle"
-    protocol: Final = 5
-
-    def __init__(self, *, i_understand_pickle_executes_code: bool = False) -> None:
-        if i_understand_pickle_executes_code is not True:
-            raise ConfigurationError(
-                "PickleSerializer refused: unpickling bytes that someone else could write "
-                "(e.g. a shared Redis) executes arbitrary code. Use the default 'json' "
-                "serializer (or 'msgpack'); if every writer is trusted, pass "
-                "PickleSerializer(i_understand_pickle_executes_code=True)"
-            )
-
-    def __repr__(self) -> str:
-        return "PickleSerializer(i_understand_pickle_executes_code=True)"
-
-    def dumps(self, value: Any) -> bytes:
-        try:
-            body = pickle.dumps(value, protocol=self.protocol)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot pickle {type(value).__name__}: {type(exc).__name__}: {exc}"
-            ) from exc
-        return _sealed(_PICKLE_ID, body, self.name)
-
-    def loads(self, data: bytes, type_hint: Any = None) -> Any:
-        try:
-            body = _open_envelope(data, _PICKLE_ID, self.name)
-            return pickle.loads(body)
-        except SerializationError:
-            raise
-        except Exception as exc:
-            raise _decode_error(self.name, exc) from exc
-
-
-_ALLOWED: Final = "'json' (default), 'msgpack', 'pickle' (needs allow_pickle=True)"
-
-
-def get_serializer(spec: str | Serializer = "json", *, allow_pickle: bool = False) -> Serializer:
-    """The serializer named by ``spec``, or ``spec`` itself if it is a serializer.
-
-    ``"json"`` (default) and ``"msgpack"`` (needs the optional ``msgpack`` package) are
-    safe; ``"pickle"`` raises :class:`~scalekit.errors.ConfigurationError` unless
-    ``allow_pickle=True``, because unpickling attacker-written bytes executes code.
-    """
-    if isinstance(spec, str):
-        name = spec.strip().lower()
-        if name == "json":
-            return JsonSerializer()
-        if name == "msgpack":
-            return MsgpackSerializer()
-        if name == "pickle":
-            if not allow_pickle:
-                raise ConfigurationError(
-                    "serializer 'pickle' refused: unpickling bytes that someone else could "
-                    "write executes arbitrary code; pass allow_pickle=True only if every "
-                    "writer is trusted, or use 'json' / 'msgpack'"
-                )
-            return PickleSerializer(i_understand_pickle_executes_code=True)
-        raise ConfigurationError(
-            f"unknown serializer {spec!r}; allowed: {_ALLOWED}, or a Serializer instance"
-        )
-    if isinstance(spec, Serializer):
-        return spec
-    raise ConfigurationError(
-        f"serializer must be a name ({_ALLOWED}) or a Serializer instance, "
-        f"got {type(spec).__name__}"
-    )
