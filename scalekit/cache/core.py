@@ -371,14 +371,7 @@ class Cache:
         self.name = name
         self.prefix = prefix
         self.options = options or CacheOptions()
-        if (
-            isinstance(backend_cooldown, bool)
-            or not isinstance(backend_cooldown, int | float)
-            or not 0 < backend_cooldown < math.inf
-        ):
-            raise ConfigurationError(
-                f"backend_cooldown must be a positive number of seconds, got {backend_cooldown!r}"
-            )
+        backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
         self._clock = as_clock(clock)
         self._rng = rng or random.Random()
         self.backend = _backend_from(

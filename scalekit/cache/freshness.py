@@ -71,6 +71,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
+from scalekit import _validate
 from scalekit.errors import ConfigurationError
 
 __all__ = [
@@ -131,16 +132,9 @@ _MUST_LOAD = frozenset({Freshness.STALE_IF_ERROR_ONLY, Freshness.EXPIRED})
 
 
 def _duration(value: float | timedelta, what: str) -> float:
-    """``value`` as finite, non-negative seconds, or a ConfigurationError."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ConfigurationError(
-            f"{what} must be a duration in seconds (int, float) or a timedelta, got {value!r}"
-        )
-    seconds = float(seconds)
-    if not (0.0 <= seconds < math.inf):
-        raise ConfigurationError(f"{what} must be a finite duration >= 0 seconds, got {value!r}")
-    return seconds + 0.0  # -0.0 -> 0.0
+    """``value`` as finite seconds in ``[0, MAX_SECONDS]`` (the one validation module's
+    :func:`~scalekit._validate.duration`), or a ConfigurationError."""
+    return _validate.duration(value, what, allow_zero=True) + 0.0  # -0.0 -> 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -116,6 +116,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 from zlib import crc32
 
+from scalekit import _validate
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
 from scalekit.backends._lua import load_script
@@ -309,11 +310,9 @@ class RedisCacheBackend:
             raise ConfigurationError(f"redis must be a Redis URL or a RedisBackend, got {redis!r}")
         if not isinstance(namespace, str) or not namespace:
             raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
-        for what, value in (("lease_ttl", lease_ttl), ("fence_ttl", fence_ttl), ("resync", resync)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigurationError(f"{what} must be a number of seconds, got {value!r}")
-            if not 0 < value < math.inf:
-                raise ConfigurationError(f"{what} must be > 0 seconds, got {value!r}")
+        lease_ttl = _validate.duration(lease_ttl, "lease_ttl")
+        fence_ttl = _validate.duration(fence_ttl, "fence_ttl")
+        resync = _validate.duration(resync, "resync")
         self.redis = redis
         self.serializer: Serializer = (
             get_serializer(serializer) if isinstance(serializer, str) else serializer
