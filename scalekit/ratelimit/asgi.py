@@ -56,17 +56,20 @@ What it does for every ``http`` request (other scope types, ``lifespan`` and
 ``websocket``, go to the app untouched and are never limited):
 
 1. ``exempt(scope)`` true: the app runs, nothing is counted, no headers are added.
-2. ``key(scope)`` returns the rate-limit key; ``None`` means "do not limit this
-   request" (handled like an exempt one). The default key is the client address,
-   ``scope["client"][0]``, with an IPv6 address reduced to its /64 network (one
-   host usually owns a whole /64, so keying by address would let it use 2**64
+2. ``key(scope)`` returns the rate-limit key (it may be ``async``). ``None`` (an
+   anonymous request) falls back to the client address, and a request without one
+   (a Unix socket) shares the ``"anonymous"`` bucket: **never unlimited** (use
+   ``exempt`` to let requests through uncounted). The default key is the client
+   address, ``scope["client"][0]``, with an IPv6 address reduced to its /64 network
+   (one host usually owns a whole /64, so keying by address would let it use 2**64
    keys) and an IPv4-mapped IPv6 address to its IPv4 address (see
-   :func:`client_network` for another prefix length). Behind a reverse proxy that
-   is the proxy's address unless the server rewrites it (uvicorn
-   ``--proxy-headers`` / ``--forwarded-allow-ips``) or you pass a ``key`` of your
-   own. A request without a client address (a Unix socket, ``scope["client"]`` is
-   ``None``) is not limited by the default key.
-3. ``limiter.hit(key, cost, tier=tier)`` with ``cost`` (an int or ``cost(scope)``)
+   :func:`client_network` for another prefix length). Behind reverse proxies that
+   is the proxy's address: let the server rewrite it (uvicorn ``--proxy-headers``
+   / ``--forwarded-allow-ips``) or use ``key=forwarded_client(trusted_hops=N)``,
+   which reads the N-th address from the right of ``X-Forwarded-For`` (the part
+   your own proxies wrote; what the client wrote left of it is never trusted).
+3. ``limiter.hit(key, cost, tier=tier)`` with ``cost`` (an int or ``cost(scope)``,
+   sync or async)
    and ``tier`` (``None``, a tier name, or ``tier(scope)``; a tiered limiter needs one).
    A ``tier(scope)`` that names no tier of the limiter (it usually comes from the
    client) gets ``default_tier`` if one is declared, else a ``400 Bad Request``
@@ -117,10 +120,11 @@ default key bounds how many keys one client can create.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from typing import Any, Literal, TypeAlias
 
 from scalekit import _validate as check
@@ -138,6 +142,7 @@ __all__ = [
     "Send",
     "client_address",
     "client_network",
+    "forwarded_client",
     "rate_limit_headers",
 ]
 
@@ -213,6 +218,42 @@ def client_address(scope: Scope) -> str | None:
     return _client_network_64(scope)
 
 
+def forwarded_client(
+    *, trusted_hops: int = 1, ipv6_prefix: int = 64
+) -> Callable[[Scope], str | None]:
+    """A key function for an app behind ``trusted_hops`` reverse proxies that each
+    append the address they received the request from to ``X-Forwarded-For``.
+
+    The client is the ``trusted_hops``-th address from the right of the combined
+    ``X-Forwarded-For`` fields: everything left of it was written by the client
+    and can be forged, so it is never used. With fewer addresses than trusted hops
+    (a request that bypassed the proxies) or a malformed entry, the key falls back
+    to the connection's own address (:func:`client_network`), never to "unlimited".
+    IPv6 clients are keyed by their ``/ipv6_prefix`` network as with
+    :func:`client_network`.
+    """
+    hops = check.count(trusted_hops, "trusted_hops", minimum=1, maximum=64)
+    prefix = check.count(ipv6_prefix, "ipv6_prefix", minimum=0, maximum=128)
+    direct = client_network(ipv6_prefix=prefix)
+
+    def key(scope: Scope) -> str | None:
+        chain: list[str] = []
+        for name, value in scope.get("headers") or ():
+            if bytes(name).lower() == b"x-forwarded-for":
+                chain.extend(p.strip() for p in bytes(value).decode("latin-1").split(","))
+        if len(chain) >= hops:
+            host = chain[-hops]
+            try:
+                addr = ipaddress.ip_address(host)
+            except ValueError:
+                return direct(scope)
+            return _network_key(str(addr), prefix) if addr.version == 6 else str(addr)
+        return direct(scope)
+
+    key.__name__ = key.__qualname__ = f"forwarded_client(trusted_hops={hops})"
+    return key
+
+
 def _ceil_seconds(seconds: float) -> int:
     """Whole seconds, rounded up, ignoring float noise; never negative; an infinite
     or huge value is capped at 100 years (a header must carry an integer), NaN is 0."""
@@ -278,15 +319,20 @@ def _retry_after_seconds(retry_after: float) -> int:
 class RateLimitMiddleware:
     """Rate-limit HTTP requests to ``app``; a denied request gets a 429.
 
-    ``limiter``: an :class:`AsyncRateLimiter` or a :class:`RateLimiter`.
-    ``key(scope)``: the rate-limit key, ``None`` to not limit the request (default:
-    :func:`client_address`). ``cost``: units per request, an int or ``cost(scope)``.
-    ``tier``: ``None``, a tier name, or ``tier(scope)``; required for a tiered
-    limiter, refused for a plain one. ``default_tier``: the tier for a
-    ``tier(scope)`` that names none of the limiter's (default ``None``: answer 400).
-    ``headers``: ``"draft"`` (default),
-    ``"legacy"``, ``"both"`` or ``"none"``. ``exempt(scope)``: true to let a request
-    through uncounted. See the module docstring for the headers and examples.
+    ``limiter``: an :class:`AsyncRateLimiter` or a :class:`RateLimiter`, or a list of
+    them: every one is hit, and a request refused by one is refunded to those before
+    it (all or nothing); the headers report the most restrictive decision; only the
+    first may be tiered. ``key(scope)``: the rate-limit key; ``None`` falls back to the
+    client address, never to "unlimited" (default: :func:`client_address`).
+    ``cost``: units per request, an int or ``cost(scope)``. ``tier``: ``None``, a tier
+    name, or ``tier(scope)``; required for a tiered limiter, refused for a plain one.
+    ``key``, ``cost`` and ``tier`` callables may be ``async``. ``default_tier``: the
+    tier for a ``tier(scope)`` that names none of the limiter's (default ``None``:
+    answer 400). ``headers``: ``"draft"`` (default), ``"legacy"``, ``"both"`` or
+    ``"none"``. ``exempt(scope)``: true to let a request through uncounted.
+    ``on_deny(scope, decision)``: an ASGI app (sync or async factory) that answers a
+    refused request instead of the default JSON 429; ``Retry-After`` and the rate-limit
+    headers are added to its response unless it set them. See the module docstring.
     """
 
     __slots__ = (
@@ -299,25 +345,45 @@ class RateLimitMiddleware:
         "app",
         "exempt",
         "limiter",
+        "on_deny",
+        "others",
     )
 
     def __init__(
         self,
         app: ASGIApp,
-        limiter: AsyncRateLimiter | RateLimiter,
+        limiter: AsyncRateLimiter | RateLimiter | Sequence[AsyncRateLimiter | RateLimiter],
         *,
-        key: Callable[[Scope], str | None] = client_address,
-        cost: int | Callable[[Scope], int] = 1,
-        tier: str | Callable[[Scope], str] | None = None,
+        key: Callable[[Scope], str | Awaitable[str | None] | None] = client_address,
+        cost: int | Callable[[Scope], int | Awaitable[int]] = 1,
+        tier: str | Callable[[Scope], str | Awaitable[str]] | None = None,
         default_tier: str | None = None,
         headers: HeadersMode = "draft",
         exempt: Callable[[Scope], bool] | None = None,
+        on_deny: Callable[[Scope, Decision], ASGIApp | Awaitable[ASGIApp]] | None = None,
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be an ASGI application, got {app!r}")
-        if not isinstance(limiter, AsyncRateLimiter | RateLimiter):
+        limiters: list[AsyncRateLimiter | RateLimiter] = (
+            list(limiter) if isinstance(limiter, list | tuple) else [limiter]  # type: ignore[list-item]
+        )
+        if not limiters:
+            raise ConfigurationError("limiter must be a limiter or a non-empty list of them")
+        for lim in limiters:
+            if not isinstance(lim, AsyncRateLimiter | RateLimiter):
+                raise ConfigurationError(
+                    f"limiter must be an AsyncRateLimiter or a RateLimiter, got {lim!r}"
+                )
+        first, others = limiters[0], limiters[1:]
+        for other in others:
+            if other.tiers is not None:
+                raise ConfigurationError(
+                    "only the first of several limiters may be tiered (the tier names its "
+                    f"policy); got a tiered {other!r} after it"
+                )
+        if on_deny is not None and not callable(on_deny):
             raise ConfigurationError(
-                f"limiter must be an AsyncRateLimiter or a RateLimiter, got {limiter!r}"
+                f"on_deny must be None or a callable(scope, decision) -> ASGI app, got {on_deny!r}"
             )
         if not callable(key):
             raise ConfigurationError(f"key must be a callable(scope) -> str | None, got {key!r}")
@@ -327,25 +393,25 @@ class RateLimitMiddleware:
             raise ConfigurationError(
                 f"tier must be None, a tier name or a callable(scope) -> str, got {tier!r}"
             )
-        if limiter.tiers is not None and tier is None:
+        if first.tiers is not None and tier is None:
             raise ConfigurationError(
                 "this limiter is tiered; pass tier= (a tier name or a callable(scope) -> str), "
-                f"one of {', '.join(map(repr, limiter.tiers))}"
+                f"one of {', '.join(map(repr, first.tiers))}"
             )
-        if limiter.tiers is None and tier is not None:
+        if first.tiers is None and tier is not None:
             raise ConfigurationError(
-                f"this limiter has no tiers (policy {limiter.policy}); got tier={tier!r}"
+                f"this limiter has no tiers (policy {first.policy}); got tier={tier!r}"
             )
-        if isinstance(tier, str) and limiter.tiers is not None and tier not in limiter.tiers:
+        if isinstance(tier, str) and first.tiers is not None and tier not in first.tiers:
             raise ConfigurationError(
-                f"unknown tier {tier!r}; expected one of {', '.join(map(repr, limiter.tiers))}"
+                f"unknown tier {tier!r}; expected one of {', '.join(map(repr, first.tiers))}"
             )
         if default_tier is not None and (
-            not callable(tier) or limiter.tiers is None or default_tier not in limiter.tiers
+            not callable(tier) or first.tiers is None or default_tier not in first.tiers
         ):
             raise ConfigurationError(
                 "default_tier goes with a tier(scope) function and must name one of the "
-                f"limiter's tiers ({', '.join(map(repr, limiter.tiers or ()))}), "
+                f"limiter's tiers ({', '.join(map(repr, first.tiers or ()))}), "
                 f"got {default_tier!r}"
             )
         if headers not in _HEADERS_MODES:
@@ -357,12 +423,14 @@ class RateLimitMiddleware:
                 f"exempt must be None or a callable(scope) -> bool, got {exempt!r}"
             )
         self.app = app
-        self.limiter = limiter
+        self.limiter = first
+        self.others: tuple[AsyncRateLimiter | RateLimiter, ...] = tuple(others)
+        self.on_deny = on_deny
         self.exempt = exempt
         self._key = key
         self._cost = cost
         self._tier = tier
-        self._tiers = frozenset(limiter.tiers) if limiter.tiers is not None else frozenset()
+        self._tiers = frozenset(first.tiers) if first.tiers is not None else frozenset()
         self._default_tier = default_tier
         self._headers: HeadersMode = headers
 
@@ -370,41 +438,34 @@ class RateLimitMiddleware:
         if scope["type"] != "http" or (self.exempt is not None and self.exempt(scope)):
             await self.app(scope, receive, send)
             return
-        key = self._key(scope)
-        if key is None:
-            await self.app(scope, receive, send)
-            return
-        cost = self._cost(scope) if callable(self._cost) else self._cost
+        key = await _resolve(self._key(scope))
+        if key is None:  # anonymous: the client's address, never unlimited
+            key = client_address(scope) or ANONYMOUS
+        cost = await _resolve(self._cost(scope)) if callable(self._cost) else self._cost
         tier = self._tier
         if callable(tier):
-            tier = self._known_tier(tier(scope))
+            tier = self._known_tier(await _resolve(tier(scope)))
             if tier is None:
                 await _send_json(send, 400, _UNKNOWN_TIER_BODY, [])
                 return
-        limiter = self.limiter
-        if isinstance(limiter, AsyncRateLimiter):
-            decision = await limiter.hit(key, cost, tier=tier)
-        else:
-            decision = limiter.hit(key, cost, tier=tier)
+        decision = await _hit(self.limiter, key, cost, tier)
+        for other in self.others:  # every limiter spends, or none does
+            if not decision.allowed:
+                break
+            d = await _hit(other, key, cost, None)
+            if not d.allowed:
+                await _refund_all(self, key, cost, tier, upto=other)
+                decision = d
+            elif d.remaining < decision.remaining:
+                decision = d
         extra = rate_limit_headers(decision, self._headers)
         if not decision.allowed:
-            await self._deny(decision, extra, send)
+            await self._deny(scope, receive, decision, extra, send)
             return
         if not extra:
             await self.app(scope, receive, send)
             return
-
-        started = False
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if not started and message["type"] == "http.response.start":
-                started = True
-                message = dict(message)
-                message["headers"] = _merge(message.get("headers") or (), extra)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, _with_headers(send, extra))
 
     def _known_tier(self, tier: object) -> str | None:
         """A tier from ``tier(scope)`` (often the client's say): one of the limiter's,
@@ -415,17 +476,83 @@ class RateLimitMiddleware:
                 return name
         return self._default_tier
 
-    @staticmethod
-    async def _deny(decision: Decision, extra: list[Header], send: Send) -> None:
+    async def _deny(
+        self, scope: Scope, receive: Receive, decision: Decision, extra: list[Header], send: Send
+    ) -> None:
         headers: list[Header] = []
         if math.isfinite(decision.retry_after):
             retry = _retry_after_seconds(decision.retry_after)
             headers.append((b"retry-after", str(retry).encode()))
         headers.extend(extra)
-        await _send_json(send, 429, _DENIED_BODY, headers)
+        if self.on_deny is None:
+            await _send_json(send, 429, _DENIED_BODY, headers)
+            return
+        # the application's own 429 (any ASGI app, e.g. a Starlette JSONResponse); the
+        # Retry-After and rate-limit headers are added unless it set them itself
+        response = await _resolve(self.on_deny(scope, decision))
+        await response(scope, receive, _with_headers(send, headers, replace=True))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.app!r}, {self.limiter!r}, headers={self._headers!r})"
+
+
+#: the key of requests that have neither a key nor a client address (a Unix socket)
+ANONYMOUS = "anonymous"
+
+
+async def _resolve(value: Any) -> Any:
+    """``value``, awaited if it is awaitable: key, tier, cost and on_deny may be async."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+async def _hit(
+    limiter: AsyncRateLimiter | RateLimiter, key: str, cost: int, tier: str | None
+) -> Decision:
+    if isinstance(limiter, AsyncRateLimiter):
+        return await limiter.hit(key, cost, tier=tier)
+    return limiter.hit(key, cost, tier=tier)
+
+
+async def _refund_all(
+    mw: RateLimitMiddleware,
+    key: str,
+    cost: int,
+    tier: str | None,
+    *,
+    upto: AsyncRateLimiter | RateLimiter,
+) -> None:
+    """Give back what the limiters before ``upto`` spent for a request that a later
+    limiter refused (all or nothing across limiters)."""
+    for limiter, t in ((mw.limiter, tier), *((o, None) for o in mw.others)):
+        if limiter is upto:
+            return
+        if isinstance(limiter, AsyncRateLimiter):
+            await limiter.refund(key, cost, tier=t)
+        else:
+            limiter.refund(key, cost, tier=t)
+
+
+def _with_headers(send: Send, extra: list[Header], *, replace: bool = False) -> Send:
+    """``send`` that adds ``extra`` to the response start (``replace``: ours give way
+    to headers of the same name the app set itself)."""
+    started = False
+
+    async def sender(message: Message) -> None:
+        nonlocal started
+        if not started and message["type"] == "http.response.start":
+            started = True
+            message = dict(message)
+            own = list(message.get("headers") or ())
+            if replace:
+                names = {bytes(n).lower() for n, _ in own}
+                message["headers"] = own + [h for h in extra if h[0] not in names]
+            else:
+                message["headers"] = _merge(own, extra)
+        await send(message)
+
+    return sender
 
 
 async def _send_json(send: Send, status: int, body: bytes, extra: list[Header]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -22,6 +23,7 @@ from scalekit.ratelimit.asgi import (
     Send,
     client_address,
     client_network,
+    forwarded_client,
     rate_limit_headers,
 )
 from scalekit.ratelimit.decision import Decision
@@ -424,23 +426,23 @@ async def test_default_key_is_the_client_address(make_limiter: MakeLimiter) -> N
     assert len(app.calls) == 2
 
 
-async def test_default_key_does_not_limit_requests_without_a_client(
+async def test_requests_without_a_client_share_the_anonymous_bucket(
     make_limiter: MakeLimiter,
 ) -> None:
+    """No key and no client address (a Unix socket): one shared "anonymous" bucket,
+    never unlimited (it used to pass uncounted)."""
     app = App()
-    limiter = make_limiter("1/minute")
+    limiter = make_limiter("2/minute")
     mw = RateLimitMiddleware(app, limiter)
-    for _ in range(3):
-        r = await get(mw, client=None)
-        assert r.status == 200
-        assert r.get("RateLimit") is None
-    assert len(app.calls) == 3
-    assert limiter.stats()["allowed"] == 0
+    assert [(await get(mw, client=None)).status for _ in range(3)] == [200, 200, 429]
+    assert len(app.calls) == 2
     assert client_address(http_scope(client=None)) is None
     assert client_address(http_scope(client=("::1", 9))) == "::/64"
 
 
-async def test_key_none_bypasses_the_limiter(make_limiter: MakeLimiter) -> None:
+async def test_key_none_falls_back_to_the_client_address(make_limiter: MakeLimiter) -> None:
+    """An anonymous request (the key function says None) is limited by its address;
+    use ``exempt`` to let requests through uncounted."""
     app = App()
     limiter = make_limiter("1/minute")
 
@@ -449,15 +451,95 @@ async def test_key_none_bypasses_the_limiter(make_limiter: MakeLimiter) -> None:
         return token.decode() if token else None
 
     mw = RateLimitMiddleware(app, limiter, key=by_token)
-    for _ in range(5):
-        r = await get(mw)  # anonymous: not limited, no headers
-        assert r.status == 200
-        assert r.headers == app.headers
-    assert (limiter.stats().allowed, limiter.stats().denied) == (0, 0)
+    assert (await get(mw, client=("10.0.0.1", 1))).status == 200
+    assert (await get(mw, client=("10.0.0.1", 2))).status == 429  # same address
+    assert (await get(mw, client=("10.0.0.2", 1))).status == 200  # another address
     tok = [(b"authorization", b"tok")]
     assert (await get(mw, headers=tok)).status == 200
     assert (await get(mw, headers=tok)).status == 429
-    assert len(app.calls) == 6
+
+
+async def test_async_key_tier_and_cost(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter({"free": "2/minute", "paid": "10/minute"})
+    lookups: list[str] = []
+
+    async def key(scope: Scope) -> str:
+        return dict(scope["headers"])[b"x-user"].decode()
+
+    async def tier(scope: Scope) -> str:
+        user = dict(scope["headers"])[b"x-user"].decode()
+        lookups.append(user)
+        return "paid" if user.startswith("p") else "free"
+
+    async def cost(scope: Scope) -> int:
+        return 5 if scope["method"] == "POST" else 1
+
+    mw = RateLimitMiddleware(App(), limiter, key=key, tier=tier, cost=cost)
+    free = [(b"x-user", b"f1")]
+    paid = [(b"x-user", b"p1")]
+    assert [(await get(mw, headers=free)).status for _ in range(3)] == [200, 200, 429]
+    assert (await call(mw, http_scope(method="POST", headers=paid))).status == 200
+    assert (await call(mw, http_scope(method="POST", headers=paid))).status == 200
+    assert (await call(mw, http_scope(method="POST", headers=paid))).status == 429
+    assert lookups == ["f1"] * 3 + ["p1"] * 3
+
+
+async def test_several_limiters_spend_all_or_nothing(make_limiter: MakeLimiter) -> None:
+    burst = make_limiter("2/minute")
+    daily = make_limiter("3/day")
+    mw = RateLimitMiddleware(App(), [burst, daily], key=lambda s: "u")
+    got = [(await get(mw)).status for _ in range(3)]
+    assert got == [200, 200, 429]  # the burst limit refused the third
+    # the refused request spent nothing of the daily limit: one unit is left there
+    left = daily.peek("u")
+    if inspect.isawaitable(left):
+        left = await left
+    assert left.remaining == 1
+    with pytest.raises(ConfigurationError, match="non-empty"):
+        RateLimitMiddleware(App(), [])
+
+
+async def test_a_custom_429_response(make_limiter: MakeLimiter) -> None:
+    seen: list[float] = []
+
+    def on_deny(scope: Scope, decision: Decision) -> Any:
+        seen.append(decision.retry_after)
+
+        async def teapot(scope: Scope, receive: Receive, send: Send) -> None:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 429,
+                    "headers": [(b"content-type", b"text/plain"), (b"retry-after", b"99")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b"slow down"})
+
+        return teapot
+
+    mw = RateLimitMiddleware(App(), make_limiter("1/minute"), key=lambda s: "k", on_deny=on_deny)
+    assert (await get(mw)).status == 200
+    r = await get(mw)
+    assert (r.status, r.body) == (429, b"slow down")
+    assert r.get("Retry-After") == "99"  # the app's own header wins
+    assert r.get("RateLimit") is not None  # ours are added
+    assert len(seen) == 1 and seen[0] > 0
+
+
+def test_forwarded_client_trusts_only_the_proxies_hops() -> None:
+    key = forwarded_client(trusted_hops=1)
+    xff = [(b"x-forwarded-for", b"6.6.6.6, 203.0.113.7")]
+    # the proxy appended 203.0.113.7; whatever the client wrote before it is ignored
+    assert key(http_scope(headers=xff)) == "203.0.113.7"
+    assert forwarded_client(trusted_hops=2)(http_scope(headers=xff)) == "6.6.6.6"
+    two = [(b"x-forwarded-for", b"1.1.1.1"), (b"X-Forwarded-For", b"2001:db8:1:2::9")]
+    assert key(http_scope(headers=two)) == "2001:db8:1:2::/64"
+    # fewer entries than trusted hops, or garbage: the connection's own address
+    assert forwarded_client(trusted_hops=3)(http_scope(headers=xff)) == "10.0.0.1"
+    assert key(http_scope(headers=[(b"x-forwarded-for", b"not-an-ip")])) == "10.0.0.1"
+    assert key(http_scope()) == "10.0.0.1"
+    with pytest.raises(ConfigurationError):
+        forwarded_client(trusted_hops=0)
 
 
 async def test_exempt_requests_are_not_counted(make_limiter: MakeLimiter) -> None:
