@@ -94,13 +94,16 @@ Metrics
 :meth:`Cache.stats` returns :class:`CacheStats`: hits (fresh values served,
 early-refresh reads included), misses (foreground loads needed), stale_served,
 loads (loader runs, background refreshes included), load_errors, load_time_total
-(seconds on the cache clock) and evictions (from the backend's bound).
+(seconds on the cache clock), evictions (from the backend's bound),
+decode_errors, backend_errors, coalesced (callers that waited for another
+caller's load) and invalidations. Each counter but evictions is a native counter
+of :mod:`scalekit.observability` (``scalekit_cache_<what>_total``, labelled
+``cache``: see :mod:`scalekit.cache._metrics`); ``stats()`` reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import random
@@ -116,6 +119,7 @@ from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import memory_bound, parse_backend_url
 from scalekit.backends._guard import BackendGuard
+from scalekit.cache._metrics import CacheCounters
 from scalekit.cache.backend import (
     AsyncCacheBackend,
     CacheBackend,
@@ -137,6 +141,7 @@ from scalekit.cache.freshness import (
 from scalekit.cache.keys import head as _key_head
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
+from scalekit.observability._metrics import Counter
 from scalekit.serde import Serializer
 
 __all__ = [
@@ -243,6 +248,10 @@ class CacheStats:
     decode_errors: int = 0
     #: backend calls that failed (the cache loaded or skipped storing instead)
     backend_errors: int = 0
+    #: callers that waited for a load another caller of the same key ran
+    coalesced: int = 0
+    #: invalidations applied (delete, tags, namespace, clear)
+    invalidations: int = 0
 
 
 class _Fill:
@@ -382,9 +391,17 @@ class Cache:
         self._local: bool = bool(getattr(self.backend, "local", True))
         if not self._local:
             self._clock = cast(FencedCacheBackend, self.backend).clock
-        self._guard = BackendGuard(
+        self._m = m = CacheCounters(self, name)
+        self._guard = _CacheGuard(
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
+        self._guard.counter = m.backend_errors
+        # a remote backend counts the entries it cannot decode on this cache's counter
+        previous = getattr(self.backend, "decode_counter", None)
+        if isinstance(previous, Counter):
+            if previous.value:
+                m.decode_errors.add(previous.value)
+            cast(Any, self.backend).decode_counter = m.decode_errors
         self._lock = threading.Lock()
         self._fills: set[_Fill] = set()
         self._fill_seq = 0
@@ -394,11 +411,9 @@ class Cache:
         self._async_flights = {}
         self._tasks: set[asyncio.Task[_Outcome]] = set()
         self._threads: set[threading.Thread] = set()
-        # hits are counted without the lock: next() of an itertools.count is one
-        # C call, atomic under the GIL (see _counted)
-        self._hit_count = itertools.count()
-        self._misses = self._stale = self._loads = self._errors = 0
-        self._load_time = 0.0
+        # hits are counted without the lock: next() of Counter.tick (an
+        # itertools.count) is one C call, atomic under the GIL
+        self._hit_count = m.hits.tick
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
 
     def __repr__(self) -> str:
@@ -431,8 +446,7 @@ class Cache:
             if state.servable:
                 self._count_served(state)
                 return entry[0]
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
         return default
 
     def set(
@@ -528,23 +542,27 @@ class Cache:
         backend (which, on a remote backend, moves the fences it covers)."""
         with self._lock:
             self._invalidate_fills(match)
-        return (yield from self._write_call(op, *args))
+        result = yield from self._write_call(op, *args)
+        self._m.invalidations.inc()
+        return result
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
-        with self._lock:
-            return CacheStats(
-                name=self.name,
-                hits=_counted(self._hit_count),
-                misses=self._misses,
-                stale_served=self._stale,
-                loads=self._loads,
-                load_errors=self._errors,
-                load_time_total=self._load_time,
-                evictions=self.backend.evictions,
-                decode_errors=int(getattr(self.backend, "decode_errors", 0)),
-                backend_errors=self._guard.errors,
-            )
+        m = self._m
+        return CacheStats(
+            name=self.name,
+            hits=int(m.hits.value),
+            misses=int(m.misses.value),
+            stale_served=int(m.stale.value),
+            loads=int(m.loads.value),
+            load_errors=int(m.load_errors.value),
+            load_time_total=float(m.load_seconds.value),
+            evictions=self.backend.evictions,
+            decode_errors=int(getattr(self.backend, "decode_errors", 0)),
+            backend_errors=int(m.backend_errors.value),
+            coalesced=int(m.coalesced.value),
+            invalidations=int(m.invalidations.value),
+        )
 
     # --- the engine's backend steps and the two drivers ------------------------------
     #
@@ -707,8 +725,8 @@ class Cache:
             if state.needs_refresh:
                 self._spawn_thread(key, loader, tagset, opts, heads, hint)
             return cast(T, _unwrap(entry[0]))
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
+        waited = False
         while True:
             with self._lock:
                 flight = self._sync_flights.get(key)
@@ -719,6 +737,9 @@ class Cache:
             if leader:
                 outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
                 return cast(T, self._resolve(outcome, entry))
+            if not waited:
+                waited = True
+                self._m.coalesced.inc()
             if not flight.done.wait(opts._wait):
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
@@ -806,12 +827,12 @@ class Cache:
             if state.needs_refresh:
                 self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
             return cast(T, _unwrap(entry[0]))
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
         task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
         if leader:
             outcome = await asyncio.shield(task)
         else:
+            self._m.coalesced.inc()
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
                 # this caller's cancellation when the load ends at the same moment
@@ -1052,8 +1073,7 @@ class Cache:
 
     def _count_served(self, state: Freshness) -> None:
         if state is Freshness.STALE_REVALIDATE:
-            with self._lock:
-                self._stale += 1
+            self._m.stale.inc()
         else:
             next(self._hit_count)
 
@@ -1195,8 +1215,8 @@ class Cache:
             raise exc
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
+        self._m.load_errors.inc()
         with self._lock:
-            self._errors += 1
             first = not self._warned
             self._warned = True
         (log.warning if first else log.debug)(
@@ -1259,9 +1279,11 @@ class Cache:
         remote backend must store (``_NOTHING``: nothing)."""
         elapsed = max(0.0, self._clock.now() - started)
         store: object = _NOTHING
+        m = self._m
+        m.loads.inc()
+        if elapsed:
+            m.load_seconds.add(elapsed)
         with self._lock:
-            self._loads += 1
-            self._load_time += elapsed
             if fill.generation == 0 and (value is not None or opts.cache_none):
                 if self._local:
                     self._write(
@@ -1295,10 +1317,12 @@ class Cache:
             # served stale would be replaced
             store = CachedError(exc)
             negative = False
+        m = self._m
+        m.loads.inc()
+        m.load_errors.inc()
+        if elapsed:
+            m.load_seconds.add(elapsed)
         with self._lock:
-            self._loads += 1
-            self._errors += 1
-            self._load_time += elapsed
             if negative:
                 current = self.backend.get(fill.key)
                 if current is None or not plan_after_load_failure(current[1], self._clock.now()):
@@ -1319,8 +1343,7 @@ class Cache:
             and not isinstance(stale[0], CachedError)
             and plan_after_load_failure(stale[1], self._clock.now())
         ):
-            with self._lock:
-                self._stale += 1
+            self._m.stale.inc()
             return stale[0]
         raise error.with_traceback(outcome.tb)
 
@@ -1393,10 +1416,16 @@ def _no_entry(exc: BackendError | None) -> None:
     return None
 
 
-def _counted(counter: itertools.count[int]) -> int:
-    """How many times ``next(counter)`` was called (``counter`` started at 0),
-    without consuming a value: the count is read from its repr, ``count(N)``."""
-    return int(repr(counter)[6:-1])
+class _CacheGuard(BackendGuard):
+    """The backend guard, each failure also counted on the cache's counter."""
+
+    __slots__ = ("counter",)
+
+    counter: Counter
+
+    def failure(self, exc: BaseException) -> None:
+        self.counter.inc()
+        super().failure(exc)
 
 
 def _no_draw() -> float:  # pragma: no cover - never called with beta 0
