@@ -142,6 +142,7 @@ from scalekit.cache.keys import head as _key_head
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.observability._metrics import Counter
+from scalekit.ratelimit._startup import aping, ping
 from scalekit.serde import Serializer
 
 __all__ = [
@@ -545,6 +546,24 @@ class Cache:
         result = yield from self._write_call(op, *args)
         self._m.invalidations.inc()
         return result
+
+    def ping(self) -> None:
+        """A startup check: raise :class:`~scalekit.errors.BackendError` (naming the
+        redacted URL) unless the cache's Redis answers ``PING``; nothing to check on
+        ``memory://``. It bypasses the backend guard (a cooldown does not hide an
+        unreachable server from the one call asking about it)."""
+        ping("cache " + repr(self.name), self._redis())
+
+    async def aping(self) -> None:
+        """:meth:`ping` for async code (this event loop's client)."""
+        await aping("cache " + repr(self.name), self._redis())
+
+    def _redis(self) -> object:
+        """The :class:`~scalekit.backends.redis.RedisBackend` under the backend, if any
+        (a tiered backend's is its L2's)."""
+        backend: object = self.backend
+        backend = getattr(backend, "l2", backend)
+        return getattr(backend, "redis", None)
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
