@@ -143,7 +143,7 @@ from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.observability._metrics import Counter
 from scalekit.ratelimit._startup import aping, ping
-from scalekit.serde import Serializer
+from scalekit.serde import JsonSerializer, MsgpackSerializer, Serializer
 
 __all__ = [
     "Cache",
@@ -1302,8 +1302,9 @@ class Cache:
         m.loads.inc()
         if elapsed:
             m.load_seconds.add(elapsed)
+        storable = self._local or fill.hint is not None or self._untyped_ok(fill, value)
         with self._lock:
-            if fill.generation == 0 and (value is not None or opts.cache_none):
+            if storable and fill.generation == 0 and (value is not None or opts.cache_none):
                 if self._local:
                     self._write(
                         fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None
@@ -1313,6 +1314,25 @@ class Cache:
                     fill.delta = elapsed
                 self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
         return _Outcome(value), store
+
+    def _untyped_ok(self, fill: _Fill, value: object) -> bool:
+        """A value loaded without a type (no annotation, no ``type_hint=``) is stored
+        on a remote backend only if it reads back as itself; else it is served but
+        not stored (logged once), never a ``dict`` on the next hit."""
+        serializer = getattr(getattr(self.backend, "l2", self.backend), "serializer", None)
+        plain = _MSGPACK_PLAIN if isinstance(serializer, MsgpackSerializer) else _JSON_PLAIN
+        if not isinstance(serializer, JsonSerializer | MsgpackSerializer) or _is_plain(
+            value, plain
+        ):
+            return True
+        self._store_failed(
+            fill,
+            SerializationError(
+                f"a {type(value).__name__} stored without a type would read back as plain "
+                f"data; annotate the function's return type or pass type_hint="
+            ),
+        )
+        return False
 
     def _failed(
         self,
@@ -1384,6 +1404,31 @@ def _acquired(ticket: Any) -> FillTicket | None:
 
 #: "nothing to store" (a load that must not be cached, or was voided)
 _NOTHING = object()
+_JSON_PLAIN = (str, int, float, bool, type(None))
+_MSGPACK_PLAIN = (*_JSON_PLAIN, bytes)
+
+
+def _is_plain(value: object, plain: tuple[type, ...]) -> bool:
+    """True if ``value`` is made of ``plain`` scalars, lists and str-keyed dicts
+    only (what a JSON or msgpack round trip gives back as it was)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in plain:
+            continue
+        if t is list:
+            stack.extend(cast("list[object]", v))
+        elif t is dict:
+            d = cast("dict[object, object]", v)
+            if any(type(k) is not str for k in d):
+                return False
+            stack.extend(d.values())
+        else:
+            return False
+    return True
+
+
 #: polling a lease another process holds: first and longest pause (seconds)
 _POLL_FIRST = 0.001
 _POLL_MAX = 0.05

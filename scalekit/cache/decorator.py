@@ -77,6 +77,7 @@ def cached(
     cache_exceptions: tuple[type[Exception], ...] = (),
     negative_ttl: float | timedelta | None = None,
     lock_timeout: float | timedelta | None = 10.0,
+    type_hint: Any = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Cache a function's results for ``ttl`` seconds; see the module docstrings.
 
@@ -87,6 +88,9 @@ def cached(
     :param namespace, version, ignore: passed to ``KeyBuilder``.
     :param stale_while_revalidate, stale_if_error, beta, cache_none,
         cache_exceptions, negative_ttl, lock_timeout: see :class:`CacheOptions`.
+    :param type_hint: the type a remote backend decodes hits to (default: the
+        return annotation; a forward reference is resolved at the first call, and
+        one still undefined then raises :class:`~scalekit.errors.ConfigurationError`).
 
     Invalid values raise :class:`~scalekit.errors.ConfigurationError` at decoration.
     """
@@ -123,13 +127,27 @@ def cached(
         # what a remote backend needs: the namespace heads its fills are fenced by
         # (invalidate_namespace) and the type values decode to (the return annotation)
         heads = builder.heads
-        hint = _return_hint(fn)
+        # an in-process backend keeps the objects themselves: only a remote one
+        # decodes, and needs the type (a forward reference: resolved at first call)
+        hint: Any = type_hint if type_hint is not None or c._local else _return_hint(fn)
+        pending = hint is _PENDING
+        if pending:
+            hint = None
 
         # The hit path: key, read, classify; a plain FRESH hit is answered here (a
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
+        aread = None if c._local else c._areader(opts, hint)
         hits = c._hit_count
+
+        def resolve() -> None:
+            """The first call's resolution of a forward-referenced return type."""
+            nonlocal hint, read, aread, pending
+            hint = _return_hint(fn, strict=True)
+            read = c._reader(opts, hint)
+            aread = c._areader(opts, hint)
+            pending = False
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
@@ -167,11 +185,13 @@ def cached(
                     return await amiss(k, args, kwargs, entry, state)
 
             else:
-                aread = c._areader(opts, hint)
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    if pending:
+                        resolve()
                     k = make_key(*args, **kwargs)
+                    assert aread is not None
                     entry, state = await aread(k)
                     if state is _FRESH and entry is not None:
                         next(hits)
@@ -186,6 +206,8 @@ def cached(
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if pending:
+                resolve()
             k = make_key(*args, **kwargs)
             entry, state = read(k)
             if state is _FRESH and entry is not None:
@@ -211,13 +233,24 @@ def cached(
     return decorate
 
 
-def _return_hint(fn: Callable[..., object]) -> Any:
-    """The return annotation values decode to on a remote backend (``None``: none,
-    or unresolvable at decoration, e.g. a forward reference: plain JSON values)."""
+#: a return annotation not resolvable yet (a forward reference): resolved at first call
+_PENDING: Any = object()
+
+
+def _return_hint(fn: Callable[..., object], *, strict: bool = False) -> Any:
+    """The return annotation values decode to on a remote backend (``None``: none);
+    ``_PENDING`` if it names what is not defined yet, unless ``strict``: then a
+    :class:`ConfigurationError` naming the function and the fix."""
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:
-        return None
+    except Exception as exc:
+        if not strict:
+            return _PENDING
+        raise ConfigurationError(
+            f"@cached {fn.__qualname__}: its return annotation cannot be resolved "
+            f"({type(exc).__name__}: {exc}); define the type before the first call "
+            "or pass type_hint="
+        ) from exc
     hint = hints.get("return")
     return None if hint is type(None) else hint
 
