@@ -44,6 +44,10 @@ INVALIDATIONS = _counter(
     "scalekit_cache_invalidations_total",
     "Invalidations applied (delete, tags, namespace, clear).",
 )
+DEFERRED = _counter(
+    "scalekit_cache_invalidations_deferred_total",
+    "Invalidations queued while the backend failed (applied when it answers).",
+)
 
 
 class CacheCounters:
@@ -53,6 +57,7 @@ class CacheCounters:
         "backend_errors",
         "coalesced",
         "decode_errors",
+        "deferred",
         "hits",
         "invalidations",
         "load_errors",
@@ -79,3 +84,4 @@ class CacheCounters:
         self.backend_errors = make(BACKEND_ERRORS)
         self.coalesced = make(COALESCED)
         self.invalidations = make(INVALIDATIONS)
+        self.deferred = make(DEFERRED)

@@ -112,7 +112,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from scalekit import _validate
@@ -253,6 +253,8 @@ class CacheStats:
     coalesced: int = 0
     #: invalidations applied (delete, tags, namespace, clear)
     invalidations: int = 0
+    #: invalidations queued while the backend failed (``on_invalidation_error="defer"``)
+    invalidations_deferred: int = 0
 
 
 class _Fill:
@@ -359,6 +361,17 @@ class Cache:
         ``"msgpack"``, ``"pickle"`` by name only, or a :class:`~scalekit.serde.Serializer`).
     :param backend_cooldown: after a remote backend fails, calls skip it (load
         without caching) for this many seconds before one call probes it again.
+    :param on_invalidation_error: what an invalidation (``delete``, ``invalidate_tags``,
+        ``invalidate_namespace``, ``clear`` and their async twins) does when a remote
+        backend fails: ``"raise"`` (the default) raises
+        :class:`~scalekit.errors.BackendError`; ``"defer"`` queues it in memory and
+        returns (``False`` / ``0``): a background thread applies the queue, in order,
+        as soon as the backend answers (retried with backoff), and until then reads
+        skip the backend (they load, as when it is down), so nothing the
+        invalidation covers is served. Counted (``invalidations_deferred``); logged
+        once per outage.
+    :param max_deferred: the bound of that queue; past it, the queue collapses into
+        one ``clear()`` of this cache (correct, if costly), counted as deferred too.
     """
 
     def __init__(
@@ -373,6 +386,8 @@ class Cache:
         options: CacheOptions | None = None,
         serializer: str | Serializer = "json",
         backend_cooldown: float = 5.0,
+        on_invalidation_error: Literal["raise", "defer"] = "raise",
+        max_deferred: int = 10_000,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -382,6 +397,18 @@ class Cache:
         self.prefix = prefix
         self.options = options or CacheOptions()
         backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        if on_invalidation_error not in ("raise", "defer"):
+            raise ConfigurationError(
+                f"on_invalidation_error must be 'raise' or 'defer', got {on_invalidation_error!r}"
+            )
+        self._defer = on_invalidation_error == "defer"
+        self._max_deferred = _validate.count(max_deferred, "max_deferred")
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        self._deferred_done = threading.Condition(threading.Lock())
+        self._retrier: threading.Thread | None = None
+        #: first pause before a deferred invalidation is tried again (doubles, capped)
+        self._retry_first = min(0.05, float(backend_cooldown) or 0.05)
+        self._retry_max = max(float(backend_cooldown), self._retry_first)
         self._clock = as_clock(clock)
         self._rng = rng or random.Random()
         self.backend = _backend_from(
@@ -397,6 +424,7 @@ class Cache:
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
         self._guard.counter = m.backend_errors
+        self._guard.deferred = self._deferred
         # a remote backend counts the entries it cannot decode on this cache's counter
         previous = getattr(self.backend, "decode_counter", None)
         if isinstance(previous, Counter):
@@ -543,9 +571,97 @@ class Cache:
         backend (which, on a remote backend, moves the fences it covers)."""
         with self._lock:
             self._invalidate_fills(match)
-        result = yield from self._write_call(op, *args)
-        self._m.invalidations.inc()
-        return result
+        result, exc = yield op, args
+        if exc is None:
+            self._guard.success()
+            self._m.invalidations.inc()
+            return result
+        if isinstance(exc, BackendError):
+            self._guard.failure(exc)
+            if self._defer and not self._local:
+                self._defer_invalidation(op, args, exc)
+                return None if op == "clear" else 0
+        raise exc
+
+    # --- deferred invalidations (on_invalidation_error="defer") -------------------------
+
+    def _defer_invalidation(self, op: str, args: tuple[Any, ...], exc: BackendError) -> None:
+        """Queue an invalidation the backend refused; start the retrier if needed."""
+        self._m.deferred.inc()
+        with self._deferred_done:
+            queue = self._deferred
+            first = not queue
+            if queue and queue[0][0] == "clear":
+                pass  # a clear is queued: it covers this one
+            elif len(queue) >= self._max_deferred or op == "clear":
+                queue[:] = [("clear", ())]
+            else:
+                queue.append((op, args))
+            start = self._retrier is None
+            if start:
+                self._retrier = threading.Thread(
+                    target=self._retry_deferred,
+                    name=f"scalekit-cache-invalidations[{self.name}]",
+                    daemon=True,
+                )
+        if first:
+            log.warning(
+                "cache %r: the backend failed (%s); invalidations are queued (at most %d) "
+                "and applied when it answers; reads skip it until then",
+                self.name,
+                exc,
+                self._max_deferred,
+            )
+        if start:
+            cast(threading.Thread, self._retrier).start()
+
+    def _retry_deferred(self) -> None:
+        """The retrier: applies the queue in order, backing off while the backend fails."""
+        pause = self._retry_first
+        applied = 0
+        while True:
+            with self._deferred_done:
+                if not self._deferred:
+                    self._retrier = None
+                    self._guard.success()
+                    self._deferred_done.notify_all()
+                    break
+                op, args = self._deferred[0]
+            try:
+                getattr(self.backend, op)(*args)
+            except BackendDataError:
+                pass  # about one key's data: that key's problem, dropped
+            except BackendError:
+                self._guard.counter.inc()
+                self._deferred_done.acquire()
+                try:
+                    self._deferred_done.wait(pause)
+                finally:
+                    self._deferred_done.release()
+                pause = min(pause * 2, self._retry_max)
+                continue
+            except Exception:  # never expected: do not spin on it
+                log.exception("cache %r: a deferred %s failed; dropped", self.name, op)
+            else:
+                self._m.invalidations.inc()
+                applied += 1
+            pause = self._retry_first
+            with self._deferred_done:
+                if self._deferred and self._deferred[0] == (op, args):
+                    del self._deferred[0]
+        log.warning(
+            "cache %r: the backend answers; %d deferred invalidations applied", self.name, applied
+        )
+
+    @property
+    def pending_invalidations(self) -> int:
+        """Invalidations deferred and not applied yet (``on_invalidation_error="defer"``)."""
+        return len(self._deferred)
+
+    def drain_invalidations(self, timeout: float | None = None) -> bool:
+        """Wait until the deferred invalidations are applied; True if none is left."""
+        with self._deferred_done:
+            return self._deferred_done.wait_for(lambda: not self._deferred, timeout)
 
     def ping(self) -> None:
         """A startup check: raise :class:`~scalekit.errors.BackendError` (naming the
@@ -581,6 +697,7 @@ class Cache:
             backend_errors=int(m.backend_errors.value),
             coalesced=int(m.coalesced.value),
             invalidations=int(m.invalidations.value),
+            invalidations_deferred=int(m.deferred.value),
         )
 
     # --- the engine's backend steps and the two drivers ------------------------------
@@ -1481,11 +1598,20 @@ def _no_entry(exc: BackendError | None) -> None:
 
 
 class _CacheGuard(BackendGuard):
-    """The backend guard, each failure also counted on the cache's counter."""
+    """The backend guard, each failure also counted on the cache's counter; reads
+    skip the backend while invalidations are deferred (nothing they cover is served)."""
 
-    __slots__ = ("counter",)
+    __slots__ = ("counter", "deferred")
 
     counter: Counter
+    deferred: list[tuple[str, tuple[Any, ...]]]
+
+    def skip(self) -> bool:
+        return bool(self.deferred) or BackendGuard.skip(self)
+
+    def success(self) -> None:
+        if not self.deferred:  # recovered once the deferred invalidations are applied
+            BackendGuard.success(self)
 
     def failure(self, exc: BaseException) -> None:
         self.counter.inc()

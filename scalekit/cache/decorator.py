@@ -16,7 +16,8 @@ Without ``cache=``, the process-wide :func:`~scalekit.cache.core.default_cache`
 (bounded, in memory) is used, chosen at decoration time.
 
 Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
-<invalidate>`; its key: :func:`cache_key`; the cache: :func:`cache_of`. These are
+<invalidate>` (:func:`ainvalidate` in async code); its key: :func:`cache_key`;
+the cache: :func:`cache_of`. These are
 functions rather than attributes of the wrapper so that the wrapper's type stays
 exactly ``Callable[P, R]`` (a callable protocol with extra attributes would not
 bind as a method under mypy).
@@ -42,7 +43,7 @@ from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
 
-__all__ = ["cache_key", "cache_of", "cached", "invalidate"]
+__all__ = ["ainvalidate", "cache_key", "cache_of", "cached", "invalidate"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -280,3 +281,8 @@ def invalidate(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bo
     """Drop the entry of the call ``fn(*args, **kwargs)`` (and void loads of it in
     progress); True if it was cached."""
     return _binding(fn).cache.delete(cache_key(fn, *args, **kwargs))
+
+
+async def ainvalidate(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bool:
+    """:func:`invalidate` for async code (the cache's :meth:`~Cache.adelete`)."""
+    return await _binding(fn).cache.adelete(cache_key(fn, *args, **kwargs))
