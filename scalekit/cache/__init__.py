@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from scalekit.cache.backend import CacheBackend
 from scalekit.cache.core import Cache, CacheOptions, CacheStats, default_cache
-from scalekit.cache.decorator import cache_key, cache_of, cached, invalidate
+from scalekit.cache.decorator import ainvalidate, cache_key, cache_of, cached, invalidate
 from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.cache.memory import MemoryCacheBackend
@@ -34,5 +34,6 @@ __all__ = [
     "cache_of",
     "cached",
     "default_cache",
+    "ainvalidate",
     "invalidate",
 ]

@@ -160,7 +160,11 @@ class FencedCacheBackend(CacheBackend, AsyncCacheBackend, Protocol):
     on, and the fill protocol (see the module docstring), sync and async."""
 
     clock: Clock
-    decode_errors: int
+
+    @property
+    def decode_errors(self) -> int:
+        """Entries that could not be decoded (served as misses)."""
+        ...
 
     def begin_fill(
         self,

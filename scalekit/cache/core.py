@@ -94,13 +94,16 @@ Metrics
 :meth:`Cache.stats` returns :class:`CacheStats`: hits (fresh values served,
 early-refresh reads included), misses (foreground loads needed), stale_served,
 loads (loader runs, background refreshes included), load_errors, load_time_total
-(seconds on the cache clock) and evictions (from the backend's bound).
+(seconds on the cache clock), evictions (from the backend's bound),
+decode_errors, backend_errors, coalesced (callers that waited for another
+caller's load) and invalidations. Each counter but evictions is a native counter
+of :mod:`scalekit.observability` (``scalekit_cache_<what>_total``, labelled
+``cache``: see :mod:`scalekit.cache._metrics`); ``stats()`` reads them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import random
@@ -109,13 +112,14 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import Any, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import memory_bound, parse_backend_url
 from scalekit.backends._guard import BackendGuard
+from scalekit.cache._metrics import CacheCounters
 from scalekit.cache.backend import (
     AsyncCacheBackend,
     CacheBackend,
@@ -137,7 +141,9 @@ from scalekit.cache.freshness import (
 from scalekit.cache.keys import head as _key_head
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
-from scalekit.serde import Serializer
+from scalekit.observability._metrics import Counter
+from scalekit.ratelimit._startup import aping, ping
+from scalekit.serde import JsonSerializer, MsgpackSerializer, Serializer
 
 __all__ = [
     "Cache",
@@ -243,6 +249,12 @@ class CacheStats:
     decode_errors: int = 0
     #: backend calls that failed (the cache loaded or skipped storing instead)
     backend_errors: int = 0
+    #: callers that waited for a load another caller of the same key ran
+    coalesced: int = 0
+    #: invalidations applied (delete, tags, namespace, clear)
+    invalidations: int = 0
+    #: invalidations queued while the backend failed (``on_invalidation_error="defer"``)
+    invalidations_deferred: int = 0
 
 
 class _Fill:
@@ -349,6 +361,17 @@ class Cache:
         ``"msgpack"``, ``"pickle"`` by name only, or a :class:`~scalekit.serde.Serializer`).
     :param backend_cooldown: after a remote backend fails, calls skip it (load
         without caching) for this many seconds before one call probes it again.
+    :param on_invalidation_error: what an invalidation (``delete``, ``invalidate_tags``,
+        ``invalidate_namespace``, ``clear`` and their async twins) does when a remote
+        backend fails: ``"raise"`` (the default) raises
+        :class:`~scalekit.errors.BackendError`; ``"defer"`` queues it in memory and
+        returns (``False`` / ``0``): a background thread applies the queue, in order,
+        as soon as the backend answers (retried with backoff), and until then reads
+        skip the backend (they load, as when it is down), so nothing the
+        invalidation covers is served. Counted (``invalidations_deferred``); logged
+        once per outage.
+    :param max_deferred: the bound of that queue; past it, the queue collapses into
+        one ``clear()`` of this cache (correct, if costly), counted as deferred too.
     """
 
     def __init__(
@@ -363,6 +386,8 @@ class Cache:
         options: CacheOptions | None = None,
         serializer: str | Serializer = "json",
         backend_cooldown: float = 5.0,
+        on_invalidation_error: Literal["raise", "defer"] = "raise",
+        max_deferred: int = 10_000,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ConfigurationError(f"name must be a non-empty str, got {name!r}")
@@ -372,6 +397,18 @@ class Cache:
         self.prefix = prefix
         self.options = options or CacheOptions()
         backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        if on_invalidation_error not in ("raise", "defer"):
+            raise ConfigurationError(
+                f"on_invalidation_error must be 'raise' or 'defer', got {on_invalidation_error!r}"
+            )
+        self._defer = on_invalidation_error == "defer"
+        self._max_deferred = _validate.count(max_deferred, "max_deferred")
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        self._deferred_done = threading.Condition(threading.Lock())
+        self._retrier: threading.Thread | None = None
+        #: first pause before a deferred invalidation is tried again (doubles, capped)
+        self._retry_first = min(0.05, float(backend_cooldown) or 0.05)
+        self._retry_max = max(float(backend_cooldown), self._retry_first)
         self._clock = as_clock(clock)
         self._rng = rng or random.Random()
         self.backend = _backend_from(
@@ -382,9 +419,18 @@ class Cache:
         self._local: bool = bool(getattr(self.backend, "local", True))
         if not self._local:
             self._clock = cast(FencedCacheBackend, self.backend).clock
-        self._guard = BackendGuard(
+        self._m = m = CacheCounters(self, name)
+        self._guard = _CacheGuard(
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
+        self._guard.counter = m.backend_errors
+        self._guard.deferred = self._deferred
+        # a remote backend counts the entries it cannot decode on this cache's counter
+        previous = getattr(self.backend, "decode_counter", None)
+        if isinstance(previous, Counter):
+            if previous.value:
+                m.decode_errors.add(previous.value)
+            cast(Any, self.backend).decode_counter = m.decode_errors
         self._lock = threading.Lock()
         self._fills: set[_Fill] = set()
         self._fill_seq = 0
@@ -394,11 +440,9 @@ class Cache:
         self._async_flights = {}
         self._tasks: set[asyncio.Task[_Outcome]] = set()
         self._threads: set[threading.Thread] = set()
-        # hits are counted without the lock: next() of an itertools.count is one
-        # C call, atomic under the GIL (see _counted)
-        self._hit_count = itertools.count()
-        self._misses = self._stale = self._loads = self._errors = 0
-        self._load_time = 0.0
+        # hits are counted without the lock: next() of Counter.tick (an
+        # itertools.count) is one C call, atomic under the GIL
+        self._hit_count = m.hits.tick
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
 
     def __repr__(self) -> str:
@@ -431,8 +475,7 @@ class Cache:
             if state.servable:
                 self._count_served(state)
                 return entry[0]
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
         return default
 
     def set(
@@ -528,23 +571,134 @@ class Cache:
         backend (which, on a remote backend, moves the fences it covers)."""
         with self._lock:
             self._invalidate_fills(match)
-        return (yield from self._write_call(op, *args))
+        result, exc = yield op, args
+        if exc is None:
+            self._guard.success()
+            self._m.invalidations.inc()
+            return result
+        if isinstance(exc, BackendError):
+            self._guard.failure(exc)
+            if self._defer and not self._local:
+                self._defer_invalidation(op, args, exc)
+                return None if op == "clear" else 0
+        raise exc
+
+    # --- deferred invalidations (on_invalidation_error="defer") -------------------------
+
+    def _defer_invalidation(self, op: str, args: tuple[Any, ...], exc: BackendError) -> None:
+        """Queue an invalidation the backend refused; start the retrier if needed."""
+        self._m.deferred.inc()
+        with self._deferred_done:
+            queue = self._deferred
+            first = not queue
+            if queue and queue[0][0] == "clear":
+                pass  # a clear is queued: it covers this one
+            elif len(queue) >= self._max_deferred or op == "clear":
+                queue[:] = [("clear", ())]
+            else:
+                queue.append((op, args))
+            start = self._retrier is None
+            if start:
+                self._retrier = threading.Thread(
+                    target=self._retry_deferred,
+                    name=f"scalekit-cache-invalidations[{self.name}]",
+                    daemon=True,
+                )
+        if first:
+            log.warning(
+                "cache %r: the backend failed (%s); invalidations are queued (at most %d) "
+                "and applied when it answers; reads skip it until then",
+                self.name,
+                exc,
+                self._max_deferred,
+            )
+        if start:
+            cast(threading.Thread, self._retrier).start()
+
+    def _retry_deferred(self) -> None:
+        """The retrier: applies the queue in order, backing off while the backend fails."""
+        pause = self._retry_first
+        applied = 0
+        while True:
+            with self._deferred_done:
+                if not self._deferred:
+                    self._retrier = None
+                    self._guard.success()
+                    self._deferred_done.notify_all()
+                    break
+                op, args = self._deferred[0]
+            try:
+                getattr(self.backend, op)(*args)
+            except BackendDataError:
+                pass  # about one key's data: that key's problem, dropped
+            except BackendError:
+                self._guard.counter.inc()
+                self._deferred_done.acquire()
+                try:
+                    self._deferred_done.wait(pause)
+                finally:
+                    self._deferred_done.release()
+                pause = min(pause * 2, self._retry_max)
+                continue
+            except Exception:  # never expected: do not spin on it
+                log.exception("cache %r: a deferred %s failed; dropped", self.name, op)
+            else:
+                self._m.invalidations.inc()
+                applied += 1
+            pause = self._retry_first
+            with self._deferred_done:
+                if self._deferred and self._deferred[0] == (op, args):
+                    del self._deferred[0]
+        log.warning(
+            "cache %r: the backend answers; %d deferred invalidations applied", self.name, applied
+        )
+
+    @property
+    def pending_invalidations(self) -> int:
+        """Invalidations deferred and not applied yet (``on_invalidation_error="defer"``)."""
+        return len(self._deferred)
+
+    def drain_invalidations(self, timeout: float | None = None) -> bool:
+        """Wait until the deferred invalidations are applied; True if none is left."""
+        with self._deferred_done:
+            return self._deferred_done.wait_for(lambda: not self._deferred, timeout)
+
+    def ping(self) -> None:
+        """A startup check: raise :class:`~scalekit.errors.BackendError` (naming the
+        redacted URL) unless the cache's Redis answers ``PING``; nothing to check on
+        ``memory://``. It bypasses the backend guard (a cooldown does not hide an
+        unreachable server from the one call asking about it)."""
+        ping("cache " + repr(self.name), self._redis())
+
+    async def aping(self) -> None:
+        """:meth:`ping` for async code (this event loop's client)."""
+        await aping("cache " + repr(self.name), self._redis())
+
+    def _redis(self) -> object:
+        """The :class:`~scalekit.backends.redis.RedisBackend` under the backend, if any
+        (a tiered backend's is its L2's)."""
+        backend: object = self.backend
+        backend = getattr(backend, "l2", backend)
+        return getattr(backend, "redis", None)
 
     def stats(self) -> CacheStats:
         """A snapshot of the counters."""
-        with self._lock:
-            return CacheStats(
-                name=self.name,
-                hits=_counted(self._hit_count),
-                misses=self._misses,
-                stale_served=self._stale,
-                loads=self._loads,
-                load_errors=self._errors,
-                load_time_total=self._load_time,
-                evictions=self.backend.evictions,
-                decode_errors=int(getattr(self.backend, "decode_errors", 0)),
-                backend_errors=self._guard.errors,
-            )
+        m = self._m
+        return CacheStats(
+            name=self.name,
+            hits=int(m.hits.value),
+            misses=int(m.misses.value),
+            stale_served=int(m.stale.value),
+            loads=int(m.loads.value),
+            load_errors=int(m.load_errors.value),
+            load_time_total=float(m.load_seconds.value),
+            evictions=self.backend.evictions,
+            decode_errors=int(getattr(self.backend, "decode_errors", 0)),
+            backend_errors=int(m.backend_errors.value),
+            coalesced=int(m.coalesced.value),
+            invalidations=int(m.invalidations.value),
+            invalidations_deferred=int(m.deferred.value),
+        )
 
     # --- the engine's backend steps and the two drivers ------------------------------
     #
@@ -707,8 +861,8 @@ class Cache:
             if state.needs_refresh:
                 self._spawn_thread(key, loader, tagset, opts, heads, hint)
             return cast(T, _unwrap(entry[0]))
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
+        waited = False
         while True:
             with self._lock:
                 flight = self._sync_flights.get(key)
@@ -719,6 +873,9 @@ class Cache:
             if leader:
                 outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
                 return cast(T, self._resolve(outcome, entry))
+            if not waited:
+                waited = True
+                self._m.coalesced.inc()
             if not flight.done.wait(opts._wait):
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
@@ -806,12 +963,12 @@ class Cache:
             if state.needs_refresh:
                 self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
             return cast(T, _unwrap(entry[0]))
-        with self._lock:
-            self._misses += 1
+        self._m.misses.inc()
         task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
         if leader:
             outcome = await asyncio.shield(task)
         else:
+            self._m.coalesced.inc()
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
                 # this caller's cancellation when the load ends at the same moment
@@ -1052,8 +1209,7 @@ class Cache:
 
     def _count_served(self, state: Freshness) -> None:
         if state is Freshness.STALE_REVALIDATE:
-            with self._lock:
-                self._stale += 1
+            self._m.stale.inc()
         else:
             next(self._hit_count)
 
@@ -1195,8 +1351,8 @@ class Cache:
             raise exc
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
+        self._m.load_errors.inc()
         with self._lock:
-            self._errors += 1
             first = not self._warned
             self._warned = True
         (log.warning if first else log.debug)(
@@ -1259,10 +1415,13 @@ class Cache:
         remote backend must store (``_NOTHING``: nothing)."""
         elapsed = max(0.0, self._clock.now() - started)
         store: object = _NOTHING
+        m = self._m
+        m.loads.inc()
+        if elapsed:
+            m.load_seconds.add(elapsed)
+        storable = self._local or fill.hint is not None or self._untyped_ok(fill, value)
         with self._lock:
-            self._loads += 1
-            self._load_time += elapsed
-            if fill.generation == 0 and (value is not None or opts.cache_none):
+            if storable and fill.generation == 0 and (value is not None or opts.cache_none):
                 if self._local:
                     self._write(
                         fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None
@@ -1272,6 +1431,25 @@ class Cache:
                     fill.delta = elapsed
                 self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
         return _Outcome(value), store
+
+    def _untyped_ok(self, fill: _Fill, value: object) -> bool:
+        """A value loaded without a type (no annotation, no ``type_hint=``) is stored
+        on a remote backend only if it reads back as itself; else it is served but
+        not stored (logged once), never a ``dict`` on the next hit."""
+        serializer = getattr(getattr(self.backend, "l2", self.backend), "serializer", None)
+        plain = _MSGPACK_PLAIN if isinstance(serializer, MsgpackSerializer) else _JSON_PLAIN
+        if not isinstance(serializer, JsonSerializer | MsgpackSerializer) or _is_plain(
+            value, plain
+        ):
+            return True
+        self._store_failed(
+            fill,
+            SerializationError(
+                f"a {type(value).__name__} stored without a type would read back as plain "
+                f"data; annotate the function's return type or pass type_hint="
+            ),
+        )
+        return False
 
     def _failed(
         self,
@@ -1295,10 +1473,12 @@ class Cache:
             # served stale would be replaced
             store = CachedError(exc)
             negative = False
+        m = self._m
+        m.loads.inc()
+        m.load_errors.inc()
+        if elapsed:
+            m.load_seconds.add(elapsed)
         with self._lock:
-            self._loads += 1
-            self._errors += 1
-            self._load_time += elapsed
             if negative:
                 current = self.backend.get(fill.key)
                 if current is None or not plan_after_load_failure(current[1], self._clock.now()):
@@ -1319,8 +1499,7 @@ class Cache:
             and not isinstance(stale[0], CachedError)
             and plan_after_load_failure(stale[1], self._clock.now())
         ):
-            with self._lock:
-                self._stale += 1
+            self._m.stale.inc()
             return stale[0]
         raise error.with_traceback(outcome.tb)
 
@@ -1342,6 +1521,31 @@ def _acquired(ticket: Any) -> FillTicket | None:
 
 #: "nothing to store" (a load that must not be cached, or was voided)
 _NOTHING = object()
+_JSON_PLAIN = (str, int, float, bool, type(None))
+_MSGPACK_PLAIN = (*_JSON_PLAIN, bytes)
+
+
+def _is_plain(value: object, plain: tuple[type, ...]) -> bool:
+    """True if ``value`` is made of ``plain`` scalars, lists and str-keyed dicts
+    only (what a JSON or msgpack round trip gives back as it was)."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t in plain:
+            continue
+        if t is list:
+            stack.extend(cast("list[object]", v))
+        elif t is dict:
+            d = cast("dict[object, object]", v)
+            if any(type(k) is not str for k in d):
+                return False
+            stack.extend(d.values())
+        else:
+            return False
+    return True
+
+
 #: polling a lease another process holds: first and longest pause (seconds)
 _POLL_FIRST = 0.001
 _POLL_MAX = 0.05
@@ -1393,10 +1597,25 @@ def _no_entry(exc: BackendError | None) -> None:
     return None
 
 
-def _counted(counter: itertools.count[int]) -> int:
-    """How many times ``next(counter)`` was called (``counter`` started at 0),
-    without consuming a value: the count is read from its repr, ``count(N)``."""
-    return int(repr(counter)[6:-1])
+class _CacheGuard(BackendGuard):
+    """The backend guard, each failure also counted on the cache's counter; reads
+    skip the backend while invalidations are deferred (nothing they cover is served)."""
+
+    __slots__ = ("counter", "deferred")
+
+    counter: Counter
+    deferred: list[tuple[str, tuple[Any, ...]]]
+
+    def skip(self) -> bool:
+        return bool(self.deferred) or BackendGuard.skip(self)
+
+    def success(self) -> None:
+        if not self.deferred:  # recovered once the deferred invalidations are applied
+            BackendGuard.success(self)
+
+    def failure(self, exc: BaseException) -> None:
+        self.counter.inc()
+        super().failure(exc)
 
 
 def _no_draw() -> float:  # pragma: no cover - never called with beta 0

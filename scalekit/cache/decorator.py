@@ -16,7 +16,8 @@ Without ``cache=``, the process-wide :func:`~scalekit.cache.core.default_cache`
 (bounded, in memory) is used, chosen at decoration time.
 
 Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
-<invalidate>`; its key: :func:`cache_key`; the cache: :func:`cache_of`. These are
+<invalidate>` (:func:`ainvalidate` in async code); its key: :func:`cache_key`;
+the cache: :func:`cache_of`. These are
 functions rather than attributes of the wrapper so that the wrapper's type stays
 exactly ``Callable[P, R]`` (a callable protocol with extra attributes would not
 bind as a method under mypy).
@@ -42,7 +43,7 @@ from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
 
-__all__ = ["cache_key", "cache_of", "cached", "invalidate"]
+__all__ = ["ainvalidate", "cache_key", "cache_of", "cached", "invalidate"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -77,6 +78,7 @@ def cached(
     cache_exceptions: tuple[type[Exception], ...] = (),
     negative_ttl: float | timedelta | None = None,
     lock_timeout: float | timedelta | None = 10.0,
+    type_hint: Any = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Cache a function's results for ``ttl`` seconds; see the module docstrings.
 
@@ -87,6 +89,9 @@ def cached(
     :param namespace, version, ignore: passed to ``KeyBuilder``.
     :param stale_while_revalidate, stale_if_error, beta, cache_none,
         cache_exceptions, negative_ttl, lock_timeout: see :class:`CacheOptions`.
+    :param type_hint: the type a remote backend decodes hits to (default: the
+        return annotation; a forward reference is resolved at the first call, and
+        one still undefined then raises :class:`~scalekit.errors.ConfigurationError`).
 
     Invalid values raise :class:`~scalekit.errors.ConfigurationError` at decoration.
     """
@@ -123,13 +128,27 @@ def cached(
         # what a remote backend needs: the namespace heads its fills are fenced by
         # (invalidate_namespace) and the type values decode to (the return annotation)
         heads = builder.heads
-        hint = _return_hint(fn)
+        # an in-process backend keeps the objects themselves: only a remote one
+        # decodes, and needs the type (a forward reference: resolved at first call)
+        hint: Any = type_hint if type_hint is not None or c._local else _return_hint(fn)
+        pending = hint is _PENDING
+        if pending:
+            hint = None
 
         # The hit path: key, read, classify; a plain FRESH hit is answered here (a
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
+        aread = None if c._local else c._areader(opts, hint)
         hits = c._hit_count
+
+        def resolve() -> None:
+            """The first call's resolution of a forward-referenced return type."""
+            nonlocal hint, read, aread, pending
+            hint = _return_hint(fn, strict=True)
+            read = c._reader(opts, hint)
+            aread = c._areader(opts, hint)
+            pending = False
 
         if inspect.iscoroutinefunction(fn):
             afn = cast(Callable[P, Awaitable[Any]], fn)
@@ -167,11 +186,13 @@ def cached(
                     return await amiss(k, args, kwargs, entry, state)
 
             else:
-                aread = c._areader(opts, hint)
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
+                    if pending:
+                        resolve()
                     k = make_key(*args, **kwargs)
+                    assert aread is not None
                     entry, state = await aread(k)
                     if state is _FRESH and entry is not None:
                         next(hits)
@@ -186,6 +207,8 @@ def cached(
 
         @functools.wraps(fn)
         def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            if pending:
+                resolve()
             k = make_key(*args, **kwargs)
             entry, state = read(k)
             if state is _FRESH and entry is not None:
@@ -211,13 +234,24 @@ def cached(
     return decorate
 
 
-def _return_hint(fn: Callable[..., object]) -> Any:
-    """The return annotation values decode to on a remote backend (``None``: none,
-    or unresolvable at decoration, e.g. a forward reference: plain JSON values)."""
+#: a return annotation not resolvable yet (a forward reference): resolved at first call
+_PENDING: Any = object()
+
+
+def _return_hint(fn: Callable[..., object], *, strict: bool = False) -> Any:
+    """The return annotation values decode to on a remote backend (``None``: none);
+    ``_PENDING`` if it names what is not defined yet, unless ``strict``: then a
+    :class:`ConfigurationError` naming the function and the fix."""
     try:
         hints = typing.get_type_hints(fn)
-    except Exception:
-        return None
+    except Exception as exc:
+        if not strict:
+            return _PENDING
+        raise ConfigurationError(
+            f"@cached {fn.__qualname__}: its return annotation cannot be resolved "
+            f"({type(exc).__name__}: {exc}); define the type before the first call "
+            "or pass type_hint="
+        ) from exc
     hint = hints.get("return")
     return None if hint is type(None) else hint
 
@@ -247,3 +281,8 @@ def invalidate(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bo
     """Drop the entry of the call ``fn(*args, **kwargs)`` (and void loads of it in
     progress); True if it was cached."""
     return _binding(fn).cache.delete(cache_key(fn, *args, **kwargs))
+
+
+async def ainvalidate(fn: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> bool:
+    """:func:`invalidate` for async code (the cache's :meth:`~Cache.adelete`)."""
+    return await _binding(fn).cache.adelete(cache_key(fn, *args, **kwargs))

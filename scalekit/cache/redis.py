@@ -124,6 +124,7 @@ from scalekit.backends.redis import RedisBackend
 from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
 from scalekit.cache.freshness import EntryMeta
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
+from scalekit.observability._metrics import Counter
 from scalekit.serde import JsonSerializer, Serializer, get_serializer
 
 __all__ = ["RedisCacheBackend"]
@@ -336,7 +337,9 @@ class RedisCacheBackend:
             else _ServerClock(self._server_time, self._aserver_time, resync)
         )
         self.evictions = 0  # Redis evicts by its own maxmemory policy; not seen here
-        self.decode_errors = 0
+        #: entries that could not be decoded; a Cache built on this backend puts its
+        #: own counter here (exported as ``scalekit_cache_decode_errors_total``)
+        self.decode_counter = Counter()
         self._metas: dict[bytes, tuple[EntryMeta, int]] = {}
         self._names: dict[str, _Triple] = {}
         #: async reads in flight, per (event loop, value name): the waiters' futures
@@ -344,6 +347,11 @@ class RedisCacheBackend:
         #: sync reads in flight, per value name (threads; dict.setdefault and list
         #: appends are atomic, so the leader's path takes no lock)
         self._sreads: dict[str, _SyncRead] = {}
+
+    @property
+    def decode_errors(self) -> int:
+        """Entries that could not be decoded (served as misses)."""
+        return int(self.decode_counter.value)
 
     def __repr__(self) -> str:
         return f"RedisCacheBackend({self.redis!r}, namespace={self.namespace!r})"
@@ -447,7 +455,7 @@ class RedisCacheBackend:
                 return RemoteError(module, qualname, tuple(args)), meta
             raise SerializationError(f"unknown entry kind {kind}")
         except Exception:
-            self.decode_errors += 1
+            self.decode_counter.inc()
             return None
 
     def _meta_of(self, head: bytes) -> tuple[EntryMeta, int]:
@@ -478,7 +486,7 @@ class RedisCacheBackend:
 
     def _data_error(self) -> None:
         """A reply that is an error about this key's data (``WRONGTYPE``): a miss."""
-        self.decode_errors += 1
+        self.decode_counter.inc()
 
     def get(self, key: str, hint: Any = None) -> Entry | None:
         """The entry of ``key`` (None: absent or undecodable); concurrent readers of
@@ -788,7 +796,7 @@ class RedisCacheBackend:
                 return None
             meta = entry[1]
             if not fresh < meta.stored_at + meta.ttl:
-                self.decode_errors += 1  # its prefix and its header disagree: crafted
+                self.decode_counter.inc()  # its prefix and its header disagree: crafted
                 return None
             return FillTicket("fresh", key, tags, entry=entry)
         fence = reply[1]

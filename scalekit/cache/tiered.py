@@ -75,6 +75,7 @@ from scalekit.cache.freshness import EntryMeta
 from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.cache.redis import RedisCacheBackend
 from scalekit.errors import ConfigurationError
+from scalekit.observability._metrics import Counter
 
 __all__ = ["TieredCacheBackend"]
 
@@ -193,6 +194,16 @@ class TieredCacheBackend:
     @property
     def decode_errors(self) -> int:
         return self.l2.decode_errors
+
+    @property
+    def decode_counter(self) -> Counter:
+        """The L2's decode-error counter (a :class:`~scalekit.cache.core.Cache`
+        puts its own there)."""
+        return self.l2.decode_counter
+
+    @decode_counter.setter
+    def decode_counter(self, counter: Counter) -> None:
+        self.l2.decode_counter = counter
 
     @property
     def subscribed(self) -> bool:

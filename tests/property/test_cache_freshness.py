@@ -22,6 +22,7 @@ import dataclasses
 import itertools
 import math
 import random
+import re
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any, cast
@@ -354,7 +355,7 @@ def test_next_refresh_at() -> None:
     assert next_refresh_at(meta, refresh_ahead=300.0) == T0
     assert next_refresh_at(meta, refresh_ahead=1e9) == T0  # clamped to stored_at
     for bad in (-1.0, math.nan, math.inf, timedelta(seconds=-1)):
-        with pytest.raises(ConfigurationError, match=r"refresh_ahead must be a finite duration"):
+        with pytest.raises(ConfigurationError, match=r"refresh_ahead must be (>= 0|at most)"):
             next_refresh_at(meta, refresh_ahead=bad)
 
 
@@ -442,12 +443,12 @@ def test_bad_durations(field: str, value: Any) -> None:
     kwargs: dict[str, Any] = {"ttl": 1.0, field: value}
     with pytest.raises(ConfigurationError) as info:
         EntryMeta.create(T0, **kwargs)
-    assert f"{field} must be a finite duration >= 0 seconds, got {value!r}" in str(info.value)
+    bound = r"must be (>= 0 seconds|at most \d+ seconds \(what every backend can store\)), got"
+    assert re.search(rf"{field} {bound}", str(info.value)), info.value
     if not isinstance(value, timedelta):
         with pytest.raises(ConfigurationError) as info:
             EntryMeta(stored_at=T0, **kwargs)
-        message = f"EntryMeta.{field} must be a finite duration >= 0 seconds, got {value!r}"
-        assert message in str(info.value)
+        assert re.search(rf"EntryMeta\.{field} {bound}", str(info.value)), info.value
     assert isinstance(info.value, ValueError)
 
 
@@ -455,9 +456,10 @@ def test_bad_durations(field: str, value: Any) -> None:
 @pytest.mark.parametrize("value", BAD_TYPES)
 def test_bad_duration_types(field: str, value: Any) -> None:
     kwargs: dict[str, Any] = {"ttl": 1.0, field: value}
-    with pytest.raises(ConfigurationError, match=rf"{field} must be a duration in seconds"):
+    wrong = rf"{field} must be a number of seconds or a timedelta"
+    with pytest.raises(ConfigurationError, match=wrong):
         EntryMeta(stored_at=T0, **kwargs)
-    with pytest.raises(ConfigurationError, match=rf"{field} must be a duration in seconds"):
+    with pytest.raises(ConfigurationError, match=wrong):
         EntryMeta.create(T0, **kwargs)
 
 
