@@ -343,7 +343,9 @@ def _backend_from(
 class Cache:
     """A TTL cache with single-flight loads, stale windows, early refresh and tags.
 
-    :param backend: ``"memory://"`` (optionally ``"memory://?max_entries=N"``), a
+    :param backend: ``None`` (the default): ``SCALEKIT_REDIS_URL`` when it is set (see
+        :mod:`scalekit.config`), else ``"memory://"``. Or ``"memory://"`` (optionally
+        ``"memory://?max_entries=N"``), a
         Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: a
         :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
         (:class:`~scalekit.cache.backend.CacheBackend`); ``"tiered+redis://..."``
@@ -376,7 +378,7 @@ class Cache:
 
     def __init__(
         self,
-        backend: str | CacheBackend = "memory://",
+        backend: str | CacheBackend | None = None,
         *,
         name: str = "cache",
         clock: Clock | Callable[[], float] | None = None,
@@ -411,6 +413,10 @@ class Cache:
         self._retry_max = max(float(backend_cooldown), self._retry_first)
         self._clock = as_clock(clock)
         self._rng = rng or random.Random()
+        if backend is None:  # a cache in each process's memory is a fine default
+            from scalekit.config import default_backend_url
+
+            backend = default_backend_url(fallback="memory://")
         self.backend = _backend_from(
             backend, self._clock, max_entries, serializer, clock_given=clock is not None
         )

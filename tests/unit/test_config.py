@@ -87,6 +87,18 @@ def test_budget_keeps_its_memory_default_and_follows_the_variable(
     assert isinstance(Budget("10/day", backend="memory://").backend, MemoryBackend)
 
 
+def test_cache_keeps_its_memory_default_and_follows_the_variable(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    from scalekit.cache import Cache, MemoryCacheBackend, RedisCacheBackend
+
+    monkeypatch.delenv("SCALEKIT_REDIS_URL", raising=False)
+    assert isinstance(Cache().backend, MemoryCacheBackend)
+    monkeypatch.setenv("SCALEKIT_REDIS_URL", redis_url)
+    assert isinstance(Cache().backend, RedisCacheBackend)
+    assert isinstance(Cache("memory://").backend, MemoryCacheBackend)
+
+
 def test_an_explicit_backend_wins_over_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCALEKIT_REDIS_URL", "redis://127.0.0.1:1/0")
     assert isinstance(RateLimiter("memory://", "3/minute").backend, MemoryBackend)
