@@ -85,10 +85,28 @@ class _Pipe:
         self.timed_out = False
 
 
+class PipelineCounters:
+    """What the auto-pipelines of one backend did, across every event loop (a loop's
+    pipeline goes when its loop ends; its counts stay). :meth:`RedisBackend.stats`
+    reads them and the metrics registry exports them (``scalekit_redis_*``)."""
+
+    __slots__ = ("batches", "commands", "errors", "max_depth")
+
+    def __init__(self) -> None:
+        from scalekit.observability._metrics import Counter
+
+        self.commands = Counter()
+        self.batches = Counter()
+        self.errors = Counter()
+        self.max_depth = 0
+
+
 class AutoPipeline:
     """The auto-pipeliner of one asyncio client (one event loop)."""
 
-    def __init__(self, client: Any, socket_timeout: float) -> None:
+    def __init__(
+        self, client: Any, socket_timeout: float, counters: PipelineCounters | None = None
+    ) -> None:
         import redis.exceptions
 
         self._response_error: type[Exception] = redis.exceptions.ResponseError
@@ -110,11 +128,8 @@ class AutoPipeline:
         self._pipes: list[_Pipe] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
-        # counters for stats()
-        self.commands = 0
-        self.batches = 0
-        self.max_depth = 0
-        self.errors = 0
+        # counters for stats(), shared by the backend's pipelines of every loop
+        self.counters = counters if counters is not None else PipelineCounters()
 
     # -- the caller's side ---------------------------------------------------------
     async def execute(self, *args: Any) -> Any:
@@ -145,8 +160,9 @@ class AutoPipeline:
         self._queue = []
         if not batch:
             return
-        self.batches += 1
-        self.commands += len(batch)
+        counters = self.counters
+        counters.batches.inc()
+        counters.commands.add(len(batch))
         pipe = self._pick()
         if pipe is None:
             pipe = _Pipe()
@@ -225,8 +241,8 @@ class AutoPipeline:
             return
         pipe.fifo.extend(futures)
         depth = len(pipe.fifo)
-        if depth > self.max_depth:
-            self.max_depth = depth
+        if depth > self.counters.max_depth:
+            self.counters.max_depth = depth
         if pipe.reader is None:
             pipe.reader = self._spawn(self._read(pipe))
         elif pipe.wakeup is not None and not pipe.wakeup.done():
@@ -320,7 +336,7 @@ class AutoPipeline:
             exc = self._connection_error(f"the auto-pipeline stopped ({exc!r})")
         for fut in futures:
             if not fut.done():
-                self.errors += 1
+                self.counters.errors.inc()
                 fut.set_exception(exc)
 
     # -- shutdown --------------------------------------------------------------------

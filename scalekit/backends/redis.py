@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from scalekit.backends._lua import LuaScript
 from scalekit.errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
-    from scalekit.backends._pipeline import AutoPipeline
+    from scalekit.backends._pipeline import AutoPipeline, PipelineCounters
     from scalekit.pools.metrics import PoolStats
     from scalekit.pools.postgres import HealthReport
 
@@ -273,6 +274,7 @@ class RedisBackend:
         self._noscript: type[Exception] = redis.exceptions.NoScriptError
         self._where = _redact(url)
         self._mapped = map_redis_errors(self._where)  # one stateless instance, reused
+        self._pipe_counters = _attach_pipeline_metrics(self)
         # the cache's own Redis calls still catch these; they move to map_redis_errors
         self._failures: tuple[type[Exception], ...] = (redis.exceptions.RedisError, OSError)
         self._script_loads: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Future[Any]] = {}
@@ -401,7 +403,7 @@ class RedisBackend:
             if self.autopipeline:
                 from scalekit.backends._pipeline import AutoPipeline
 
-                pipeline = AutoPipeline(client, self.socket_timeout)
+                pipeline = AutoPipeline(client, self.socket_timeout, self._pipe_counters)
         state = _LoopClient(client, pipeline)
         self._loops[loop] = state
         if not getattr(loop, "_asyncgens_shutdown_called", False):
@@ -473,14 +475,10 @@ class RedisBackend:
             stats = getattr(pool, "stats", None)
             if stats is not None:
                 pools.append(stats())
-        for state in list(self._loops.values()):
-            p = state.pipeline
-            if p is not None:
-                commands += p.commands
-                batches += p.batches
-                depth = max(depth, p.max_depth)
-                in_flight += p.in_flight
-                errors += p.errors
+        counters = self._pipe_counters
+        commands, batches = int(counters.commands.value), int(counters.batches.value)
+        depth, errors = counters.max_depth, int(counters.errors.value)
+        in_flight = self._in_flight()
         return RedisStats(
             max_connections=self.max_connections,
             connections=sum(p.size for p in pools),
@@ -494,6 +492,9 @@ class RedisBackend:
             pool_timeouts=sum(p.timeouts for p in pools),
             pools=tuple(pools),
         )
+
+    def _in_flight(self) -> int:
+        return sum(s.pipeline.in_flight for s in list(self._loops.values()) if s.pipeline)
 
     def health(self) -> HealthReport:
         """PING through the sync client; never raises (the error is in the report)."""
@@ -660,3 +661,63 @@ def _finish(agen: AsyncGenerator[None, None] | None) -> None:
         step.send(None)
     except (StopIteration, RuntimeError):
         pass
+
+
+def _attach_pipeline_metrics(backend: RedisBackend) -> PipelineCounters:
+    """The backend's auto-pipeline counters, in the metrics registry under its redacted
+    URL (``scalekit_redis_commands_total`` ...; backends of one URL add up)."""
+    from scalekit.backends._pipeline import PipelineCounters
+    from scalekit.observability._metrics import default_registry as registry
+
+    label = backend._where[:128]
+    counters = PipelineCounters()
+    families = _pipeline_families(registry)
+    counters.commands = families["commands"].attach(backend, label)
+    counters.batches = families["batches"].attach(backend, label)
+    counters.errors = families["errors"].attach(backend, label)
+    ref = weakref.ref(backend)
+
+    def in_flight() -> float:
+        b = ref()
+        return float(b._in_flight()) if b is not None else 0.0
+
+    def depth() -> float:
+        return float(counters.max_depth)
+
+    families["in_flight"].attach(backend, label).set_function(in_flight)
+    families["max_depth"].attach(backend, label).set_function(depth)
+    return counters
+
+
+_FAMILIES: dict[str, Any] = {}
+
+
+def _pipeline_families(registry: Any) -> dict[str, Any]:
+    if not _FAMILIES:
+        labels = ("backend",)
+        _FAMILIES.update(
+            commands=registry.counter(
+                "scalekit_redis_commands_total",
+                "Commands sent through the auto-pipeline.",
+                labels=labels,
+            ),
+            batches=registry.counter(
+                "scalekit_redis_batches_total", "Writes those commands took.", labels=labels
+            ),
+            errors=registry.counter(
+                "scalekit_redis_errors_total",
+                "Callers failed by a connection error or a timeout in the auto-pipeline.",
+                labels=labels,
+            ),
+            in_flight=registry.gauge(
+                "scalekit_redis_in_flight",
+                "Commands sent or queued, not answered yet.",
+                labels=labels,
+            ),
+            max_depth=registry.gauge(
+                "scalekit_redis_max_pipeline_depth",
+                "Most replies ever awaited on one connection.",
+                labels=labels,
+            ),
+        )
+    return _FAMILIES

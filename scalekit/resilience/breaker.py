@@ -299,6 +299,11 @@ class CircuitBreaker:
     def remove_listener(self, listener: Callable[[BreakerEvent], None]) -> None:
         self._listeners.remove(listener)
 
+    def stats(self) -> BreakerSnapshot:
+        """The same frozen snapshot as :meth:`snapshot`, under the name every
+        primitive's statistics have."""
+        return self.snapshot()
+
     def snapshot(self) -> BreakerSnapshot:
         with self._lock:
             m = self._m
@@ -676,6 +681,10 @@ class BreakerRegistry:
 
     def __len__(self) -> int:
         return len(self._breakers)
+
+    def stats(self) -> dict[str, BreakerSnapshot]:
+        """:meth:`snapshot` under the name every primitive's statistics have."""
+        return self.snapshot()
 
     def snapshot(self) -> dict[str, BreakerSnapshot]:
         """Every registered breaker's :class:`BreakerSnapshot`, by name."""

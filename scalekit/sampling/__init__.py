@@ -12,7 +12,7 @@
 from scalekit.sampling._hash import HASHES, HashName
 from scalekit.sampling.budget import Budget, BudgetFailurePolicy, Cap, budget_probability
 from scalekit.sampling.decision import SampleDecision
-from scalekit.sampling.decorator import BackgroundTasks, sampled
+from scalekit.sampling.decorator import BackgroundTasks, TaskStats, sampled
 from scalekit.sampling.estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
 from scalekit.sampling.pipeline import Pipeline, SamplingStats, Stage
 from scalekit.sampling.reservoir import AExpJ, ARes
@@ -22,6 +22,7 @@ __all__ = [
     "AExpJ",
     "ARes",
     "BackgroundTasks",
+    "TaskStats",
     "Budget",
     "BudgetFailurePolicy",
     "Cap",

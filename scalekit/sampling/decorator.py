@@ -9,6 +9,7 @@ import inspect
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import asdict, dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from scalekit import _validate as check
@@ -17,7 +18,7 @@ from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.sampling.decision import SampleDecision
 from scalekit.sampling.pipeline import Pipeline
 
-__all__ = ["BackgroundTasks", "SampledDecorator", "sampled"]
+__all__ = ["BackgroundTasks", "SampledDecorator", "TaskStats", "sampled"]
 
 log = logging.getLogger("scalekit.sampling")
 
@@ -134,6 +135,23 @@ def sampled(
         return sync_wrapper
 
     return cast(SampledDecorator[Any], decorate)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStats:
+    """What a :class:`BackgroundTasks` did, read from its counters in the metrics
+    registry: tasks ``spawned``, ``succeeded``, ``failed``, ``dropped`` (no slot and no
+    room to wait), ``cancelled``, and ``running`` now."""
+
+    spawned: int
+    succeeded: int
+    failed: int
+    dropped: int
+    cancelled: int
+    running: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
 
 
 class BackgroundTasks:
@@ -257,12 +275,13 @@ class BackgroundTasks:
             t.cancel()
         await self.drain()
 
-    def stats(self) -> dict[str, int]:
-        return {
-            "spawned": self.spawned,
-            "succeeded": self.succeeded,
-            "failed": self.failed,
-            "dropped": self.dropped,
-            "cancelled": self.cancelled,
-            "running": self.running,
-        }
+    def stats(self) -> TaskStats:
+        """One frozen snapshot (the shape every primitive's ``stats()`` has)."""
+        return TaskStats(
+            spawned=self.spawned,
+            succeeded=self.succeeded,
+            failed=self.failed,
+            dropped=self.dropped,
+            cancelled=self.cancelled,
+            running=self.running,
+        )

@@ -515,3 +515,30 @@ def test_idle_connections_are_closed(redis_kind_url: str) -> None:
         assert backend.stats().connections == 1
 
     run(main())
+
+
+def test_pipeline_figures_are_exported_natively_across_loops(redis_url: str) -> None:
+    """The auto-pipeline's commands and batches reach the metrics registry by
+    themselves (no register_source), under the redacted URL, and survive their loop."""
+    from scalekit.observability import default_registry
+
+    def series(name: str) -> dict[tuple[tuple[str, str], ...], float]:
+        [metric] = [m for m in default_registry.collect() if m.name == name]
+        return {tuple(sorted(s.labels.items())): s.value for s in metric.samples}
+
+    backend = RedisBackend(redis_url)
+    label = (("backend", backend._where[:128]),)
+    before = series("scalekit_redis_commands_total").get(label, 0.0)
+    batches_before = series("scalekit_redis_batches_total").get(label, 0.0)
+
+    async def burst() -> None:
+        await asyncio.gather(*(backend.aexecute("PING") for _ in range(50)))
+
+    run(burst())
+    run(burst())  # a second event loop: the first loop's pipeline is gone, its counts stay
+    assert series("scalekit_redis_commands_total")[label] - before == 100
+    assert series("scalekit_redis_batches_total")[label] - batches_before >= 2
+    assert series("scalekit_redis_in_flight")[label] == 0
+    s = backend.stats()
+    assert s.commands >= 100 and s.batches >= 2 and s.errors == 0
+    backend.close()

@@ -352,7 +352,7 @@ async def test_background_tasks_report_natively() -> None:
     assert series("scalekit_tasks_running")[(name,)] == 2
     gate.set()
     await tasks.drain()
-    assert tasks.stats() == {
+    assert tasks.stats().as_dict() == {
         "spawned": 2, "succeeded": 1, "failed": 1, "dropped": 1, "cancelled": 0, "running": 0,
     }  # fmt: skip
     for what, n in (("spawned", 2), ("succeeded", 1), ("failed", 1), ("dropped", 1)):

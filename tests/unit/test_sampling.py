@@ -269,7 +269,7 @@ async def test_background_tasks_bound_concurrency_and_log_errors(
     with caplog.at_level(logging.ERROR, logger="scalekit.sampling"):
         await tasks.drain()
     assert peak == 2
-    assert tasks.stats() == {
+    assert tasks.stats().as_dict() == {
         "spawned": 6,
         "succeeded": 5,
         "failed": 1,
