@@ -81,6 +81,11 @@ SHAPES: dict[str, Shape] = {
         _c("decode_errors", "scalekit_cache_decode_errors_total",
            "Entries that could not be decoded (served as misses)."),
         _c("backend_errors", "scalekit_cache_backend_errors_total", "Backend calls that failed."),
+        _c("coalesced", "scalekit_cache_coalesced_total",
+           "Readers that waited for another caller's load of the same key."),
+        _c("invalidations", "scalekit_cache_invalidations_total", "Invalidations applied."),
+        _c("invalidations_deferred", "scalekit_cache_invalidations_deferred_total",
+           "Invalidations queued while the backend was down."),
     )),
     # CircuitBreaker.snapshot() -> BreakerSnapshot; BreakerRegistry.snapshot() -> dict
     "breaker": Shape("breaker", (
