@@ -133,13 +133,13 @@ class BackendGuard:
         self,
         fn: Callable[[], T],
         degrade: Callable[[BackendError | None], T],
-        reset: Callable[[], object] | None = None,
+        reset: Callable[[BackendDataError], object] | None = None,
     ) -> T:
         """``fn()``; or ``degrade(exc)`` if it raises :class:`BackendError`, or
         ``degrade(None)`` without calling it while cooling down.
 
         A :class:`BackendDataError` marks the backend healthy. Without ``reset`` it
-        propagates (the primitive handles that key itself). With ``reset`` (which
+        propagates (the primitive handles that key itself). With ``reset(exc)`` (which
         deletes the state the data error was about), the state is reset, counted in
         :attr:`corrupt`, logged at most once per cooldown, and ``fn()`` runs again from
         the clean state; a second data error in a row answers ``degrade(None)`` for
@@ -159,7 +159,7 @@ class BackendGuard:
                 raise
             self._corrupted(exc)
             try:
-                reset()
+                reset(exc)
                 result = fn()
             except BackendError as again:
                 self.failure(again)
@@ -174,7 +174,7 @@ class BackendGuard:
         self,
         fn: Callable[[], Awaitable[T]],
         degrade: Callable[[BackendError | None], T],
-        reset: Callable[[], Awaitable[object]] | None = None,
+        reset: Callable[[BackendDataError], Awaitable[object]] | None = None,
     ) -> T:
         """The async twin of :meth:`call` (``fn`` and ``reset`` return awaitables)."""
         if self._until is not None and self.skip():
@@ -190,7 +190,7 @@ class BackendGuard:
                 raise
             self._corrupted(exc)
             try:
-                await reset()
+                await reset(exc)
                 result = await fn()
             except BackendError as again:
                 self.failure(again)

@@ -191,15 +191,9 @@ class _ConcurrencyCore:
         return raw[0] == 1, int(raw[1]), int(raw[2]) / 1e6
 
     def _corrupt(self, key: str, exc: BackendDataError) -> list[str]:
-        """A data error on ``key``'s lease set (a wrong type): count, log, its key."""
+        """A data error on ``key``'s lease set (a wrong type): count it; the keys to
+        reset (the guard logs it, once per cooldown)."""
         self._corrupt_count.inc()
-        log.warning(
-            "concurrency limiter %r: the state of key %r is not a lease set (%s); "
-            "resetting that key",
-            self.name,
-            key,
-            exc,
-        )
         return self._redis_call("count", key, "")[0]
 
     def _degraded(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
@@ -229,18 +223,14 @@ class ConcurrencyLimiter(_ConcurrencyCore):
         backend = self.backend
         assert isinstance(backend, RedisBackend)
 
-        def call() -> tuple[bool, int, float]:
-            keys, args = self._redis_call(op, key, lid)
-            try:
-                return self._parse(backend.evalsha(self._script, keys, args))
-            except BackendDataError as exc:  # that key's problem: reset it, decide again
-                backend.delete(self._corrupt(key, exc))
-                return self._parse(backend.evalsha(self._script, keys, args))
-
-        try:
-            return self._guard.call(call, lambda exc: self._on_backend_error(op, key, lid, exc))
-        except BackendDataError:  # still corrupt after the reset: this call only
-            return self._degraded(op, key, lid)
+        keys, args = self._redis_call(op, key, lid)
+        # a data error on the lease set is that key's problem: the guard resets it and
+        # decides again; corrupt again at once, this call alone gets the failure policy
+        return self._guard.call(
+            lambda: self._parse(backend.evalsha(self._script, keys, args)),
+            lambda exc: self._on_backend_error(op, key, lid, exc),
+            lambda exc: backend.delete(self._corrupt(key, exc)),
+        )
 
     def try_acquire(self, key: str) -> Lease | None:
         """Take a slot now, or return ``None``."""
@@ -307,20 +297,16 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
         backend = self.backend
         assert isinstance(backend, RedisBackend)
 
-        async def call() -> tuple[bool, int, float]:
-            keys, args = self._redis_call(op, key, lid)
-            try:
-                return self._parse(await backend.aevalsha(self._script, keys, args))
-            except BackendDataError as exc:  # that key's problem: reset it, decide again
-                await backend.adelete(self._corrupt(key, exc))
-                return self._parse(await backend.aevalsha(self._script, keys, args))
+        keys, args = self._redis_call(op, key, lid)
 
-        try:
-            return await self._guard.acall(
-                call, lambda exc: self._on_backend_error(op, key, lid, exc)
-            )
-        except BackendDataError:  # still corrupt after the reset: this call only
-            return self._degraded(op, key, lid)
+        async def call() -> tuple[bool, int, float]:
+            return self._parse(await backend.aevalsha(self._script, keys, args))
+
+        return await self._guard.acall(
+            call,
+            lambda exc: self._on_backend_error(op, key, lid, exc),
+            lambda exc: backend.adelete(self._corrupt(key, exc)),
+        )
 
     async def try_acquire(self, key: str) -> Lease | None:
         key = self._check_key(key)

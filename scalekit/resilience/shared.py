@@ -38,7 +38,7 @@ from scalekit.backends import BackendLike, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
 from scalekit.backends.redis import RedisBackend
-from scalekit.errors import BackendError, ConfigurationError
+from scalekit.errors import BackendDataError, BackendError, ConfigurationError
 from scalekit.resilience.machine import ADMIT, PROBE, REJECT
 from scalekit.resilience.policy import State
 
@@ -296,12 +296,12 @@ class SharedState:
             self._reset,
         )
 
-    def _reset(self) -> None:
+    def _reset(self, exc: BackendDataError) -> None:
         """Drop the fleet's state of this breaker (closed, empty window): what a data
         error about it leaves (a key of another type, a value the scripts cannot read)."""
         self.backend.delete(self._keys)
 
-    async def _areset(self) -> None:
+    async def _areset(self, exc: BackendDataError) -> None:
         await self.backend.adelete(self._keys)
 
     def _recorded(self, reply: Any) -> None:

@@ -378,7 +378,7 @@ class Budget(Generic[T]):
             return o[0], o[1], self._detail(o, scope)
 
         return self._guard.call(
-            remote, lambda _: self._degraded(scope, u), lambda: store.reset(scope)
+            remote, lambda _: self._degraded(scope, u), lambda _: store.reset(scope)
         )
 
     async def adecide(self, item: T) -> tuple[bool, float, str]:
@@ -394,7 +394,7 @@ class Budget(Generic[T]):
             return o[0], o[1], self._detail(o, scope)
 
         return await self._guard.acall(
-            remote, lambda _: self._degraded(scope, u), lambda: store.areset(scope)
+            remote, lambda _: self._degraded(scope, u), lambda _: store.areset(scope)
         )
 
     def refund(self, item: T) -> None:
@@ -410,7 +410,7 @@ class Budget(Generic[T]):
         self._guard.call(
             lambda: store.refund(scope, self.period),
             lambda exc: self._refund_locally(scope, exc),
-            lambda: store.reset(scope),
+            lambda _: store.reset(scope),
         )
 
     async def arefund(self, item: T) -> None:
@@ -423,7 +423,7 @@ class Budget(Generic[T]):
         await self._guard.acall(
             lambda: store.arefund(scope, self.period),
             lambda exc: self._refund_locally(scope, exc),
-            lambda: store.areset(scope),
+            lambda _: store.areset(scope),
         )
 
     def _refund_locally(self, scope: str, exc: BackendError | None) -> None:

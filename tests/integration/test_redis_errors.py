@@ -177,7 +177,8 @@ def test_guard_call_resets_on_a_data_error_and_decides_again() -> None:
             raise BackendDataError("WRONGTYPE")
         return "fresh"
 
-    def reset() -> None:
+    def reset(exc: BackendDataError) -> None:
+        assert "WRONGTYPE" in str(exc)
         state["resets"] += 1
         state["corrupt"] = False
 
@@ -189,7 +190,7 @@ def test_guard_call_resets_on_a_data_error_and_decides_again() -> None:
     def still_bad() -> str:
         raise BackendDataError("WRONGTYPE")
 
-    got = guard.call(still_bad, lambda e: "degraded", lambda: always.__setitem__("resets", 1))
+    got = guard.call(still_bad, lambda e: "degraded", lambda exc: always.__setitem__("resets", 1))
     assert got == "degraded" and always["resets"] == 1
     assert guard.errors == 0 and not guard.skip()
 
@@ -199,8 +200,8 @@ def test_guard_call_resets_on_a_data_error_and_decides_again() -> None:
         async def afn() -> str:
             return fn()
 
-        async def areset() -> None:
-            reset()
+        async def areset(exc: BackendDataError) -> None:
+            reset(exc)
 
         assert await guard.acall(afn, lambda e: "degraded", areset) == "fresh"
 
