@@ -16,7 +16,6 @@ import pytest
 
 from scalekit.errors import ConfigurationError, CursorError
 from scalekit.pagination import Keyset, Offset
-from scalekit.pools import PgPool, PoolSettings
 from scalekit.testing import FakeClock
 
 pytestmark = pytest.mark.postgres
@@ -48,26 +47,6 @@ async def table(postgres_dsn: str) -> AsyncIterator[str]:
     finally:
         await con.execute(f"DROP TABLE {quoted}")
         await con.close()
-
-
-@pytest.fixture(params=["connection", "asyncpg-pool", "pgpool", "pgbouncer"])
-async def executor(
-    request: pytest.FixtureRequest, postgres_dsn: str, table: str
-) -> AsyncIterator[Any]:
-    kind = request.param
-    if kind == "connection":
-        con = await asyncpg.connect(postgres_dsn)
-        yield con
-        await con.close()
-    elif kind == "asyncpg-pool":
-        pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
-        yield pool
-        await pool.close()
-    else:
-        dsn = postgres_dsn if kind == "pgpool" else request.getfixturevalue("pgbouncer_dsn")
-        pooler = "direct" if kind == "pgpool" else "pgbouncer-transaction"
-        async with PgPool(PoolSettings(url=dsn, max_size=2, pooler=pooler)) as pool:
-            yield pool
 
 
 def feed(table: str, **kw: Any) -> Keyset:

@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 
 from scalekit.errors import ConfigurationError, CursorError, MustRefetch
-from scalekit.pools import PgPool, PoolSettings
 from scalekit.sync import (
     ChangeFeed,
     ChangePage,
@@ -57,24 +56,6 @@ async def table_state(con: Any, schema: str, where: str = "TRUE") -> dict[int, s
 
 def bodies(replica: dict[int, dict[str, Any]]) -> dict[int, str]:
     return {k: v["body"] for k, v in replica.items()}
-
-
-@pytest.fixture(params=["connection", "asyncpg-pool", "pgpool", "pgbouncer"])
-async def executor(request: pytest.FixtureRequest, postgres_dsn: str) -> AsyncIterator[Any]:
-    kind = request.param
-    if kind == "connection":
-        c = await asyncpg.connect(postgres_dsn)
-        yield c
-        await c.close()
-    elif kind == "asyncpg-pool":
-        pool = await asyncpg.create_pool(postgres_dsn, min_size=1, max_size=2)
-        yield pool
-        await pool.close()
-    else:
-        dsn = postgres_dsn if kind == "pgpool" else request.getfixturevalue("pgbouncer_dsn")
-        pooler = "direct" if kind == "pgpool" else "pgbouncer-transaction"
-        async with PgPool(PoolSettings(url=dsn, max_size=2, pooler=pooler)) as pool:
-            yield pool
 
 
 async def test_full_then_delta_sync_on_every_executor(executor: Any, con: Any, schema: str) -> None:
