@@ -58,6 +58,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
+from scalekit.backends import MemoryBackend
 from scalekit.errors import ConfigurationError, MissingDependency, RateLimitExceeded
 from scalekit.ratelimit.asgi import HeadersMode, client_address, rate_limit_headers
 from scalekit.ratelimit.decision import Decision
@@ -163,9 +164,7 @@ def limit(
         raise ConfigurationError(
             f"limit() needs an AsyncRateLimiter (or an in-memory RateLimiter), got {limiter!r}"
         )
-    if isinstance(limiter, RateLimiter) and not limiter.backend.__class__.__name__.startswith(
-        "Memory"
-    ):
+    if isinstance(limiter, RateLimiter) and not isinstance(limiter.backend, MemoryBackend):
         raise ConfigurationError(
             "a synchronous RateLimiter on Redis would block the event loop; "
             "use AsyncRateLimiter with the same arguments"
@@ -294,9 +293,7 @@ async def limit_message(
         raise ConfigurationError(f"on_exceeded must be 'error' or 'close', got {on_exceeded!r}")
     if isinstance(limiter, AsyncRateLimiter):
         decision = await limiter.hit(key, cost, tier=tier)
-    elif isinstance(limiter, RateLimiter) and limiter.backend.__class__.__name__.startswith(
-        "Memory"
-    ):
+    elif isinstance(limiter, RateLimiter) and isinstance(limiter.backend, MemoryBackend):
         decision = limiter.hit(key, cost, tier=tier)
     else:
         raise ConfigurationError(
