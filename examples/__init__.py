@@ -1,0 +1,1 @@
+"""scalekit's example services (importable as ``examples.<service>`` from a checkout)."""
