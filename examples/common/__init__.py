@@ -11,5 +11,6 @@ own applies its own ``schema.sql`` on top.
 
 from .config import ServiceConfig
 from .db import apply_schema
+from .workload import WorkloadResult
 
-__all__ = ["ServiceConfig", "apply_schema"]
+__all__ = ["ServiceConfig", "WorkloadResult", "apply_schema"]
