@@ -326,3 +326,83 @@ def test_the_breakdown_adds_up_to_the_totals(calls: list[tuple[str, int, bool]])
         part = st_.namespaces.get(ns)
         served = 0 if part is None else part.hits + part.misses + part.stale_served
         assert served == n, ns
+
+
+# -- the exporters read the namespace label -------------------------------------------------
+
+
+def _two_namespaces() -> tuple[Cache, dict[str, tuple[int, int]]]:
+    """A cache with two @cached functions and direct calls; (hits, misses) by namespace."""
+    c = Cache(name=_name())
+
+    @cached(ttl=60, cache=c, namespace="users")
+    def user(uid: int) -> int:
+        return uid
+
+    @cached(ttl=60, cache=c, namespace="teams")
+    def team(tid: int) -> int:
+        return tid
+
+    for _ in range(3):
+        user(1)
+    team(1)
+    team(2)
+    c.get("nothing")
+    return c, {"users": (2, 1), "teams": (0, 2), "-": (0, 1)}
+
+
+def test_prometheus_exposition_carries_the_namespace() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from scalekit.observability.prometheus import exposition
+
+    c, expected = _two_namespaces()
+    body, _ = exposition()  # the default registry, where the cache reports
+    families = {f.name: f for f in text_string_to_metric_families(body.decode())}
+    got: dict[str, dict[str, float]] = {"hits": {}, "misses": {}}
+    for what in got:
+        fam = families[f"scalekit_cache_{what}"]
+        assert fam.type == "counter"
+        for s in fam.samples:
+            if s.labels.get("cache") == c.name:
+                assert s.name == f"scalekit_cache_{what}_total"
+                assert set(s.labels) == {"cache", "namespace"}
+                got[what][s.labels["namespace"]] = s.value
+    assert got["hits"] == {ns: h for ns, (h, _) in expected.items()}
+    assert got["misses"] == {ns: m for ns, (_, m) in expected.items()}
+    # and the Python breakdown says the same
+    parts = c.stats().namespaces
+    assert {ns: (p.hits, p.misses) for ns, p in parts.items()} == expected
+
+
+def test_otel_reads_the_namespace_label() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from scalekit.observability.otel import instrument
+
+    c, expected = _two_namespaces()
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    bridge = instrument(meter_provider=provider)  # the default registry
+    try:
+        data = reader.get_metrics_data()
+        assert data is not None
+        got: dict[str, dict[str, float]] = {"hits": {}, "misses": {}}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    what = m.name.removeprefix("scalekit_cache_")
+                    if what not in got:
+                        continue
+                    for p in m.data.data_points:
+                        attrs = dict(p.attributes or {})
+                        if attrs.get("cache") == c.name:
+                            assert set(attrs) == {"cache", "namespace"}
+                            got[what][str(attrs["namespace"])] = p.value  # type: ignore[union-attr]
+        assert got["hits"] == {ns: h for ns, (h, _) in expected.items()}
+        assert got["misses"] == {ns: m for ns, (_, m) in expected.items()}
+    finally:
+        bridge.close()
+        provider.shutdown()
+    assert bridge.sync not in default_registry._watchers
