@@ -96,9 +96,11 @@ early-refresh reads included), misses (foreground loads needed), stale_served,
 loads (loader runs, background refreshes included), load_errors, load_time_total
 (seconds on the cache clock), evictions (from the backend's bound),
 decode_errors, backend_errors, coalesced (callers that waited for another
-caller's load) and invalidations. Each counter but evictions is a native counter
-of :mod:`scalekit.observability` (``scalekit_cache_<what>_total``, labelled
-``cache``: see :mod:`scalekit.cache._metrics`); ``stats()`` reads them.
+caller's load) and invalidations, and the same per namespace in
+``CacheStats.namespaces``. Each counter but evictions is a native counter of
+:mod:`scalekit.observability` (``scalekit_cache_<what>_total``, labelled ``cache``
+and ``namespace``: a ``@cached`` function's namespace, ``"-"`` for direct calls;
+see :mod:`scalekit.cache._metrics`); ``stats()`` reads them.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ import random
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import urlsplit
@@ -119,7 +121,7 @@ from scalekit import _validate
 from scalekit._clock import Clock, as_clock
 from scalekit.backends import memory_bound, parse_backend_url
 from scalekit.backends._guard import BackendGuard
-from scalekit.cache._metrics import CacheCounters
+from scalekit.cache._metrics import CacheCounters, CacheMetrics
 from scalekit.cache.backend import (
     AsyncCacheBackend,
     CacheBackend,
@@ -255,17 +257,32 @@ class CacheStats:
     invalidations: int = 0
     #: invalidations queued while the backend failed (``on_invalidation_error="defer"``)
     invalidations_deferred: int = 0
+    #: the same counters per namespace (a ``@cached`` function's; ``"-"``: direct
+    #: calls and cache-wide figures), each a ``CacheStats`` with no ``namespaces`` of
+    #: its own; they add up to this object's (see :mod:`scalekit.cache._metrics`)
+    namespaces: dict[str, CacheStats] = field(default_factory=dict)
+
+
+#: the fields of CacheStats that add up over namespaces
+_SUMMED = tuple(f.name for f in fields(CacheStats) if f.name not in ("name", "namespaces"))
 
 
 class _Fill:
     """A load in progress; invalidations bump ``generation``. ``heads``: the
     namespace heads of a ``@cached`` key; ``hint``: the type values decode to."""
 
-    __slots__ = ("delta", "generation", "heads", "hint", "key", "seq", "tags")
+    __slots__ = ("delta", "generation", "heads", "hint", "key", "m", "seq", "tags")
 
     def __init__(
-        self, key: str, tags: frozenset[str], seq: int, heads: tuple[str, ...], hint: Any
+        self,
+        key: str,
+        tags: frozenset[str],
+        seq: int,
+        heads: tuple[str, ...],
+        hint: Any,
+        m: CacheCounters,
     ) -> None:
+        self.m = m  # the counters of the caller's namespace
         self.key = key
         self.tags = tags
         self.seq = seq
@@ -425,7 +442,9 @@ class Cache:
         self._local: bool = bool(getattr(self.backend, "local", True))
         if not self._local:
             self._clock = cast(FencedCacheBackend, self.backend).clock
-        self._m = m = CacheCounters(self, name)
+        # one counter set per namespace; ``_m``: direct calls' and the cache-wide ones
+        self._metrics = CacheMetrics(self, name, prefix)
+        self._m = m = self._metrics.direct
         self._guard = _CacheGuard(
             name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
         )
@@ -580,7 +599,7 @@ class Cache:
         result, exc = yield op, args
         if exc is None:
             self._guard.success()
-            self._m.invalidations.inc()
+            self._metrics.covering(op, args).invalidations.inc()
             return result
         if isinstance(exc, BackendError):
             self._guard.failure(exc)
@@ -593,7 +612,7 @@ class Cache:
 
     def _defer_invalidation(self, op: str, args: tuple[Any, ...], exc: BackendError) -> None:
         """Queue an invalidation the backend refused; start the retrier if needed."""
-        self._m.deferred.inc()
+        self._metrics.covering(op, args).deferred.inc()
         with self._deferred_done:
             queue = self._deferred
             first = not queue
@@ -649,7 +668,7 @@ class Cache:
             except Exception:  # never expected: do not spin on it
                 log.exception("cache %r: a deferred %s failed; dropped", self.name, op)
             else:
-                self._m.invalidations.inc()
+                self._metrics.covering(op, args).invalidations.inc()
                 applied += 1
             pause = self._retry_first
             with self._deferred_done:
@@ -688,8 +707,14 @@ class Cache:
         return getattr(backend, "redis", None)
 
     def stats(self) -> CacheStats:
-        """A snapshot of the counters."""
-        m = self._m
+        """A snapshot of the counters: the cache's totals, and the same counters per
+        namespace in ``namespaces`` (see :mod:`scalekit.cache._metrics`)."""
+        parts = {c.namespace: self._stats_of(c) for c in self._metrics.sets()}
+        total: dict[str, Any] = {f: sum(getattr(p, f) for p in parts.values()) for f in _SUMMED}
+        return CacheStats(name=self.name, **total, namespaces=parts)
+
+    def _stats_of(self, m: CacheCounters) -> CacheStats:
+        direct = m is self._m  # the cache-wide figures are counted there
         return CacheStats(
             name=self.name,
             hits=int(m.hits.value),
@@ -698,9 +723,9 @@ class Cache:
             loads=int(m.loads.value),
             load_errors=int(m.load_errors.value),
             load_time_total=float(m.load_seconds.value),
-            evictions=self.backend.evictions,
-            decode_errors=int(getattr(self.backend, "decode_errors", 0)),
-            backend_errors=int(m.backend_errors.value),
+            evictions=self.backend.evictions if direct else 0,
+            decode_errors=int(getattr(self.backend, "decode_errors", 0)) if direct else 0,
+            backend_errors=int(m.backend_errors.value) if direct else 0,
             coalesced=int(m.coalesced.value),
             invalidations=int(m.invalidations.value),
             invalidations_deferred=int(m.deferred.value),
@@ -860,14 +885,18 @@ class Cache:
         state: Freshness | None,
         heads: tuple[str, ...] = (),
         hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> T:
-        """:meth:`get_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
+        """:meth:`get_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`);
+        ``m``: the counters of the caller's namespace (default: direct calls')."""
+        if m is None:
+            m = self._m
         if entry is not None and state is not None and state.servable:
-            self._count_served(state)
+            self._count_served(state, m)
             if state.needs_refresh:
-                self._spawn_thread(key, loader, tagset, opts, heads, hint)
+                self._spawn_thread(key, loader, tagset, opts, heads, hint, m)
             return cast(T, _unwrap(entry[0]))
-        self._m.misses.inc()
+        m.misses.inc()
         waited = False
         while True:
             with self._lock:
@@ -875,21 +904,21 @@ class Cache:
                 leader = flight is None
                 if flight is None:
                     flight = self._sync_flights[key] = _SyncFlight()
-                    fill = self._new_fill(key, tagset, heads, hint)
+                    fill = self._new_fill(key, tagset, heads, hint, m)
             if leader:
                 outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
-                return cast(T, self._resolve(outcome, entry))
+                return cast(T, self._resolve(outcome, entry, m))
             if not waited:
                 waited = True
-                self._m.coalesced.inc()
+                m.coalesced.inc()
             if not flight.done.wait(opts._wait):
                 with self._lock:
-                    fill = self._new_fill(key, tagset, heads, hint)
+                    fill = self._new_fill(key, tagset, heads, hint, m)
                 flow = self._fill_flow(fill, opts, background=False, lease=False)
-                return cast(T, self._resolve(self._run(flow, loader), entry))
+                return cast(T, self._resolve(self._run(flow, loader), entry, m))
             if flight.abandoned or flight.outcome is None:
                 continue
-            return cast(T, self._resolve(flight.outcome, entry))
+            return cast(T, self._resolve(flight.outcome, entry, m))
 
     def _lead_sync(
         self,
@@ -923,12 +952,13 @@ class Cache:
         opts: CacheOptions,
         heads: tuple[str, ...] = (),
         hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> None:
         with self._lock:
             if key in self._sync_flights:
                 return  # a load of this key is already running: that is the refresh
             flight = self._sync_flights[key] = _SyncFlight()
-            fill = self._new_fill(key, tags, heads, hint)
+            fill = self._new_fill(key, tags, heads, hint, m)
 
         def refresh() -> None:
             try:
@@ -962,19 +992,25 @@ class Cache:
         state: Freshness | None,
         heads: tuple[str, ...] = (),
         hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> T:
-        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_areader`)."""
+        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_areader`);
+        ``m``: the counters of the caller's namespace (default: direct calls')."""
+        if m is None:
+            m = self._m
         if entry is not None and state is not None and state.servable:
-            self._count_served(state)
+            self._count_served(state, m)
             if state.needs_refresh:
-                self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
+                self._async_flight(key, loader, tagset, opts, heads, hint, m, background=True)
             return cast(T, _unwrap(entry[0]))
-        self._m.misses.inc()
-        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
+        m.misses.inc()
+        task, leader = self._async_flight(
+            key, loader, tagset, opts, heads, hint, m, background=False
+        )
         if leader:
             outcome = await asyncio.shield(task)
         else:
-            self._m.coalesced.inc()
+            m.coalesced.inc()
             try:
                 # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
                 # this caller's cancellation when the load ends at the same moment
@@ -982,10 +1018,10 @@ class Cache:
                     outcome = await asyncio.shield(task)
             except TimeoutError:
                 with self._lock:
-                    fill = self._new_fill(key, tagset, heads, hint)
+                    fill = self._new_fill(key, tagset, heads, hint, m)
                 flow = self._fill_flow(fill, opts, background=False, lease=False)
                 outcome = await self._arun(flow, loader)
-        return cast(T, self._resolve(outcome, entry))
+        return cast(T, self._resolve(outcome, entry, m))
 
     def _async_flight(
         self,
@@ -995,6 +1031,7 @@ class Cache:
         opts: CacheOptions,
         heads: tuple[str, ...],
         hint: Any,
+        m: CacheCounters,
         *,
         background: bool,
     ) -> tuple[asyncio.Task[_Outcome], bool]:
@@ -1004,7 +1041,7 @@ class Cache:
             task = self._async_flights.get(fkey)
             if task is not None:
                 return task, False
-            fill = self._new_fill(key, tags, heads, hint)
+            fill = self._new_fill(key, tags, heads, hint, m)
             flow = self._fill_flow(fill, opts, background=background)
             task = loop.create_task(self._arun(flow, loader))
             self._async_flights[fkey] = task
@@ -1213,11 +1250,13 @@ class Cache:
         """XFetch's ``rand``, uniform in ``(0, 1]``."""
         return 1.0 - self._rng.random()
 
-    def _count_served(self, state: Freshness) -> None:
+    def _count_served(self, state: Freshness, m: CacheCounters | None = None) -> None:
+        if m is None:
+            m = self._m
         if state is Freshness.STALE_REVALIDATE:
-            self._m.stale.inc()
+            m.stale.inc()
         else:
-            next(self._hit_count)
+            next(m.hits.tick)
 
     def _recheck(self, key: str) -> _Outcome | None:
         """Before a foreground load: the outcome if a fresh entry appeared since the
@@ -1357,7 +1396,7 @@ class Cache:
             raise exc
 
     def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
-        self._m.load_errors.inc()
+        fill.m.load_errors.inc()
         with self._lock:
             first = not self._warned
             self._warned = True
@@ -1371,11 +1410,17 @@ class Cache:
     # --- bookkeeping ------------------------------------------------------------------
 
     def _new_fill(
-        self, key: str, tags: frozenset[str], heads: tuple[str, ...] = (), hint: Any = None
+        self,
+        key: str,
+        tags: frozenset[str],
+        heads: tuple[str, ...] = (),
+        hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> _Fill:
-        """Register a load in progress (call with the lock held)."""
+        """Register a load in progress (call with the lock held); ``m``: the counters
+        of the caller's namespace (default: direct calls')."""
         self._fill_seq += 1
-        fill = _Fill(key, tags, self._fill_seq, heads, hint)
+        fill = _Fill(key, tags, self._fill_seq, heads, hint, self._m if m is None else m)
         self._fills.add(fill)
         return fill
 
@@ -1421,7 +1466,7 @@ class Cache:
         remote backend must store (``_NOTHING``: nothing)."""
         elapsed = max(0.0, self._clock.now() - started)
         store: object = _NOTHING
-        m = self._m
+        m = fill.m
         m.loads.inc()
         if elapsed:
             m.load_seconds.add(elapsed)
@@ -1479,7 +1524,7 @@ class Cache:
             # served stale would be replaced
             store = CachedError(exc)
             negative = False
-        m = self._m
+        m = fill.m
         m.loads.inc()
         m.load_errors.inc()
         if elapsed:
@@ -1495,8 +1540,11 @@ class Cache:
             log.debug("cache %r: background refresh of %r failed: %r", self.name, fill.key, exc)
         return _Outcome(error=exc), store
 
-    def _resolve(self, outcome: _Outcome, stale: tuple[object, EntryMeta] | None) -> object:
-        """The caller's answer: the loaded value, else the stale one if allowed."""
+    def _resolve(
+        self, outcome: _Outcome, stale: tuple[object, EntryMeta] | None, m: CacheCounters
+    ) -> object:
+        """The caller's answer: the loaded value, else the stale one if allowed
+        (counted on ``m``, the caller's namespace)."""
         error = outcome.error
         if error is None:
             return outcome.value
@@ -1505,7 +1553,7 @@ class Cache:
             and not isinstance(stale[0], CachedError)
             and plan_after_load_failure(stale[1], self._clock.now())
         ):
-            self._m.stale.inc()
+            m.stale.inc()
             return stale[0]
         raise error.with_traceback(outcome.tb)
 

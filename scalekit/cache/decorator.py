@@ -140,7 +140,10 @@ def cached(
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
         aread = None if c._local else c._areader(opts, hint)
-        hits = c._hit_count
+        # this function's namespace's counters, resolved once: the hit path counts on
+        # them with one next(), no lookup (see scalekit.cache._metrics)
+        counters = c._metrics.of(builder.namespace)
+        hits = counters.hits.tick
 
         def resolve() -> None:
             """The first call's resolution of a forward-referenced return type."""
@@ -169,6 +172,7 @@ def cached(
                     state,
                     heads,
                     hint,
+                    counters,
                 )
 
             if c._local:  # the read is a plain call: nothing to await on a hit
@@ -226,6 +230,7 @@ def cached(
                 state,
                 heads,
                 hint,
+                counters,
             )
 
         setattr(sync_wrapper, _ATTR, _Binding(c, make_key))
