@@ -336,8 +336,17 @@ def create_app(
             tags=lambda conversation_id: (f"conversation:{conversation_id}",),
         )(svc.load_conversation)
 
-        svc.messages = AsyncRateLimiter(backend, lim.messages, name="chat-messages", clock=clock)
-        svc.images = AsyncRateLimiter(backend, lim.images, name="chat-images", clock=clock)
+        # while Redis is down each process keeps limiting on its own (never unlimited)
+        svc.messages = AsyncRateLimiter(
+            backend,
+            lim.messages,
+            name="chat-messages",
+            clock=clock,
+            on_backend_error="local_fallback",
+        )
+        svc.images = AsyncRateLimiter(
+            backend, lim.images, name="chat-images", clock=clock, on_backend_error="local_fallback"
+        )
 
         low, high = lim.extraction_rate
         svc.extraction = Pipeline(
