@@ -262,6 +262,29 @@ class ChatService:
             await asyncio.gather(*list(self._naive_tasks), return_exceptions=True)
 
 
+# Storing an exchange: $1 the conversation (its id, or a new one's title), $2 the
+# user, $3 the message, $4 the reply; returns (conversation id, message count,
+# the user message's id).
+_STORE_TAIL = (
+    " RETURNING id, message_count),"
+    " ins AS ("
+    "  INSERT INTO messages (conversation_id, user_id, role, body)"
+    "  SELECT conv.id, $2, v.role, v.body FROM conv,"
+    "   (VALUES (1, 'user', $3::text), (2, 'assistant', $4::text)) AS v(n, role, body)"
+    "  ORDER BY v.n RETURNING id, role)"
+    " SELECT conv.id, conv.message_count, (SELECT min(id) FROM ins WHERE role = 'user')"
+    " FROM conv"
+)
+_STORE_IN = (
+    "WITH conv AS (UPDATE conversations SET message_count = message_count + 2,"
+    " updated_at = now() WHERE id = $1 AND user_id = $2" + _STORE_TAIL
+)
+_STORE_NEW = (
+    "WITH conv AS (INSERT INTO conversations (user_id, title, message_count)"
+    " VALUES ($2, $1, 2)" + _STORE_TAIL
+)
+
+
 def _make_backend(config: ServiceConfig) -> MemoryBackend | RedisBackend:
     if config.redis_url is None:
         return MemoryBackend()
@@ -477,43 +500,26 @@ def create_app(
             return {"reply": await complete(cfg, [], msg.body), "conversation_id": None}
         sub = await subscription_of(user)
         db = svc.db
-        if msg.conversation_id is None:
-            row = await db.fetchrow(
-                "INSERT INTO conversations (user_id, title) VALUES ($1, $2) RETURNING id",
-                user,
-                msg.body[:60],
-            )
-            conversation_id = int(row[0])
-            history: list[tuple[str, str]] = []
-        else:
-            conversation_id = (await owned_conversation(msg.conversation_id, user)).id
+        history: list[tuple[str, str]] = []
+        if msg.conversation_id is not None:
+            conversation = await owned_conversation(msg.conversation_id, user)
             rows = await db.fetch(
                 "SELECT role, body FROM messages WHERE conversation_id = $1"
                 " ORDER BY id DESC LIMIT 10",
-                conversation_id,
+                conversation.id,
             )
             history = [(r[0], r[1]) for r in reversed(rows)]
         reply = await complete(cfg, history, msg.body)
-        # both messages and the conversation's count in one statement (one round trip)
-        row = await db.fetchrow(
-            "WITH conv AS ("
-            "  UPDATE conversations SET message_count = message_count + 2, updated_at = now()"
-            "  WHERE id = $1 AND user_id = $2 RETURNING id, message_count),"
-            " ins AS ("
-            "  INSERT INTO messages (conversation_id, user_id, role, body)"
-            "  SELECT conv.id, $2, v.role, v.body FROM conv,"
-            "   (VALUES (1, 'user', $3::text), (2, 'assistant', $4::text)) AS v(n, role, body)"
-            "  ORDER BY v.n RETURNING id, role)"
-            " SELECT conv.message_count, (SELECT min(id) FROM ins WHERE role = 'user')"
-            " FROM conv",
-            conversation_id,
-            user,
-            msg.body,
-            reply,
-        )
+        # the conversation (new or not), both messages and its count in one statement:
+        # one round trip, and a failed model call leaves nothing behind
+        if msg.conversation_id is None:
+            row = await db.fetchrow(_STORE_NEW, msg.body[:60], user, msg.body, reply)
+        else:
+            row = await db.fetchrow(_STORE_IN, msg.conversation_id, user, msg.body, reply)
         if row is None:  # deleted meanwhile
             raise HTTPException(status_code=404, detail="no such conversation")
-        message_count, message_id = int(row[0]), int(row[1])
+        conversation_id = int(row[0])
+        message_count, message_id = int(row[1]), int(row[2])
         extraction = await svc.schedule_extraction(
             ExtractionItem(user, conversation_id, message_id, msg.body, message_count)
         )
