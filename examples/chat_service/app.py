@@ -340,7 +340,11 @@ def create_app(
             if isinstance(backend, RedisBackend)
             else "memory://"
         )
-        svc.cache = cache = Cache(cache_backend, name="chat_service", clock=clock)
+        # an invalidation Redis cannot take now is queued, and reads skip Redis until
+        # it is applied: a write is never followed by a stale read
+        svc.cache = cache = Cache(
+            cache_backend, name="chat_service", clock=clock, on_invalidation_error="defer"
+        )
         get_subscription = cached(
             ttl=lim.subscription_ttl,
             cache=cache,

@@ -30,6 +30,7 @@ from examples.chat_service import (
 from examples.common import ServiceConfig
 from scalekit.sampling import Cap
 from scalekit.testing import FakeClock
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.postgres
 
@@ -558,3 +559,38 @@ async def test_health_and_metrics_are_mounted(
         assert metrics.status_code == 200
         assert 'scalekit_cache_hits_total{cache="chat_service"' in metrics.text
         assert 'scalekit_breaker_calls_total{breaker="chat-llm"}' in metrics.text
+
+
+# -- Redis killed mid-run ----------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_with_redis_killed_the_service_keeps_answering_and_limiting(
+    db: asyncpg.Connection, example_dsn: str, redis_server: RedisServer
+) -> None:
+    clock = FakeClock()
+    extractor = FakeMemoryExtractor()
+    limits = ChatLimits(extraction_rate=(1.0, 1.0))  # every eligible message reaches the cap
+    config = ServiceConfig(database_url=example_dsn, redis_url=redis_server.url, clock=clock)
+    app = create_app(config, extractor=extractor, limits=limits)
+    free = await user_of(db, "free")
+    cid = await mature_conversation(db, free)
+    async with serve(app) as c:
+        first = await send(c, free, LONG, conversation=cid)
+        assert first.json()["extraction"] == "scheduled"
+        assert (await c.get("/llm-config")).status_code == 200
+        await service(app).drain()
+
+        redis_server.stop(kill=True)  # SIGKILL, as a crash would
+
+        # limits go on in this process (never unlimited), reads go to the database
+        statuses = [(await send(c, free, LONG, conversation=cid)) for _ in range(21)]
+        assert [r.status_code for r in statuses] == [200] * 20 + [429]
+        # no extraction runs unbounded while its budget cannot be counted
+        assert not any(r.json()["extraction"] == "scheduled" for r in statuses[:20])
+        new = {"model": "while-down", "temperature": 0.1, "system_prompt": ""}
+        assert (await c.put("/llm-config", json=new)).status_code == 200
+        assert (await c.get("/llm-config")).json()["model"] == "while-down"
+        ready = await c.get("/health/ready")
+        assert ready.status_code == 503 and ready.json()["failed"]
+    assert extractor.calls == 1
