@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from scalekit import AsyncRateLimiter, DeadlineExceeded, MemoryBackend, RedisBackend
 from scalekit.cache import Cache, RedisCacheBackend, cached
@@ -96,6 +96,16 @@ class ChatLimits:
 # -- the API's shapes ---------------------------------------------------------------
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL text cannot hold it: a 422, not a 500
+        raise ValueError("text must not contain NUL characters")
+    return text
+
+
+#: text the database can store
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Subscription(BaseModel):
     user_id: int
     status: Literal["active", "cancelled", "none"]
@@ -108,9 +118,9 @@ class Subscription(BaseModel):
 
 
 class LLMConfig(BaseModel):
-    model: str = Field(min_length=1, max_length=100)
+    model: Text = Field(min_length=1, max_length=100)
     temperature: float = Field(ge=0.0, le=2.0)
-    system_prompt: str = Field(max_length=4000)
+    system_prompt: Text = Field(max_length=4000)
 
 
 class Conversation(BaseModel):
@@ -124,12 +134,12 @@ class Conversation(BaseModel):
 
 
 class SendMessage(BaseModel):
-    body: str = Field(min_length=1, max_length=4000)
+    body: Text = Field(min_length=1, max_length=4000)
     conversation_id: int | None = Field(default=None, ge=1, le=MAX_USER_ID)
 
 
 class TitleChange(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
+    title: Text = Field(min_length=1, max_length=200)
 
 
 class SubscriptionChange(BaseModel):
@@ -138,7 +148,7 @@ class SubscriptionChange(BaseModel):
 
 
 class ImageRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=1000)
+    prompt: Text = Field(min_length=1, max_length=1000)
 
 
 UserHeader = Annotated[str | None, Header(alias="X-User-Id")]
@@ -244,7 +254,7 @@ class ChatService:
         if self.extraction is None:  # no primitives: every message, a plain task
             task = asyncio.get_running_loop().create_task(self._extract(item))
             self._naive_tasks.add(task)
-            task.add_done_callback(self._naive_tasks.discard)
+            task.add_done_callback(self._naive_done)
             return "scheduled"
         decision: SampleDecision = await self.extraction.adecide(item)
         if not decision.sampled:
@@ -253,6 +263,11 @@ class ChatService:
         if self.background.spawn(self._extract(item)) is None:
             return "dropped: the extraction queue is full"
         return "scheduled"
+
+    def _naive_done(self, task: asyncio.Task[None]) -> None:
+        self._naive_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a memory extraction failed", exc_info=task.exception())
 
     async def drain(self) -> None:
         """Wait for the background extractions started so far."""

@@ -248,6 +248,13 @@ async def test_a_hostile_user_header_is_a_401_not_a_500(
                 await c.post("/images", json={"prompt": "x"}, headers=headers)
             ).status_code == 401
             assert (await c.get("/subscription", headers=headers)).status_code == 401
+        # text PostgreSQL cannot store is refused before it reaches it
+        free = as_user(await user_of(db, "free"))
+        assert (await send(c, await user_of(db, "free"), "a\x00b")).status_code == 422
+        assert (await c.post("/images", json={"prompt": "\x00"}, headers=free)).status_code == 422
+        bad = {"model": "m\x00", "temperature": 0.5, "system_prompt": ""}
+        assert (await c.put("/llm-config", json=bad)).status_code == 422
+        assert (await c.put("/llm-config", json={**bad, "temperature": 9})).status_code == 422
         unknown = as_user(999_999)
         assert (await c.get("/subscription", headers=unknown)).status_code == 401
         assert (await c.post("/messages", json={"body": "hi"}, headers=unknown)).status_code == 401
