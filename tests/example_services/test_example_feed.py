@@ -600,3 +600,23 @@ async def test_background_jobs_run_from_the_lifespan(example_dsn: str) -> None:
         tasks = list(svc._tasks)
         assert tasks and svc.maintenance._task is not None
     assert all(t.done() for t in tasks) and svc.maintenance._task is None
+
+
+@pytest.mark.redis
+async def test_trending_is_served_from_the_database_while_redis_is_down(
+    example_dsn: str, redis_server: Any
+) -> None:
+    """The cache is an optimisation: with its Redis gone, readers compute the list
+    (and the refresher retries later) instead of failing."""
+    await prepare(example_dsn)
+    async with serve(config(example_dsn, redis_url=redis_server.url)) as (app, client):
+        job = app.state.feed.trending_job
+        await job.arun_pending()
+        assert job.loads == 1
+        cached = (await client.get("/trending")).json()
+        redis_server.stop()
+        for _ in range(3):
+            response = await client.get("/trending")
+            assert response.status_code == 200 and response.json() == cached
+        assert await job.arun_pending() == job.retry_after  # nothing stored: retry soon
+        assert job.errors == 0
