@@ -17,18 +17,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from scalekit.pools._metrics import PoolStats
 from scalekit.pools._policy import POOLER_MODES, CapacityReport, PoolerMode
-from scalekit.pools.metrics import PoolStats
-from scalekit.pools.postgres import HealthReport, PgPool, create_pg_pool
-from scalekit.pools.redis import (
+from scalekit.pools._postgres import HealthReport, PgPool, create_pg_pool
+from scalekit.pools._redis import (
     async_redis_client,
     async_redis_health_check,
     pool_stats,
     redis_client,
     redis_health_check,
 )
-from scalekit.pools.registry import PoolRegistry, default_registry
-from scalekit.pools.settings import PoolSettings
+from scalekit.pools._registry import PoolRegistry, default_registry
+from scalekit.pools._settings import PoolSettings
 
 __all__ = [
     "CapacityReport",

@@ -129,8 +129,8 @@ from typing import Any, Literal, TypeAlias
 
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._limiter import AsyncRateLimiter, RateLimiter
 
 __all__ = [
     "ASGIApp",

@@ -9,14 +9,14 @@
 "skipped by gate 'long_enough' (p=0)"
 """
 
+from scalekit.sampling._budget import Budget, BudgetFailurePolicy, Cap, budget_probability
+from scalekit.sampling._decision import SampleDecision
+from scalekit.sampling._decorator import BackgroundTasks, TaskStats, sampled
+from scalekit.sampling._estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
 from scalekit.sampling._hash import HASHES, HashName
-from scalekit.sampling.budget import Budget, BudgetFailurePolicy, Cap, budget_probability
-from scalekit.sampling.decision import SampleDecision
-from scalekit.sampling.decorator import BackgroundTasks, TaskStats, sampled
-from scalekit.sampling.estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
-from scalekit.sampling.pipeline import Pipeline, SamplingStats, Stage
-from scalekit.sampling.reservoir import AExpJ, ARes
-from scalekit.sampling.stages import Fixed, Gate, Keyed, Rng, Weighted, ramp
+from scalekit.sampling._pipeline import Pipeline, SamplingStats, Stage
+from scalekit.sampling._reservoir import AExpJ, ARes
+from scalekit.sampling._stages import Fixed, Gate, Keyed, Rng, Weighted, ramp
 
 __all__ = [
     "AExpJ",

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit.resilience import BreakerMachine, BreakerPolicy, State
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT, CountWindow, TimeWindow
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT, CountWindow, TimeWindow
 
 events = st.lists(
     st.one_of(

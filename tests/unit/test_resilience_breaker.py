@@ -18,7 +18,7 @@ from scalekit.resilience import (
     State,
     circuit_breaker,
 )
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT
 from scalekit.testing import FakeClock
 
 

@@ -41,8 +41,8 @@ from scalekit.errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
     from scalekit.backends._pipeline import AutoPipeline, PipelineCounters
-    from scalekit.pools.metrics import PoolStats
-    from scalekit.pools.postgres import HealthReport
+    from scalekit.pools._metrics import PoolStats
+    from scalekit.pools._postgres import HealthReport
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -313,7 +313,7 @@ class RedisBackend:
 
     # -- clients -------------------------------------------------------------
     def _settings(self) -> Any:
-        from scalekit.pools.settings import PoolSettings
+        from scalekit.pools._settings import PoolSettings
 
         return PoolSettings(
             url=self._client_url,
@@ -365,7 +365,7 @@ class RedisBackend:
                             self._client_url, **self._cluster_kwargs(False)
                         )
                     else:
-                        from scalekit.pools.redis import redis_client
+                        from scalekit.pools._redis import redis_client
 
                         self._sync = redis_client(self._settings(), **self._driver_options(False))
                 client = self._sync
@@ -397,7 +397,7 @@ class RedisBackend:
                 self._client_url, **self._cluster_kwargs(True)
             )
         else:
-            from scalekit.pools.redis import async_redis_client
+            from scalekit.pools._redis import async_redis_client
 
             client = async_redis_client(self._settings(), **self._driver_options(True))
             if self.autopipeline:
@@ -516,14 +516,14 @@ class RedisBackend:
         return self._report(state.client, start, None)
 
     def _report(self, client: Any, start: float, error: str | None) -> HealthReport:
-        from scalekit.pools.postgres import HealthReport
+        from scalekit.pools._postgres import HealthReport
 
         latency = time.monotonic() - start
         stats = getattr(getattr(client, "connection_pool", None), "stats", None)
         if stats is not None:
             snapshot: PoolStats = stats()
         else:  # Redis Cluster or a client you brought: no pool of scalekit's
-            from scalekit.pools.metrics import PoolCounters
+            from scalekit.pools._metrics import PoolCounters
 
             snapshot = PoolCounters().snapshot(
                 name=self._where, kind="redis", max_size=self.max_connections, size=0

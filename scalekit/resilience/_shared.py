@@ -37,13 +37,13 @@ from scalekit._keys import build_key
 from scalekit.backends import BackendLike, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
-from scalekit.backends.redis import RedisBackend
+from scalekit.backends._redis import RedisBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT
-from scalekit.resilience.policy import State
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT
+from scalekit.resilience._policy import State
 
 if TYPE_CHECKING:
-    from scalekit.resilience.breaker import CircuitBreaker
+    from scalekit.resilience._breaker import CircuitBreaker
 
 __all__ = ["OnBackendError", "SharedState"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scalekit.batching.loader import request_scope
+from scalekit.batching._loader import request_scope
 from scalekit.ratelimit.asgi import ASGIApp, Receive, Scope, Send
 
 __all__ = ["BatchScopeMiddleware"]

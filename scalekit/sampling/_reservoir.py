@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from scalekit import _validate as check
-from scalekit.sampling.stages import Rng, _as_rng
+from scalekit.sampling._stages import Rng, _as_rng
 
 __all__ = ["AExpJ", "ARes"]
 
