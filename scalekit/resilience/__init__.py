@@ -11,6 +11,8 @@ Compose them in this order, outermost first::
 See docs/explanation/resilience.md for why this order.
 """
 
+from scalekit._deprecated import moved_name
+from scalekit.resilience import _machine
 from scalekit.resilience._breaker import (
     BreakerEvent,
     BreakerRegistry,
@@ -21,7 +23,6 @@ from scalekit.resilience._breaker import (
     default_registry,
 )
 from scalekit.resilience._bulkhead import Bulkhead, BulkheadStats, bulkhead
-from scalekit.resilience._machine import BreakerMachine
 from scalekit.resilience._policy import BreakerPolicy, State
 from scalekit.resilience._retry import RetryBudget, RetryStats, retry, retry_after_from
 from scalekit.resilience._shared import SharedState
@@ -29,7 +30,6 @@ from scalekit.resilience._timeouts import deadline, remaining, timeout
 
 __all__ = [
     "BreakerEvent",
-    "BreakerMachine",
     "BreakerPolicy",
     "BreakerRegistry",
     "BreakerSnapshot",
@@ -50,3 +50,14 @@ __all__ = [
     "retry_after_from",
     "timeout",
 ]
+
+_REMOVED = {
+    "BreakerMachine": (
+        lambda: _machine.BreakerMachine,
+        "it is CircuitBreaker's internal state machine; use CircuitBreaker",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    return moved_name(__name__, name, _REMOVED)

@@ -20,9 +20,8 @@ from scalekit.errors import ConfigurationError
 from scalekit.pools import PgPool, PoolSettings
 from scalekit.resilience import BreakerPolicy, Bulkhead, CircuitBreaker, RetryBudget, retry
 from scalekit.resilience._timeouts import deadline, timeout
-from scalekit.sampling import Fixed, Keyed, Pipeline, Weighted, ramp
+from scalekit.sampling import Fixed, Keyed, Pipeline, Reservoir, Weighted, ramp
 from scalekit.sampling._hash import hash_function, to_bytes
-from scalekit.sampling._reservoir import ARes
 
 HOSTILE_DURATIONS = [math.nan, math.inf, -math.inf, -1.0, 1e16, timedelta(days=10**6), True, "1"]
 HOSTILE_FRACTIONS = [math.nan, math.inf, -0.1, 1.5, None, True, "0.5"]
@@ -64,7 +63,7 @@ COUNTS: dict[str, Build] = {
     "Bulkhead.max_concurrent": lambda v: Bulkhead(max_concurrent=v),
     "BreakerPolicy.minimum_calls": lambda v: BreakerPolicy(minimum_calls=v),
     "BreakerPolicy.half_open_max_calls": lambda v: BreakerPolicy(half_open_max_calls=v),
-    "ARes": lambda v: ARes(v),
+    "Reservoir": lambda v: Reservoir(v),
     "PoolSettings.max_size": lambda v: PoolSettings(url=REDIS, max_size=v),
 }
 # where None means "no limit" or "off"
