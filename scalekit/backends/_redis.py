@@ -32,9 +32,10 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from scalekit._clock import Clock, as_clock
+from scalekit._urls import redact as _redact
 from scalekit.backends._errors import map_redis_errors
 from scalekit.backends._lua import LuaScript
 from scalekit.errors import ConfigurationError, MissingDependency
@@ -96,16 +97,6 @@ def _import_redis() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised without the extra
         raise MissingDependency("the Redis backend", "redis", "redis") from exc
     return redis
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _bool(raw: str) -> bool:

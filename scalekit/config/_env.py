@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from scalekit._urls import redact as _redact
 from scalekit.errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
@@ -54,12 +55,6 @@ class LimiterOverrides:
 
 
 _LIMITER_FIELDS = frozenset(f.name for f in fields(LimiterOverrides))
-
-
-def _redact(url: str) -> str:
-    from scalekit.backends._redis import _redact as redact  # the one redaction
-
-    return redact(url)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
