@@ -13,7 +13,7 @@ from scalekit._deprecated import moved_name
 from scalekit.sampling import _hash, _reservoir
 from scalekit.sampling._budget import Budget, BudgetFailurePolicy, Cap, budget_probability
 from scalekit.sampling._decision import SampleDecision
-from scalekit.sampling._decorator import BackgroundTasks, TaskStats, sampled
+from scalekit.sampling._decorator import BackgroundTasks, SampledDecorator, TaskStats, sampled
 from scalekit.sampling._estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
 from scalekit.sampling._hash import HashName
 from scalekit.sampling._pipeline import Pipeline, SamplingStats, Stage
@@ -36,6 +36,7 @@ __all__ = [
     "Reservoir",
     "Rng",
     "SampleDecision",
+    "SampledDecorator",
     "SamplingStats",
     "Stage",
     "StageEstimate",
