@@ -18,6 +18,7 @@ import importlib
 import inspect
 import pkgutil
 import re
+import sys
 import types
 import typing
 import warnings
@@ -39,6 +40,12 @@ PUBLIC_MODULES = {
     "scalekit.observability.prometheus",
     "scalekit.ratelimit.asgi",
     "scalekit.ratelimit.fastapi",
+}
+
+# Documented module paths that went private: they still import, with a
+# DeprecationWarning, for one release. module -> the names they still give.
+DEPRECATED_MODULES = {
+    "scalekit.resilience.shared": ("scalekit.resilience", ["SharedState"]),
 }
 
 # Public names defined in a public module but deliberately not in its __all__.
@@ -68,7 +75,7 @@ def _public_modules() -> list[str]:
         # scalekit.cache's implementation modules are made private in their own change
         if info.name.startswith("scalekit.cache.") and not info.ispkg:
             continue
-        if not _is_private(info.name):
+        if not _is_private(info.name) and info.name not in DEPRECATED_MODULES:
             names.append(info.name)
     return names
 
@@ -192,3 +199,17 @@ def test_star_import_brings_exactly_all() -> None:
             exec(f"from {name} import *", namespace)
         namespace.pop("__builtins__", None)
         assert set(namespace) == set(importlib.import_module(name).__all__), name
+
+
+@pytest.mark.parametrize("name", sorted(DEPRECATED_MODULES))
+def test_a_deprecated_module_path_still_imports_with_a_warning(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, names = DEPRECATED_MODULES[name]
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    namespace: dict[str, object] = {}
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(name)} is deprecated") as record:
+        exec(f"from {name} import {', '.join(names)}", namespace)
+    assert record[0].filename == "<string>"  # points at the importing line
+    for attr in names:
+        assert namespace[attr] is getattr(importlib.import_module(home), attr)
