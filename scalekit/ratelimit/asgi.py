@@ -124,13 +124,14 @@ import inspect
 import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
 from scalekit import _validate as check
+from scalekit._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._limiter import AsyncRateLimiter, RateLimiter
 
 __all__ = [
     "ASGIApp",
@@ -145,12 +146,6 @@ __all__ = [
     "forwarded_client",
     "rate_limit_headers",
 ]
-
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HeadersMode: TypeAlias = Literal["draft", "legacy", "both", "none"]
 _HEADERS_MODES: tuple[HeadersMode, ...] = ("draft", "legacy", "both", "none")

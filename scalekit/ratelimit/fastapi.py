@@ -60,9 +60,9 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 from scalekit.backends import MemoryBackend
 from scalekit.errors import ConfigurationError, MissingDependency, RateLimitExceeded
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._limiter import AsyncRateLimiter, RateLimiter
 from scalekit.ratelimit.asgi import HeadersMode, client_address, rate_limit_headers
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
 
 if TYPE_CHECKING:
     from starlette.requests import Request

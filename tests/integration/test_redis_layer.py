@@ -179,7 +179,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
 def test_cold_burst_through_a_shared_circuit_breaker(
     redis_kind_url: str, autopipeline: bool
 ) -> None:
-    from scalekit.resilience.shared import SharedState
+    from scalekit.resilience._shared import SharedState
 
     admin = _admin(redis_kind_url)
     opened = _opened(admin)

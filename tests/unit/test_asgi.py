@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, Policy, Rate, RateLimiter
+from scalekit.ratelimit._decision import Decision
 from scalekit.ratelimit.asgi import (
     Message,
     RateLimitMiddleware,
@@ -26,7 +27,6 @@ from scalekit.ratelimit.asgi import (
     forwarded_client,
     rate_limit_headers,
 )
-from scalekit.ratelimit.decision import Decision
 from scalekit.testing import FakeClock
 
 # A multiple of every period used below, so fixed windows start exactly at "now".

@@ -17,7 +17,7 @@ from scalekit.backends import MemoryBackend, RedisBackend, as_backend
 from scalekit.config import Settings, UnknownSettingWarning, _env, from_env
 from scalekit.errors import ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.sampling import Budget
 
 ROOT = Path(__file__).resolve().parents[2]

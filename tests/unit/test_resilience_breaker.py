@@ -11,14 +11,13 @@ import pytest
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.resilience import (
     BreakerEvent,
-    BreakerMachine,
     BreakerPolicy,
     BreakerRegistry,
     CircuitBreaker,
     State,
     circuit_breaker,
 )
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT, BreakerMachine
 from scalekit.testing import FakeClock
 
 

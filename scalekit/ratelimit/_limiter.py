@@ -24,12 +24,12 @@ from scalekit.errors import (
     RateLimitExceeded,
 )
 from scalekit.ratelimit import _startup
+from scalekit.ratelimit._algorithms import ALGORITHMS, Algorithm
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._memory import HitFn, MemoryRateStore, StoreFull
 from scalekit.ratelimit._metrics import NO_TIER, RateLimiterStats, StoreCounters, total
-from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.memory import HitFn, MemoryRateStore, StoreFull
-from scalekit.ratelimit.policy import Policy, PolicyLike, Rate, as_policy, as_tiers
-from scalekit.ratelimit.redis import RedisRateStore
+from scalekit.ratelimit._policy import Policy, PolicyLike, Rate, as_policy, as_tiers
+from scalekit.ratelimit._redis import RedisRateStore
 
 __all__ = ["AsyncRateLimiter", "FailurePolicy", "RateLimiter"]
 

@@ -28,13 +28,13 @@ from scalekit._keys import build_key, escape
 from scalekit.backends import BackendLike, MemoryBackend, as_backend
 from scalekit.backends._guard import BackendGuard as _BackendGuard
 from scalekit.backends._lua import load_script
-from scalekit.backends.redis import RedisBackend
+from scalekit.backends._redis import RedisBackend
 from scalekit.errors import BackendError, ConfigurationError
 from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
-from scalekit.ratelimit.algorithms import Algorithm
-from scalekit.ratelimit.policy import PolicyLike, Rate
+from scalekit.ratelimit._algorithms import Algorithm
+from scalekit.ratelimit._policy import PolicyLike, Rate
 from scalekit.sampling._hash import HashName, Id, hash_bits, hash_function
-from scalekit.sampling.stages import Rng, _as_rng, _check_key, _check_name
+from scalekit.sampling._stages import Rng, _as_rng, _check_key, _check_name
 
 __all__ = ["Budget", "BudgetFailurePolicy", "Cap", "budget_probability"]
 

@@ -15,8 +15,8 @@ from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.observability._metrics import default_registry as _metrics
-from scalekit.sampling.decision import SampleDecision
-from scalekit.sampling.pipeline import Pipeline
+from scalekit.sampling._decision import SampleDecision
+from scalekit.sampling._pipeline import Pipeline
 
 __all__ = ["BackgroundTasks", "SampledDecorator", "TaskStats", "sampled"]
 

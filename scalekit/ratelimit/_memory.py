@@ -25,11 +25,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from scalekit.ratelimit import algorithms as alg
+from scalekit.ratelimit import _algorithms as alg
+from scalekit.ratelimit._algorithms import Algorithm
+from scalekit.ratelimit._decision import Decision
 from scalekit.ratelimit._metrics import StoreCounters
-from scalekit.ratelimit.algorithms import Algorithm
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.policy import Policy
+from scalekit.ratelimit._policy import Policy
 
 __all__ = ["MemoryRateStore", "StoreFull"]
 
@@ -300,7 +300,7 @@ class MemoryRateStore:
         runs in one Python frame: validation, lock, clock, dict and arithmetic
         inlined. Everything else -- bad arguments, tiers, a denial, a full store
         -- goes through ``slow`` (the generic path and the functions of
-        :mod:`~scalekit.ratelimit.algorithms`), so a denial's numbers have one
+        :mod:`~scalekit.ratelimit._algorithms`), so a denial's numbers have one
         source. The inlined allow-path arithmetic is the same as the pure
         function's; tests/contract/test_fast_path.py checks the two agree
         decision by decision.

@@ -16,7 +16,7 @@ import math
 import random
 from collections.abc import Callable
 
-from scalekit.resilience.policy import BreakerPolicy, State
+from scalekit.resilience._policy import BreakerPolicy, State
 
 __all__ = [
     "ADMIT",

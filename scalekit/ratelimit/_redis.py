@@ -29,12 +29,12 @@ from typing import Any
 
 from scalekit._keys import build_key, escape
 from scalekit.backends._lua import LuaScript, load_script
-from scalekit.backends.redis import RedisBackend
+from scalekit.backends._redis import RedisBackend
 from scalekit.errors import BackendDataError
+from scalekit.ratelimit._algorithms import Algorithm, combine
+from scalekit.ratelimit._decision import Decision
 from scalekit.ratelimit._metrics import StoreCounters
-from scalekit.ratelimit.algorithms import Algorithm, combine
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.policy import Policy
+from scalekit.ratelimit._policy import Policy
 
 __all__ = ["FORMAT_VERSION", "RedisRateStore"]
 

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal, TypeAlias
 
-from scalekit.ratelimit.decision import Decision
+from scalekit.ratelimit._decision import Decision
 
 __all__ = [
     "ALGORITHMS",

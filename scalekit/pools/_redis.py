@@ -34,10 +34,10 @@ from typing import Any
 
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import ConfigurationError, MissingDependency, PoolExhausted
+from scalekit.pools._metrics import PoolCounters, PoolStats
 from scalekit.pools._policy import expires_at
-from scalekit.pools.metrics import PoolCounters, PoolStats
-from scalekit.pools.postgres import HealthReport
-from scalekit.pools.settings import PoolSettings
+from scalekit.pools._postgres import HealthReport
+from scalekit.pools._settings import PoolSettings
 
 __all__ = [
     "async_redis_client",

@@ -9,9 +9,9 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit.backends import BackendLike
 from scalekit.errors import ConfigurationError, RateLimitExceeded
-from scalekit.ratelimit.algorithms import Algorithm
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
-from scalekit.ratelimit.policy import PolicyLike
+from scalekit.ratelimit._algorithms import Algorithm
+from scalekit.ratelimit._limiter import AsyncRateLimiter, RateLimiter
+from scalekit.ratelimit._policy import PolicyLike
 
 __all__ = ["rate_limited"]
 

@@ -8,7 +8,7 @@
 - **Retry-After honoured**: the wait is at least what the exception asks for
   (``exc.retry_after``, or an HTTP response's ``Retry-After`` header).
 - **An overall deadline** (``timeout=``) that nested calls inherit through
-  contextvars (see :mod:`scalekit.resilience.timeouts`); no retry is started that
+  contextvars (see :mod:`scalekit.resilience._timeouts`); no retry is started that
   would end after it.
 - **A free first attempt**: the function is called directly; tenacity's state is
   built only after a failure.
@@ -37,12 +37,12 @@ from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError, MissingDependency
 from scalekit.observability._metrics import default_registry as _metrics
-from scalekit.resilience.breaker import ExceptionSpec, _matcher
-from scalekit.resilience.policy import State
-from scalekit.resilience.timeouts import _DEADLINE, _narrowed, remaining
+from scalekit.resilience._breaker import ExceptionSpec, _matcher
+from scalekit.resilience._policy import State
+from scalekit.resilience._timeouts import _DEADLINE, _narrowed, remaining
 
 if TYPE_CHECKING:
-    from scalekit.resilience.breaker import CircuitBreaker
+    from scalekit.resilience._breaker import CircuitBreaker
 
 __all__ = ["RetryBudget", "RetryStats", "retry", "retry_after_from"]
 

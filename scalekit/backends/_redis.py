@@ -32,17 +32,18 @@ import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from scalekit._clock import Clock, as_clock
+from scalekit._urls import redact as _redact
 from scalekit.backends._errors import map_redis_errors
 from scalekit.backends._lua import LuaScript
 from scalekit.errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
     from scalekit.backends._pipeline import AutoPipeline, PipelineCounters
-    from scalekit.pools.metrics import PoolStats
-    from scalekit.pools.postgres import HealthReport
+    from scalekit.pools._metrics import PoolStats
+    from scalekit.pools._postgres import HealthReport
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -96,16 +97,6 @@ def _import_redis() -> Any:
     except ImportError as exc:  # pragma: no cover - exercised without the extra
         raise MissingDependency("the Redis backend", "redis", "redis") from exc
     return redis
-
-
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and reprs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _bool(raw: str) -> bool:
@@ -313,7 +304,7 @@ class RedisBackend:
 
     # -- clients -------------------------------------------------------------
     def _settings(self) -> Any:
-        from scalekit.pools.settings import PoolSettings
+        from scalekit.pools._settings import PoolSettings
 
         return PoolSettings(
             url=self._client_url,
@@ -365,7 +356,7 @@ class RedisBackend:
                             self._client_url, **self._cluster_kwargs(False)
                         )
                     else:
-                        from scalekit.pools.redis import redis_client
+                        from scalekit.pools._redis import redis_client
 
                         self._sync = redis_client(self._settings(), **self._driver_options(False))
                 client = self._sync
@@ -397,7 +388,7 @@ class RedisBackend:
                 self._client_url, **self._cluster_kwargs(True)
             )
         else:
-            from scalekit.pools.redis import async_redis_client
+            from scalekit.pools._redis import async_redis_client
 
             client = async_redis_client(self._settings(), **self._driver_options(True))
             if self.autopipeline:
@@ -516,14 +507,14 @@ class RedisBackend:
         return self._report(state.client, start, None)
 
     def _report(self, client: Any, start: float, error: str | None) -> HealthReport:
-        from scalekit.pools.postgres import HealthReport
+        from scalekit.pools._postgres import HealthReport
 
         latency = time.monotonic() - start
         stats = getattr(getattr(client, "connection_pool", None), "stats", None)
         if stats is not None:
             snapshot: PoolStats = stats()
         else:  # Redis Cluster or a client you brought: no pool of scalekit's
-            from scalekit.pools.metrics import PoolCounters
+            from scalekit.pools._metrics import PoolCounters
 
             snapshot = PoolCounters().snapshot(
                 name=self._where, kind="redis", max_size=self.max_connections, size=0

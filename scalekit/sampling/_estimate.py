@@ -22,10 +22,10 @@ from typing import Any, Generic, TypeVar
 
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit.policy import Rate
-from scalekit.sampling.budget import Budget, Cap
-from scalekit.sampling.pipeline import Pipeline
-from scalekit.sampling.stages import Gate
+from scalekit.ratelimit._policy import Rate
+from scalekit.sampling._budget import Budget, Cap
+from scalekit.sampling._pipeline import Pipeline
+from scalekit.sampling._stages import Gate
 
 __all__ = ["Estimate", "Histogram", "StageEstimate", "TrafficProfile", "estimate"]
 

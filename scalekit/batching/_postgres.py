@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from scalekit.batching.loader import DataLoader
+from scalekit.batching._loader import DataLoader
 from scalekit.errors import ConfigurationError
 
 __all__ = ["Fetcher", "group_loader", "group_rows", "index_rows", "row_loader"]

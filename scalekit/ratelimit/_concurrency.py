@@ -28,8 +28,8 @@ from scalekit.errors import (
     ConfigurationError,
 )
 from scalekit.ratelimit import _metrics, _startup
-from scalekit.ratelimit.limiter import FailurePolicy, log
-from scalekit.ratelimit.redis import FORMAT_VERSION
+from scalekit.ratelimit._limiter import FailurePolicy, log
+from scalekit.ratelimit._redis import FORMAT_VERSION
 
 __all__ = ["AsyncConcurrencyLimiter", "ConcurrencyLimiter", "Lease"]
 

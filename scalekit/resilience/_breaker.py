@@ -1,6 +1,6 @@
 """The circuit breaker driver: one object for threads and asyncio tasks.
 
-The bookkeeping lives in :class:`~scalekit.resilience.machine.BreakerMachine`;
+The bookkeeping lives in :class:`~scalekit.resilience._machine.BreakerMachine`;
 this module reads the clock, holds a lock around the machine (never around the
 wrapped call), classifies outcomes, calls listeners and fallbacks, and talks to
 the optional shared state on Redis.
@@ -23,12 +23,12 @@ from scalekit._clock import Clock, as_clock
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.observability._events import log_event
 from scalekit.observability._metrics import default_registry as _metrics
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT, BreakerMachine
-from scalekit.resilience.policy import BreakerPolicy, State
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT, BreakerMachine
+from scalekit.resilience._policy import BreakerPolicy, State
 
 if TYPE_CHECKING:
     from scalekit.backends import BackendLike
-    from scalekit.resilience.shared import SharedState
+    from scalekit.resilience._shared import SharedState
 
 __all__ = [
     "BreakerEvent",
@@ -180,7 +180,7 @@ class CircuitBreaker:
     rejected (``CircuitOpenError``) or fails with a recorded exception; for async
     functions it may be a coroutine function.
 
-    ``shared`` puts the state on Redis for a fleet (see :mod:`scalekit.resilience.shared`).
+    ``shared`` puts the state on Redis for a fleet (see :mod:`scalekit.resilience._shared`).
     ``clock`` (monotonic by default) and ``rng`` (``random.random``) are injectable.
     """
 
@@ -240,7 +240,7 @@ class CircuitBreaker:
         for st in _STATES:
             _STATE.attach(self, name, st.value).set_function(_state_gauge(ref, st))
         if shared is not None and not hasattr(shared, "attach"):
-            from scalekit.resilience.shared import SharedState
+            from scalekit.resilience._shared import SharedState
 
             shared = SharedState(shared)
         self._shared = cast("SharedState | None", shared)

@@ -32,9 +32,9 @@ from typing import Any, Literal, Self
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
 from scalekit.errors import BackendError, ConfigurationError, MissingDependency, PoolExhausted
+from scalekit.pools._metrics import PoolCounters, PoolStats
 from scalekit.pools._policy import CapacityReport, capacity_report, expires_at, pooler_options
-from scalekit.pools.metrics import PoolCounters, PoolStats
-from scalekit.pools.settings import PoolSettings
+from scalekit.pools._settings import PoolSettings
 
 __all__ = ["HealthReport", "PgPool", "create_pg_pool"]
 

@@ -26,9 +26,9 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any, Self
 
-from scalekit.pools.postgres import FORK_ORPHANS, PgPool
-from scalekit.pools.redis import async_redis_client, redis_client
-from scalekit.pools.settings import PoolSettings
+from scalekit.pools._postgres import FORK_ORPHANS, PgPool
+from scalekit.pools._redis import async_redis_client, redis_client
+from scalekit.pools._settings import PoolSettings
 
 __all__ = ["PoolRegistry", "default_registry"]
 

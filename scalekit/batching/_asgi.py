@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scalekit.batching.loader import request_scope
-from scalekit.ratelimit.asgi import ASGIApp, Receive, Scope, Send
+from scalekit._asgi_types import ASGIApp, Receive, Scope, Send
+from scalekit.batching._loader import request_scope
 
 __all__ = ["BatchScopeMiddleware"]
 

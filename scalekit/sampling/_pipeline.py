@@ -18,10 +18,10 @@ from typing import Any, Generic, TypeAlias, TypeVar
 from scalekit import _validate as check
 from scalekit.errors import ConfigurationError
 from scalekit.observability._metrics import default_registry as _metrics
+from scalekit.sampling._budget import Budget, Cap
+from scalekit.sampling._decision import SampleDecision
 from scalekit.sampling._hash import to_bytes
-from scalekit.sampling.budget import Budget, Cap
-from scalekit.sampling.decision import SampleDecision
-from scalekit.sampling.stages import Fixed, Gate, Keyed, Weighted, _Sampler
+from scalekit.sampling._stages import Fixed, Gate, Keyed, Weighted, _Sampler
 
 __all__ = ["Pipeline", "SamplingStats", "Stage"]
 

@@ -16,7 +16,7 @@ from typing import Any, Literal, Self, TypeAlias, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from scalekit import _validate as check
-from scalekit.backends.redis import _redact as redact  # one copy of the redaction
+from scalekit._urls import redact
 from scalekit.errors import ConfigurationError, MissingDependency
 from scalekit.pools._policy import POOLER_MODES, PoolerMode
 

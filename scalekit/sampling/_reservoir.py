@@ -6,10 +6,12 @@ and the reservoir keeps the ``k`` largest keys. The result is a weighted sample
 without replacement: the first item chosen is item *i* with probability
 ``w_i / sum(w)``, the next among the rest likewise, and so on.
 
-- :class:`ARes` draws one random number per item (algorithm A-Res);
-- :class:`AExpJ` draws a random *jump*: once the reservoir is full it skips over
-  items without drawing for them, so it needs ``O(k log(n / k))`` random numbers
-  instead of ``n`` (algorithm A-ExpJ). Same distribution.
+- :class:`Reservoir` (the public one) draws a random *jump*: once the reservoir is
+  full it skips over items without drawing for them, so it needs
+  ``O(k log(n / k))`` random numbers instead of ``n`` (algorithm A-ExpJ);
+- :class:`_OneDrawPerItem` draws one random number per item (algorithm A-Res): the
+  same distribution, slower; kept as the plain reference the statistical tests hold
+  :class:`Reservoir` to.
 
 Keys are handled as logarithms (``log(u) / w``), which orders the same way as
 ``u ** (1 / w)`` and does not underflow for tiny weights. Not thread-safe: one
@@ -24,9 +26,9 @@ from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from scalekit import _validate as check
-from scalekit.sampling.stages import Rng, _as_rng
+from scalekit.sampling._stages import Rng, _as_rng
 
-__all__ = ["AExpJ", "ARes"]
+__all__ = ["Reservoir"]
 
 T = TypeVar("T")
 
@@ -78,7 +80,7 @@ class _Reservoir(Generic[T]):
             heapq.heapreplace(self._heap, entry)
 
 
-class ARes(_Reservoir[T]):
+class _OneDrawPerItem(_Reservoir[T]):
     """A-Res: one random number per item; keeps the ``k`` largest ``u ** (1/w)``."""
 
     __slots__ = ()
@@ -92,8 +94,13 @@ class ARes(_Reservoir[T]):
             self._push(key, item)
 
 
-class AExpJ(_Reservoir[T]):
-    """A-ExpJ: like :class:`ARes`, but skips items by exponential jumps once full."""
+class Reservoir(_Reservoir[T]):
+    """Keep a weighted sample of ``k`` items of a stream of unknown length.
+
+    ``add(item, weight)`` offers an item; ``sample()`` returns the items kept. Once
+    full it skips items by exponential jumps (A-ExpJ), drawing ``O(k log(n / k))``
+    random numbers for ``n`` items. Not thread-safe: one reservoir per stream.
+    """
 
     __slots__ = ("_jump",)
 
