@@ -151,11 +151,11 @@ def scalekit_sync(algorithm: str, sc: Scenario) -> Case:
 
 def scalekit_async(algorithm: str, sc: Scenario) -> Case:
     def setup() -> Callable[[int], None]:
-        from scalekit.ratelimit import AsyncRateLimiter
+        from scalekit.ratelimit import RateLimiter
 
-        lim = AsyncRateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
+        lim = RateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
         loop = _event_loop()
-        hit = lim.hit
+        hit = lim.ahit
         sc.prime(lambda k: loop.run_until_complete(hit(k)), bool)
 
         async def many(n: int) -> None:
@@ -164,7 +164,7 @@ def scalekit_async(algorithm: str, sc: Scenario) -> Case:
 
         return lambda n: loop.run_until_complete(many(n))
 
-    return Case(f"scalekit AsyncRateLimiter {algorithm} (await hit)", setup, peer=False)
+    return Case(f"scalekit RateLimiter {algorithm} (await ahit)", setup, peer=False)
 
 
 def limits_case(strategy: str, sc: Scenario) -> Case:

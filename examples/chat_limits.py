@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from scalekit import AsyncRateLimiter
+from scalekit import RateLimiter
 from scalekit.ratelimit import RateLimitMiddleware
 
-per_tier = AsyncRateLimiter(
+per_tier = RateLimiter(
     "memory://",  # "redis://localhost:6379/0" when the service runs on many machines
     {"free": "20/minute; 60/hour", "paid": "100/minute; 60/hour"},
     name="chat",
