@@ -533,11 +533,11 @@ def redis_cases(
         cases.append(Case(f"scalekit {name}", setup, peer=False, **hooks))
 
     def async_setup() -> Callable[[int], None]:
-        from scalekit.ratelimit import AsyncRateLimiter
+        from scalekit.ratelimit import RateLimiter
 
-        alim = AsyncRateLimiter(backend, one, algorithm="fixed_window")
+        alim = RateLimiter(backend, one, algorithm="fixed_window")
         loop = _event_loop()
-        hit = alim.hit
+        hit = alim.ahit
         if not loop.run_until_complete(hit("probe")):
             raise RuntimeError("first hit denied")
 
@@ -549,7 +549,7 @@ def redis_cases(
 
     cases.append(
         Case(
-            f"scalekit AsyncRateLimiter fixed_window, one window ({one}), await hit",
+            f"scalekit RateLimiter fixed_window, one window ({one}), await ahit",
             async_setup,
             peer=False,
             **hooks,
