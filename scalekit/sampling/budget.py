@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
@@ -488,6 +489,18 @@ class Cap(Generic[T]):
             self.limiter = RateLimiter(
                 as_backend(backend), limit, algorithm=algorithm, **limiter_options
             )
+
+    @property
+    def sync(self) -> RateLimiter:
+        """Deprecated: :attr:`limiter` (one limiter serves ``decide`` and ``adecide``)."""
+        warnings.warn("Cap.sync is deprecated; use Cap.limiter", DeprecationWarning, stacklevel=2)
+        return self.limiter
+
+    @property
+    def async_(self) -> RateLimiter:
+        """Deprecated: :attr:`limiter` (one limiter serves ``decide`` and ``adecide``)."""
+        warnings.warn("Cap.async_ is deprecated; use Cap.limiter", DeprecationWarning, stacklevel=2)
+        return self.limiter
 
     def _detail(self, d: Any) -> str:
         return f"limit {d.policy!r} reached, retry after {d.retry_after:.3g}s"

@@ -336,3 +336,14 @@ def test_cache_of_warns_and_names_primitive_of() -> None:
         got = cache_of(f)
     _one_warning_here(record, "cache_of", "primitive_of(fn, Cache)")
     assert got is cache is primitive_of(f, Cache)
+
+
+async def test_one_cap_limiter_and_its_old_attributes() -> None:
+    cap: Cap[str] = Cap("2/minute", key=lambda item: item)
+    assert cap.decide("a")[0] and (await cap.adecide("a"))[0]  # one limiter, one window
+    assert not cap.decide("a")[0]
+    assert cap.limiter.stats().allowed == 2
+    with pytest.warns(DeprecationWarning, match=r"Cap\.sync is deprecated; use Cap\.limiter"):
+        assert cap.sync is cap.limiter
+    with pytest.warns(DeprecationWarning, match=r"Cap\.async_ is deprecated; use Cap\.limiter"):
+        assert cap.async_ is cap.limiter
