@@ -497,6 +497,11 @@ class AsyncRateLimiter(RateLimiter):
         )
         super().__init__(*args, **kwargs)
 
+    def _install_fast_path(self, fast: HitFn) -> None:
+        super()._install_fast_path(fast)
+        if type(self).hit is AsyncRateLimiter.hit:  # the awaitable hit: ahit's fast path
+            self.hit = self.ahit  # type: ignore[method-assign]
+
     hit = RateLimiter.ahit  # type: ignore[assignment]
     peek = RateLimiter.apeek  # type: ignore[assignment]
     refund = RateLimiter.arefund  # type: ignore[assignment]
