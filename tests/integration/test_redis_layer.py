@@ -120,7 +120,7 @@ def test_cold_burst_on_async_rate_limiter_counts_every_hit(
 
     async def main() -> tuple[int, dict[str, int]]:
         limiter = RateLimiter(url, "100/hour")
-        decisions = await asyncio.gather(*(limiter.hit("user") for _ in range(BURST)))
+        decisions = await asyncio.gather(*(limiter.ahit("user") for _ in range(BURST)))
         return sum(d.allowed for d in decisions), limiter.stats()
 
     allowed, stats = run(main())
@@ -206,7 +206,7 @@ def test_cold_burst_on_redis_cluster(redis_cluster_url: str) -> None:
 
     async def main() -> tuple[int, dict[str, int]]:
         limiter = RateLimiter(backend, "100/hour", prefix=f"cl{time.monotonic_ns()}")
-        decisions = await asyncio.gather(*(limiter.hit("user") for _ in range(BURST)))
+        decisions = await asyncio.gather(*(limiter.ahit("user") for _ in range(BURST)))
         return sum(d.allowed for d in decisions), limiter.stats()
 
     allowed, stats = run(main())
@@ -317,7 +317,7 @@ def test_server_stopped_or_killed_mid_pipeline(redis_kind_server: RedisServer, h
             echoes = [
                 asyncio.ensure_future(backend.aevalsha(ECHO, [], [f"v{i}"])) for i in range(300)
             ]
-            hits = [asyncio.ensure_future(limiter.hit("k")) for _ in range(300)]
+            hits = [asyncio.ensure_future(limiter.ahit("k")) for _ in range(300)]
             await asyncio.sleep(0.05)  # all written, none answered
             if how == "stop-then-kill":
                 redis_kind_server.stop(kill=True)
@@ -366,9 +366,9 @@ def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> N
         with stopped(redis_server):
             task = asyncio.ensure_future(probe())
             async with asyncio.timeout(5):
-                await asyncio.gather(*(limiter.hit(f"k{i % 7}") for i in range(200)))
+                await asyncio.gather(*(limiter.ahit(f"k{i % 7}") for i in range(200)))
                 # the second round: the guard is cooling down, the backend is skipped
-                await asyncio.gather(*(limiter.hit("k") for _ in range(200)))
+                await asyncio.gather(*(limiter.ahit("k") for _ in range(200)))
             done = True
             await task
         return worst
