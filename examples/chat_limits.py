@@ -14,10 +14,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, TypeAlias
 
-from scalekit import AsyncRateLimiter
+from scalekit import RateLimiter
 from scalekit.ratelimit import RateLimitMiddleware
 
-per_tier = AsyncRateLimiter(
+per_tier = RateLimiter(
     "memory://",  # "redis://localhost:6379/0" when the service runs on many machines
     {"free": "20/minute; 60/hour", "paid": "100/minute; 60/hour"},
     name="chat",

@@ -33,7 +33,7 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, Field
 
-from scalekit import AsyncRateLimiter, DeadlineExceeded, MemoryBackend, RedisBackend
+from scalekit import DeadlineExceeded, MemoryBackend, RateLimiter, RedisBackend
 from scalekit.cache import Cache, RedisCacheBackend, cached
 from scalekit.errors import CircuitOpenError
 from scalekit.fastapi import install_exception_handlers
@@ -194,8 +194,8 @@ class ChatService:
     pool: PgPool | None = None
     backend: MemoryBackend | RedisBackend | None = None
     cache: Cache | None = None
-    messages: AsyncRateLimiter | None = None
-    images: AsyncRateLimiter | None = None
+    messages: RateLimiter | None = None
+    images: RateLimiter | None = None
     extraction: Pipeline[ExtractionItem] | None = None
     background: BackgroundTasks | None = None
     breaker: CircuitBreaker | None = None
@@ -379,14 +379,14 @@ def create_app(
         )(svc.load_conversation)
 
         # while Redis is down each process keeps limiting on its own (never unlimited)
-        svc.messages = AsyncRateLimiter(
+        svc.messages = RateLimiter(
             backend,
             lim.messages,
             name="chat-messages",
             clock=clock,
             on_backend_error="local_fallback",
         )
-        svc.images = AsyncRateLimiter(
+        svc.images = RateLimiter(
             backend, lim.images, name="chat-images", clock=clock, on_backend_error="local_fallback"
         )
 

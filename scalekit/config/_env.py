@@ -122,10 +122,19 @@ class Settings:
         return limiter
 
     def async_rate_limiter(self, name: str, policy: PolicyLike | None = None) -> AsyncRateLimiter:
-        """The asyncio twin of :meth:`rate_limiter`."""
+        """Deprecated: :meth:`rate_limiter` (one ``RateLimiter`` serves async code
+        through ``ahit`` / ``aacquire`` / ...). An ``AsyncRateLimiter``."""
         from scalekit.ratelimit import AsyncRateLimiter
 
-        limiter: AsyncRateLimiter = self._build(AsyncRateLimiter, name, policy)
+        warnings.warn(
+            "Settings.async_rate_limiter() is deprecated; use Settings.rate_limiter(): "
+            "one RateLimiter serves async code (await limiter.ahit(key))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        with warnings.catch_warnings():  # the one warning above names the replacement
+            warnings.simplefilter("ignore", DeprecationWarning)
+            limiter: AsyncRateLimiter = self._build(AsyncRateLimiter, name, policy)
         return limiter
 
     def _build(self, cls: Any, name: str, policy: PolicyLike | None) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -210,11 +211,15 @@ class _ConcurrencyCore:
 
 
 class ConcurrencyLimiter(_ConcurrencyCore):
-    """At most ``limit`` holders per key, for threads and sync code.
+    """At most ``limit`` holders per key, for threads, sync code and asyncio.
 
     ``with limiter.hold("user:42", timeout=2.0): ...`` waits up to ``timeout``
     seconds for a slot (``0``: don't wait, ``None``: no bound) and raises
-    :class:`ConcurrencyLimitExceeded` when none frees up in time.
+    :class:`ConcurrencyLimitExceeded` when none frees up in time; async code
+    writes ``async with limiter.ahold(...)``. Every method has an awaitable twin
+    with an ``a`` prefix (``atry_acquire``, ``aacquire``, ``arelease``,
+    ``arenew``, ``ain_flight``, ``aping``): the library's convention, see the
+    design page. Sync and async holders share the same slots.
     """
 
     def _op(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
@@ -281,17 +286,16 @@ class ConcurrencyLimiter(_ConcurrencyCore):
 
     @contextlib.contextmanager
     def hold(self, key: str, *, timeout: float | None = 0.0) -> Iterator[Lease]:
+        """Hold a slot for the ``with`` block (:meth:`acquire`, then :meth:`release`)."""
         lease = self.acquire(key, timeout=timeout)
         try:
             yield lease
         finally:
             self.release(lease)
 
+    # -- async twins ------------------------------------------------------------
 
-class AsyncConcurrencyLimiter(_ConcurrencyCore):
-    """The asyncio twin of :class:`ConcurrencyLimiter` (``async with limiter.hold(key)``)."""
-
-    async def _op(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
+    async def _aop(self, op: str, key: str, lid: str) -> tuple[bool, int, float]:
         if self._memory is not None:
             return self._local(op, key, lid)
         backend = self.backend
@@ -308,20 +312,22 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
             lambda exc: backend.adelete(self._corrupt(key, exc)),
         )
 
-    async def try_acquire(self, key: str) -> Lease | None:
+    async def atry_acquire(self, key: str) -> Lease | None:
+        """:meth:`try_acquire` for async code."""
         key = self._check_key(key)
         lid = secrets.token_hex(8)
-        ok, _, _ = await self._op("acquire", key, lid)
+        ok, _, _ = await self._aop("acquire", key, lid)
         return self._granted(key, lid, ok)
 
-    async def acquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
+    async def aacquire(self, key: str, *, timeout: float | None = 0.0) -> Lease:
+        """:meth:`acquire` for async code: waits with ``clock.asleep``."""
         key = self._check_key(key)
         timeout = _validate.timeout(timeout)
         lid = secrets.token_hex(8)
         deadline = None if timeout is None else self.clock.now() + timeout
         poll = _MIN_POLL
         while True:
-            ok, n, retry = await self._op("acquire", key, lid)
+            ok, n, retry = await self._aop("acquire", key, lid)
             if ok:
                 self._acquired.inc()
                 return Lease(key, lid)
@@ -336,24 +342,57 @@ class AsyncConcurrencyLimiter(_ConcurrencyCore):
             await self.clock.asleep(wait)
             poll = min(poll * 2, _MAX_POLL)
 
-    async def release(self, lease: Lease) -> bool:
-        return (await self._op("release", lease.key, lease.id))[0]
+    async def arelease(self, lease: Lease) -> bool:
+        """:meth:`release` for async code."""
+        return (await self._aop("release", lease.key, lease.id))[0]
 
-    async def renew(self, lease: Lease) -> bool:
-        return (await self._op("renew", lease.key, lease.id))[0]
+    async def arenew(self, lease: Lease) -> bool:
+        """:meth:`renew` for async code."""
+        return (await self._aop("renew", lease.key, lease.id))[0]
 
-    async def in_flight(self, key: str) -> int:
+    async def ain_flight(self, key: str) -> int:
+        """:meth:`in_flight` for async code."""
         key = self._check_key(key)
-        return (await self._op("count", key, ""))[1]
+        return (await self._aop("count", key, ""))[1]
 
-    async def ping(self) -> None:
-        """The startup check: see :meth:`scalekit.ratelimit.RateLimiter.ping`."""
+    async def aping(self) -> None:
+        """:meth:`ping` for async code."""
         await _startup.aping(f"concurrency limiter {self.name!r}", self.backend)
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: str, *, timeout: float | None = 0.0) -> AsyncIterator[Lease]:
-        lease = await self.acquire(key, timeout=timeout)
+    async def ahold(self, key: str, *, timeout: float | None = 0.0) -> AsyncIterator[Lease]:
+        """:meth:`hold` for async code: ``async with limiter.ahold(key): ...``."""
+        lease = await self.aacquire(key, timeout=timeout)
         try:
             yield lease
         finally:
-            await self.release(lease)
+            await self.arelease(lease)
+
+
+class AsyncConcurrencyLimiter(ConcurrencyLimiter):
+    """Deprecated: use :class:`ConcurrencyLimiter`, whose awaitable methods are
+    ``atry_acquire``, ``aacquire``, ``arelease``, ``arenew``, ``ain_flight``,
+    ``aping`` and ``ahold``.
+
+    The older asyncio shape, kept for one release: the same limiter with its
+    awaitable methods under the sync names (``async with limiter.hold(key)``).
+    Constructing one raises a :class:`DeprecationWarning`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "AsyncConcurrencyLimiter is deprecated; use ConcurrencyLimiter, whose awaitable "
+            "methods are atry_acquire / aacquire / arelease / arenew / ain_flight / aping "
+            "and ahold (async with limiter.ahold(key))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
+
+    try_acquire = ConcurrencyLimiter.atry_acquire  # type: ignore[assignment]
+    acquire = ConcurrencyLimiter.aacquire  # type: ignore[assignment]
+    release = ConcurrencyLimiter.arelease  # type: ignore[assignment]
+    renew = ConcurrencyLimiter.arenew  # type: ignore[assignment]
+    in_flight = ConcurrencyLimiter.ain_flight  # type: ignore[assignment]
+    ping = ConcurrencyLimiter.aping  # type: ignore[assignment]
+    hold = ConcurrencyLimiter.ahold  # type: ignore[assignment]

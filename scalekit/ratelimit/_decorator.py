@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit._decorated import attach
 from scalekit.backends import BackendLike
 from scalekit.errors import ConfigurationError, RateLimitExceeded
 from scalekit.ratelimit._algorithms import Algorithm
@@ -28,7 +29,7 @@ def _resolve(part: KeyArg | None, args: tuple[Any, ...], kwargs: dict[str, Any])
 
 
 def rate_limited(
-    limiter: RateLimiter | AsyncRateLimiter | PolicyLike | Mapping[str, PolicyLike],
+    limiter: RateLimiter | PolicyLike | Mapping[str, PolicyLike],
     *,
     key: KeyArg,
     cost: int | Callable[..., int] = 1,
@@ -39,25 +40,24 @@ def rate_limited(
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Rate-limit a function; a denied call raises :class:`RateLimitExceeded`.
 
-    ``limiter`` is a :class:`RateLimiter` / :class:`AsyncRateLimiter`, or a policy
-    (``"60/hour"``, a tier mapping, …) from which a limiter is built on ``backend``
-    with ``algorithm`` and ``limiter_options``, sync or async to match the function.
-    ``key``, ``cost`` and ``tier`` are values or callables that receive the wrapped
-    function's arguments, e.g. ``key=lambda user_id, **_: f"user:{user_id}"``.
+    ``limiter`` is a :class:`RateLimiter`, or a policy (``"60/hour"``, a tier
+    mapping, …) from which one is built on ``backend`` with ``algorithm`` and
+    ``limiter_options``. ``key``, ``cost`` and ``tier`` are values or callables that
+    receive the wrapped function's arguments, e.g.
+    ``key=lambda user_id, **_: f"user:{user_id}"``.
 
-    The function is inspected once, at decoration time. An async function may use
-    either limiter kind (a sync one on ``memory://`` never blocks); a sync function
-    needs a sync :class:`RateLimiter`.
+    The function is inspected once, at decoration time: an async function's
+    wrapper awaits :meth:`RateLimiter.ahit`, a sync one calls
+    :meth:`RateLimiter.hit`. ``primitive_of(fn, RateLimiter)`` is the limiter.
     """
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         is_async = inspect.iscoroutinefunction(fn)
-        lim: RateLimiter | AsyncRateLimiter
-        if isinstance(limiter, RateLimiter | AsyncRateLimiter):
+        lim: RateLimiter
+        if isinstance(limiter, RateLimiter):
             lim = limiter
         else:
-            cls = AsyncRateLimiter if is_async else RateLimiter
-            lim = cls(backend, limiter, algorithm=algorithm, **limiter_options)
+            lim = RateLimiter(backend, limiter, algorithm=algorithm, **limiter_options)
         if not isinstance(key, str) and not callable(key):
             raise ConfigurationError(f"key must be a str or a callable, got {key!r}")
 
@@ -72,14 +72,12 @@ def rate_limited(
             @functools.wraps(fn)
             async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                 k, c, t = params(args, kwargs)
-                if isinstance(lim, AsyncRateLimiter):
-                    d = await lim.hit(k, c, tier=t)
-                else:
-                    d = lim.hit(k, c, tier=t)
+                d = await lim.ahit(k, c, tier=t)
                 if not d.allowed:
                     raise RateLimitExceeded(d, k)
                 return await afn(*args, **kwargs)
 
+            attach(async_wrapper, lim, "limiter")
             return cast(Callable[P, R], async_wrapper)
 
         if isinstance(lim, AsyncRateLimiter):
@@ -97,7 +95,7 @@ def rate_limited(
                 raise RateLimitExceeded(d, k)
             return fn(*args, **kwargs)
 
-        sync_wrapper.limiter = sync_lim  # type: ignore[attr-defined]
+        attach(sync_wrapper, sync_lim, "limiter")
         return sync_wrapper
 
     return decorate

@@ -1,8 +1,10 @@
-"""The limiter facade: ``RateLimiter`` (sync) and ``AsyncRateLimiter`` (asyncio).
+"""The limiter facade: one ``RateLimiter`` for sync and async callers.
 
-Both share one core (:class:`_LimiterCore`) that validates configuration, picks
-the store for a tier, and applies the failure policy; the two classes only differ
-in how they wait and talk to Redis.
+Its core (:class:`_LimiterCore`) validates configuration, picks the store for a
+tier, and applies the failure policy; the sync methods (``hit``, ``acquire``, ...)
+and their awaitable twins (``ahit``, ``aacquire``, ...) only differ in how they
+wait and talk to Redis. ``AsyncRateLimiter`` is the deprecated older shape (a
+second class whose methods are awaitable under the sync names).
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 from collections.abc import Callable, Mapping
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
@@ -158,7 +161,7 @@ class _LimiterCore:
         return k, _validate.count(cost, "cost", maximum=_MAX_COST)
 
     def _install_fast_path(self, fast: HitFn) -> None:
-        """Sync and async limiters install a memory fast path their own way."""
+        """Install a memory fast path (see :meth:`RateLimiter._install_fast_path`)."""
 
     def _local_hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         """``hit`` on a memory store (sync; the fast paths fall back to it)."""
@@ -300,18 +303,30 @@ class _LimiterCore:
 
 
 class RateLimiter(_LimiterCore):
-    """A rate limiter for threads and sync code.
+    """A rate limiter for threads, sync code and asyncio: one object, shared by all.
 
     ``backend`` is a URL (``"memory://"``, ``"redis://…"``) or a backend object;
     ``policy`` a :class:`Rate`, a :class:`Policy`, a string such as
     ``"60/hour; 1000/day"``, or a mapping tier -> policy (then every call passes
     ``tier=``). See the reference page for every option.
+
+    Sync code calls ``hit`` / ``peek`` / ``refund`` / ``reset`` / ``ping`` /
+    ``acquire``; async code awaits their twins ``ahit`` / ``apeek`` / ``arefund`` /
+    ``areset`` / ``aping`` / ``aacquire`` (the library's convention: see the design
+    page). Both kinds of caller share the limiter's windows and counters.
     """
 
     def _install_fast_path(self, fast: HitFn) -> None:
-        if type(self).hit is RateLimiter.hit:  # a subclass' own hit() always wins
+        cls = type(self)
+        if cls.hit is RateLimiter.hit:  # a subclass' own hit() always wins
             # One frame per hit instead of three: see MemoryRateStore.fast_hit.
             self.hit = fast  # type: ignore[method-assign]
+        if cls.ahit is RateLimiter.ahit:
+
+            async def ahit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+                return fast(key, cost, tier=tier)
+
+            self.ahit = ahit  # type: ignore[method-assign]
 
     def hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         """Consume ``cost`` for ``key`` if every window allows it (else consume nothing)."""
@@ -385,20 +400,10 @@ class RateLimiter(_LimiterCore):
         except BackendDataError:
             return self._on_data_error(store, key, cost, commit)
 
+    # -- async twins ------------------------------------------------------------
 
-class AsyncRateLimiter(_LimiterCore):
-    """The asyncio twin of :class:`RateLimiter`: same arguments, awaitable methods."""
-
-    def _install_fast_path(self, fast: HitFn) -> None:
-        if type(self).hit is AsyncRateLimiter.hit:
-
-            async def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-                return fast(key, cost, tier=tier)
-
-            self.hit = hit  # type: ignore[method-assign]
-
-    async def hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-        """Consume ``cost`` for ``key`` if every window allows it (else consume nothing)."""
+    async def ahit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """:meth:`hit` for async code."""
         store = self._default if tier is None else None
         if store is None:
             store = self._store(tier)
@@ -409,19 +414,19 @@ class AsyncRateLimiter(_LimiterCore):
                 return store.decide(key, cost, True)
             except StoreFull as exc:
                 return self._on_full(store, key, cost, True, exc)
-        return await self._remote(store, key, cost, True)  # type: ignore[arg-type]
+        return await self._aremote(store, key, cost, True)  # type: ignore[arg-type]
 
-    async def peek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-        """Would ``hit(key, cost)`` be allowed now? Consumes nothing."""
+    async def apeek(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+        """:meth:`peek` for async code."""
         store = self._store(tier)
         if key.__class__ is not str or not key or cost.__class__ is not int or cost < 1:
             key, cost = self._checked(key, cost)
         if isinstance(store, MemoryRateStore):
             return store.decide(key, cost, False)
-        return await self._remote(store, key, cost, False)
+        return await self._aremote(store, key, cost, False)
 
-    async def refund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
-        """Give back ``cost`` that ``key`` spent: see :meth:`RateLimiter.refund`."""
+    async def arefund(self, key: str, cost: int = 1, *, tier: str | None = None) -> None:
+        """:meth:`refund` for async code."""
         store, key, cost = self._refund_args(key, cost, tier)
         if isinstance(store, MemoryRateStore):
             store.refund(key, cost)
@@ -432,27 +437,26 @@ class AsyncRateLimiter(_LimiterCore):
 
         await self._guard.acall(refund, lambda exc: self._refund_degraded(store, key, cost, exc))
 
-    async def reset(self, key: str, *, tier: str | None = None) -> None:
-        """Forget ``key``'s usage in every window."""
+    async def areset(self, key: str, *, tier: str | None = None) -> None:
+        """:meth:`reset` for async code."""
         store = self._store(tier)
         if isinstance(store, MemoryRateStore):
             store.reset(key)
         else:
             await store.areset(key)
 
-    async def ping(self) -> None:
-        """The startup check: see :meth:`RateLimiter.ping`."""
+    async def aping(self) -> None:
+        """:meth:`ping` for async code."""
         await _startup.aping(f"rate limiter {self.name!r}", self.backend)
 
-    async def acquire(
+    async def aacquire(
         self, key: str, cost: int = 1, *, tier: str | None = None, timeout: float | None = None
     ) -> Decision:
-        """Wait until ``hit`` allows, or raise :class:`RateLimitExceeded` once the
-        wait would exceed ``timeout`` seconds (``None``: no bound)."""
+        """:meth:`acquire` for async code: waits with ``clock.asleep``."""
         timeout = _validate.timeout(timeout)
         deadline = None if timeout is None else self.clock.now() + timeout
         while True:
-            d = await self.hit(key, cost, tier=tier)
+            d = await self.ahit(key, cost, tier=tier)
             if d.allowed:
                 return d
             wait = d.retry_after
@@ -460,7 +464,7 @@ class AsyncRateLimiter(_LimiterCore):
                 raise RateLimitExceeded(d, key)
             await self.clock.asleep(max(wait, 1e-6))
 
-    async def _remote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
+    async def _aremote(self, store: RedisRateStore, key: str, cost: int, commit: bool) -> Decision:
         async def decide() -> Decision:
             return self._count(store, await store.adecide(key, cost, commit))
 
@@ -470,3 +474,37 @@ class AsyncRateLimiter(_LimiterCore):
             )
         except BackendDataError:
             return self._on_data_error(store, key, cost, commit)
+
+
+_ASYNC_NAMES = "ahit / apeek / arefund / areset / aping / aacquire"
+
+
+class AsyncRateLimiter(RateLimiter):
+    """Deprecated: use :class:`RateLimiter`, whose awaitable methods are ``ahit``,
+    ``apeek``, ``arefund``, ``areset``, ``aping`` and ``aacquire``.
+
+    The older asyncio shape, kept for one release: the same limiter with its
+    awaitable methods under the sync names (``await limiter.hit(key)``).
+    Constructing one raises a :class:`DeprecationWarning`.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "AsyncRateLimiter is deprecated; use RateLimiter, whose awaitable methods "
+            f"are {_ASYNC_NAMES} (await limiter.ahit(key))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        super().__init__(*args, **kwargs)
+
+    def _install_fast_path(self, fast: HitFn) -> None:
+        super()._install_fast_path(fast)
+        if type(self).hit is AsyncRateLimiter.hit:  # the awaitable hit: ahit's fast path
+            self.hit = self.ahit  # type: ignore[method-assign]
+
+    hit = RateLimiter.ahit  # type: ignore[assignment]
+    peek = RateLimiter.apeek  # type: ignore[assignment]
+    refund = RateLimiter.arefund  # type: ignore[assignment]
+    reset = RateLimiter.areset  # type: ignore[assignment]
+    ping = RateLimiter.aping  # type: ignore[assignment]
+    acquire = RateLimiter.aacquire  # type: ignore[assignment]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeAlias, TypeVar, c
 
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
+from scalekit._decorated import attach
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.observability._events import log_event
 from scalekit.observability._metrics import default_registry as _metrics
@@ -492,9 +493,11 @@ class CircuitBreaker:
         """Decorate a sync or async function (inspected once, here)."""
         if not callable(fn):
             raise ConfigurationError(f"CircuitBreaker decorates a callable, got {fn!r}")
-        if inspect.iscoroutinefunction(fn):
-            return self._wrap_async(fn)
-        return self._wrap_sync(fn)
+        wrapper: Callable[P, Any] = (
+            self._wrap_async(fn) if inspect.iscoroutinefunction(fn) else self._wrap_sync(fn)
+        )
+        attach(wrapper, self, "breaker")
+        return wrapper
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` through the breaker."""
@@ -556,7 +559,6 @@ class CircuitBreaker:
                 fast_result(result, epoch)
             return result
 
-        wrapper.breaker = self  # type: ignore[attr-defined]
         return wrapper
 
     def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Coroutine[Any, Any, R]]:
@@ -622,7 +624,6 @@ class CircuitBreaker:
                 fast_result(result, epoch)
             return result
 
-        wrapper.breaker = self  # type: ignore[attr-defined]
         return wrapper
 
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit import _validate as check
+from scalekit._decorated import attach
 from scalekit.errors import BulkheadFull, ConfigurationError
 from scalekit.observability._metrics import default_registry as _metrics
 
@@ -257,7 +258,7 @@ class Bulkhead:
                 finally:
                     self.release()
 
-            async_wrapper.bulkhead = self  # type: ignore[attr-defined]
+            attach(async_wrapper, self, "bulkhead")
             return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(fn)
@@ -268,7 +269,7 @@ class Bulkhead:
             finally:
                 self.release()
 
-        sync_wrapper.bulkhead = self  # type: ignore[attr-defined]
+        attach(sync_wrapper, self, "bulkhead")
         return sync_wrapper
 
 

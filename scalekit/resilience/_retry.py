@@ -31,18 +31,16 @@ import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit import _validate as check
 from scalekit._clock import Clock, as_clock
+from scalekit._decorated import attach, find
 from scalekit.errors import CircuitOpenError, ConfigurationError, MissingDependency
 from scalekit.observability._metrics import default_registry as _metrics
-from scalekit.resilience._breaker import ExceptionSpec, _matcher
+from scalekit.resilience._breaker import CircuitBreaker, ExceptionSpec, _matcher
 from scalekit.resilience._policy import State
 from scalekit.resilience._timeouts import _DEADLINE, _narrowed, remaining
-
-if TYPE_CHECKING:
-    from scalekit.resilience._breaker import CircuitBreaker
 
 __all__ = ["RetryBudget", "RetryStats", "retry", "retry_after_from"]
 
@@ -215,6 +213,13 @@ def retry_after_from(exc: BaseException) -> float | None:
     return max(0.0, (when - _dt.datetime.now(_dt.UTC)).total_seconds())
 
 
+def _attach_budget(wrapper: Callable[..., object], budget: RetryBudget | None) -> None:
+    if budget is not None:
+        attach(wrapper, budget, "budget")
+    else:
+        wrapper.budget = None  # type: ignore[attr-defined]  # deprecated, like fn.budget
+
+
 def retry(
     *,
     on: ExceptionSpec,
@@ -278,7 +283,7 @@ def retry(
     count_call = the_budget._calls.inc if the_budget is not None else None
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-        guard: CircuitBreaker | None = breaker or getattr(fn, "breaker", None)
+        guard: CircuitBreaker | None = breaker or find(fn, CircuitBreaker)
 
         def should_retry(exc: BaseException) -> bool:
             if isinstance(exc, CircuitOpenError):
@@ -371,7 +376,7 @@ def retry(
                     if token is not None:
                         _DEADLINE.reset(token)
 
-            async_wrapper.budget = the_budget  # type: ignore[attr-defined]
+            _attach_budget(async_wrapper, the_budget)
             return cast(Callable[P, R], async_wrapper)
 
         def retrying(first: BaseException, args: Any, kwargs: Any) -> R:
@@ -401,7 +406,7 @@ def retry(
                 if token is not None:
                     _DEADLINE.reset(token)
 
-        sync_wrapper.budget = the_budget  # type: ignore[attr-defined]
+        _attach_budget(sync_wrapper, the_budget)
         return sync_wrapper
 
     return decorate

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, Literal, TypeAlias, TypeVar, cast
 
@@ -452,9 +453,8 @@ class Budget(Generic[T]):
 class Cap(Generic[T]):
     """A hard limit in a pipeline: a rate limiter keyed by ``key(item)``.
 
-    ``limit`` is a :class:`~scalekit.ratelimit.RateLimiter` /
-    :class:`~scalekit.ratelimit.AsyncRateLimiter`, or a policy such as
-    ``"100/day"`` from which limiters are built on ``backend`` with ``algorithm``
+    ``limit`` is a :class:`~scalekit.ratelimit.RateLimiter`, or a policy such as
+    ``"100/day"`` from which one is built on ``backend`` with ``algorithm``
     (default ``"fixed_window"``) and ``limiter_options`` (default
     ``on_backend_error="fail_closed"``: an outage skips the work rather than
     running it unbounded). Items the cap refuses are skipped; a unit is consumed
@@ -465,7 +465,7 @@ class Cap(Generic[T]):
 
     def __init__(
         self,
-        limit: RateLimiter | AsyncRateLimiter | PolicyLike | Mapping[str, PolicyLike],
+        limit: RateLimiter | PolicyLike | Mapping[str, PolicyLike],
         *,
         key: Callable[[T], str],
         name: str = "cap",
@@ -479,47 +479,43 @@ class Cap(Generic[T]):
                 f"Cap {name!r}: key must be a callable item -> str, got {key!r}"
             )
         self.key = key
-        self.sync: RateLimiter | None
-        self.async_: AsyncRateLimiter | RateLimiter | None
+        #: the one limiter: ``decide`` calls its ``hit``, ``adecide`` awaits its ``ahit``
+        self.limiter: RateLimiter
         if isinstance(limit, RateLimiter):
-            self.sync = limit
-            self.async_ = limit if isinstance(limit.backend, MemoryBackend) else None
-        elif isinstance(limit, AsyncRateLimiter):
-            self.sync, self.async_ = None, limit
+            self.limiter = limit
         else:
             limiter_options.setdefault("on_backend_error", "fail_closed")
             limiter_options.setdefault("name", self.name)
-            b = as_backend(backend)
-            self.sync = RateLimiter(b, limit, algorithm=algorithm, **limiter_options)
-            self.async_ = (
-                self.sync
-                if isinstance(b, MemoryBackend)
-                else AsyncRateLimiter(b, limit, algorithm=algorithm, **limiter_options)
+            self.limiter = RateLimiter(
+                as_backend(backend), limit, algorithm=algorithm, **limiter_options
             )
+
+    @property
+    def sync(self) -> RateLimiter:
+        """Deprecated: :attr:`limiter` (one limiter serves ``decide`` and ``adecide``)."""
+        warnings.warn("Cap.sync is deprecated; use Cap.limiter", DeprecationWarning, stacklevel=2)
+        return self.limiter
+
+    @property
+    def async_(self) -> RateLimiter:
+        """Deprecated: :attr:`limiter` (one limiter serves ``decide`` and ``adecide``)."""
+        warnings.warn("Cap.async_ is deprecated; use Cap.limiter", DeprecationWarning, stacklevel=2)
+        return self.limiter
 
     def _detail(self, d: Any) -> str:
         return f"limit {d.policy!r} reached, retry after {d.retry_after:.3g}s"
 
     def decide(self, item: T) -> tuple[bool, float, str]:
-        if self.sync is None:
+        if isinstance(self.limiter, AsyncRateLimiter):  # deprecated: awaitable hit()
             raise ConfigurationError(
                 f"Cap {self.name!r} has an AsyncRateLimiter: use the pipeline's adecide()"
             )
-        d = self.sync.hit(self.key(item))
+        d = self.limiter.hit(self.key(item))
         return (True, 1.0, "") if d.allowed else (False, 0.0, self._detail(d))
 
     async def adecide(self, item: T) -> tuple[bool, float, str]:
-        lim = self.async_
-        if lim is None:
-            raise ConfigurationError(
-                f"Cap {self.name!r} has a RateLimiter on Redis: give it an AsyncRateLimiter "
-                "(or a policy string) to use it from async code"
-            )
-        if isinstance(lim, AsyncRateLimiter):
-            d = await lim.hit(self.key(item))
-        else:
-            d = lim.hit(self.key(item))
+        d = await self.limiter.ahit(self.key(item))
         return (True, 1.0, "") if d.allowed else (False, 0.0, self._detail(d))
 
     def __repr__(self) -> str:
-        return f"Cap({self.sync or self.async_!r}, name={self.name!r})"
+        return f"Cap({self.limiter!r}, name={self.name!r})"

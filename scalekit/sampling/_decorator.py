@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from scalekit import _validate as check
+from scalekit._decorated import attach
 from scalekit.errors import ConfigurationError
 from scalekit.observability._metrics import default_registry as _metrics
 from scalekit.sampling._decision import SampleDecision
@@ -87,8 +88,8 @@ def sampled(
     (default: the first positional argument). A skipped call returns ``skipped``
     (default ``None``) without calling the function. Works on sync and async
     functions (the async wrapper awaits :meth:`Pipeline.adecide`); the function
-    is inspected once, at decoration time. The wrapper's ``pipeline`` attribute
-    is the pipeline (for its :meth:`~Pipeline.stats`).
+    is inspected once, at decoration time. ``primitive_of(fn, Pipeline)`` is the
+    pipeline (for its :meth:`~Pipeline.stats`).
     """
     if not isinstance(pipeline, Pipeline):
         raise ConfigurationError(f"@sampled needs a Pipeline, got {pipeline!r}")
@@ -120,7 +121,7 @@ def sampled(
                     return await afn(*args, **kwargs)
                 return skipped
 
-            async_wrapper.pipeline = pipeline  # type: ignore[attr-defined]
+            attach(async_wrapper, pipeline, "pipeline")
             return async_wrapper
 
         decide = pipeline.decide
@@ -131,7 +132,7 @@ def sampled(
                 return fn(*args, **kwargs)
             return skipped
 
-        sync_wrapper.pipeline = pipeline  # type: ignore[attr-defined]
+        attach(sync_wrapper, pipeline, "pipeline")
         return sync_wrapper
 
     return cast(SampledDecorator[Any], decorate)

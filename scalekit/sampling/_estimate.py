@@ -170,8 +170,7 @@ def _poisson_min(lam: float, cap: int) -> float:
 
 
 def _limit_rates(cap: Cap[Any]) -> tuple[Rate, ...]:
-    lim = cap.sync if cap.sync is not None else cap.async_
-    assert lim is not None
+    lim = cap.limiter
     if lim.policy is None:
         raise ConfigurationError(
             f"estimate() cannot model the tiered cap {cap.name!r}: give it a single policy"
