@@ -36,6 +36,7 @@ for the claims of a verified token.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -172,18 +173,26 @@ class _Service:
     async def _read(
         self, token: SyncToken | None, user: int, limit: int
     ) -> list[ChangePage | None]:
-        """One page per feed; a feed whose pass ended while the other's goes on is
-        skipped (``None``) until the other catches up."""
-        pages: list[ChangePage | None] = []
-        for i, feed in enumerate(self.feeds):
+        """One page per feed, both read at once (one connection each); a feed whose
+        pass ended while the other's goes on is skipped (``None``) meanwhile."""
+
+        async def page(i: int, feed: ChangeFeed) -> ChangePage | None:
             if token is not None and token.continues and not token.more[i]:
-                pages.append(None)
-                continue
+                return None
             cursor = None if token is None else token.cursors[i]
-            page = await feed.changes(
+            return await feed.changes(
                 self.pool, cursor, limit=limit, where="user_id = $1", params=[user]
             )
-            pages.append(page)
+
+        # both run to the end (no read left behind), then the first error is raised
+        results = await asyncio.gather(
+            *(page(i, feed) for i, feed in enumerate(self.feeds)), return_exceptions=True
+        )
+        pages: list[ChangePage | None] = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            pages.append(result)
         return pages
 
     async def full_refetch(self, user: int) -> dict[str, Any]:

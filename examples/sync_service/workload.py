@@ -188,7 +188,7 @@ async def run_workload(
     result = WorkloadResult(service="sync_service")
     if not user_ids or requests <= 0:
         return result
-    count = max(1, min(len(user_ids), requests // 15))
+    count = max(1, min(len(user_ids), requests // 30))  # ~15 syncs each
     phones = [
         Phone(u, "paid" if u in paid_ids else "free") for u in rng.sample(sorted(user_ids), count)
     ]
