@@ -318,11 +318,16 @@ async def test_through_pgbouncer(
         clock.advance(60)
         await ann.sync(http, limit=2)
         await assert_converged(ann, db)
+        # the health probe gets the DSN without the pool options
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
 
 
 async def test_health_and_metrics_are_mounted(db: asyncpg.Connection, example_dsn: str) -> None:
     async with served(ServiceConfig(database_url=example_dsn)) as http:
         assert (await http.get("/health/live")).status_code == 200
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
         metrics = await http.get("/metrics", follow_redirects=True)  # mounted: /metrics/
         assert metrics.status_code == 200
         assert "scalekit_" in metrics.text
