@@ -1,0 +1,101 @@
+"""Where the demo finds the example services, and the order it runs them in.
+
+An installed wheel carries ``examples/`` as ``scalekit._examples`` (the ``demo``
+extra brings what they import); a checkout has ``examples/`` next to ``scalekit/``,
+loaded as the package ``examples`` without putting the checkout on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["SERVICES", "ExamplesMissing", "Service", "load_services"]
+
+#: (name in the report, subpackage); chat_service seeds the shared tables, so it is first
+SERVICES: tuple[tuple[str, str], ...] = (
+    ("chat", "chat_service"),
+    ("feed", "feed_service"),
+    ("sync", "sync_service"),
+    ("directory", "directory_service"),
+)
+
+INSTALL_HINT = (
+    "install them with the demo extra: pip install 'scalekit-primitives[demo]', "
+    "or run the demo from a checkout: python3 dev.py demo"
+)
+
+
+class ExamplesMissing(Exception):
+    """The example services (or what they import) cannot be loaded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    module: ModuleType
+
+
+def _examples_package() -> tuple[str, str]:
+    """The name of the package holding the services and where it came from."""
+    if importlib.util.find_spec("scalekit._examples") is not None:
+        return "scalekit._examples", "installed (scalekit._examples)"
+    root = Path(__file__).resolve().parents[2] / "examples"
+    if (root / "__init__.py").is_file():
+        existing = sys.modules.get("examples")
+        if existing is not None:
+            if Path(getattr(existing, "__file__", "") or "").resolve().parent != root:
+                raise ExamplesMissing(
+                    f"another package named 'examples' is already imported ({existing!r})"
+                )
+            return "examples", f"checkout ({root})"
+        spec = importlib.util.spec_from_file_location(
+            "examples", root / "__init__.py", submodule_search_locations=[str(root)]
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["examples"] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules["examples"]
+            raise
+        return "examples", f"checkout ({root})"
+    raise ExamplesMissing(f"the example services are not installed; {INSTALL_HINT}")
+
+
+def load_services(names: tuple[str, ...] | None = None) -> tuple[list[Service], str]:
+    """The services to run (all of :data:`SERVICES` by default) and where they came from.
+
+    Raises :class:`ExamplesMissing` saying what to install when the package or one of
+    its dependencies (FastAPI, httpx, asyncpg) is missing.
+    """
+    package, origin = _examples_package()
+    services = []
+    for name, sub in SERVICES:
+        if names is not None and name not in names:
+            continue
+        try:
+            module = importlib.import_module(f"{package}.{sub}")
+        except ModuleNotFoundError as exc:
+            missing = exc.name or "?"
+            if missing.startswith((package, "examples")):
+                raise ExamplesMissing(
+                    f"the example service {sub} is missing from {origin}"
+                ) from exc
+            raise ExamplesMissing(
+                f"the example service {sub} needs {missing!r}, which is not installed; "
+                f"{INSTALL_HINT}"
+            ) from exc
+        services.append(Service(name, module))
+    return services, origin
+
+
+def common_module() -> ModuleType:
+    """``<examples>.common`` (ServiceConfig, apply_schema, WorkloadResult)."""
+    package, _ = _examples_package()
+    return importlib.import_module(f"{package}.common")
