@@ -212,14 +212,14 @@ class _Progress:
         self._bar.advance(task, n)
 
 
-async def _run(args: argparse.Namespace, dsn: str, database: str, began: float) -> Any:
+async def _run(args: argparse.Namespace, dsn: str, database: str, timings: dict[str, float]) -> Any:
     from scalekit import __version__
     from scalekit._demo import _report, _runner
     from scalekit._demo._postgres import demo_databases
     from scalekit._demo._services import load_services
     from scalekit.pools import PoolSettings
 
-    services, origin = load_services()
+    services, absent, origin = load_services()
     options = _runner.RunOptions(
         users=args.users, requests=args.requests, seed=args.seed, redis_url=args.redis_url
     )
@@ -229,7 +229,6 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, began: float) 
             "at an empty database (e.g. redis://localhost:6379/15): the demo flushes it"
         )
     progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
-    timings: dict[str, float] = {}
     async with demo_databases(dsn) as dbs:
         with progress:
             progress.stage("seeding the database")
@@ -244,7 +243,7 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, began: float) 
             t = time.perf_counter()
             try:
                 runs = await _runner.run_phases(
-                    dbs, services, options, population, template, progress.tick
+                    dbs, services, options, population, template, progress.tick, timings
                 )
             finally:
                 if args.redis_url is not None:
@@ -278,6 +277,7 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, began: float) 
             if args.redis_url
             else "memory://",
             "services_from": origin,
+            "services_absent": absent,
         },
         "population": {
             "users": population.users,
@@ -298,9 +298,7 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, began: float) 
         },
         "timings": timings,
     }
-    report = _report.build(runs, meta)
-    report["elapsed_seconds"] = time.perf_counter() - began
-    return report
+    return _report.build(runs, meta)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -312,6 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not hasattr(args, "argv"):
         args.argv = ["demo"]
     embedded = None
+    timings: dict[str, float] = {}
     try:
         _check_dependencies(embedded=args.database_url is None)
         if args.redis_url is not None:
@@ -332,22 +331,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
                     embedded = EmbeddedPostgres()
                     print("starting an embedded PostgreSQL (pgserver)...", file=sys.stderr)
+                    t = time.perf_counter()
                     dsn, database = embedded.start(), "embedded (pgserver wheel)"
+                    timings["server_start_seconds"] = time.perf_counter() - t
                 else:
                     from scalekit.pools import PoolSettings
 
                     dsn = args.database_url
                     database = PoolSettings.from_url(dsn).label
-                report = asyncio.run(_run(args, dsn, database, began))
+                report = asyncio.run(_run(args, dsn, database, timings))
             finally:
                 if embedded is not None:
+                    t = time.perf_counter()
                     embedded.close()
+                    timings["server_stop_seconds"] = time.perf_counter() - t
     except _Usage as exc:
         print(f"scalekit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\nscalekit demo: interrupted; its databases were dropped", file=sys.stderr)
         return 130
+    report["elapsed_seconds"] = time.perf_counter() - began
     write_json(report, out / "demo.json")
     write_html(report, out / "demo.html")
     print(render_text(report))

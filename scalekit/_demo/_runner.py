@@ -63,7 +63,7 @@ class ServiceRun:
     latencies_ms: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     figures: dict[str, float] = field(default_factory=dict)
-    db: Counts = Counts(0, 0, 0)
+    db: Counts = field(default_factory=lambda: Counts(0, 0, 0))
     registry: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -134,7 +134,8 @@ async def _run_service(
     config = common.ServiceConfig(
         database_url=dsn, redis_url=options.redis_url, primitives=primitives
     )
-    app = svc.module.create_app(config)
+    deps = svc.deps()
+    app = svc.module.create_app(config, **deps)
     began = time.perf_counter()
     async with app.router.lifespan_context(app):
         registry_before = _registry_totals()
@@ -145,6 +146,7 @@ async def _run_service(
                 paid_ids=set(population.paid),
                 requests=options.requests,
                 seed=options.seed,
+                **deps,
             )
         registry_after = _registry_totals()
     run = ServiceRun(svc.name, phase)
@@ -173,13 +175,16 @@ async def run_phases(
     population: Population,
     template: str,
     tick: Tick,
+    timings: dict[str, float],
 ) -> list[ServiceRun]:
     """Every service in every phase, each phase on its own copy of the template."""
     runs: list[ServiceRun] = []
     for phase, _label, primitives in PHASES:
         if options.redis_url is not None:
             await _flush_redis(options.redis_url)  # each phase's limits start empty
+        t = time.perf_counter()
         name = await dbs.create(phase, template=template)
+        timings[f"clone_{phase}_seconds"] = time.perf_counter() - t
         dsn = dbs.dsn(name)
         before = await dbs.snapshot(name)
         for svc in services:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 __all__ = ["SERVICES", "ExamplesMissing", "Service", "load_services"]
 
@@ -38,6 +39,13 @@ class ExamplesMissing(Exception):
 class Service:
     name: str
     module: ModuleType
+
+    def deps(self) -> dict[str, Any]:
+        """Keyword arguments for both ``create_app`` and ``run_workload``: the fakes whose
+        calls the workload reports (the chat's LLM and memory extractor)."""
+        if self.name == "chat":
+            return {"llm": self.module.FakeLLM(), "extractor": self.module.FakeMemoryExtractor()}
+        return {}
 
 
 def _examples_package() -> tuple[str, str]:
@@ -68,31 +76,30 @@ def _examples_package() -> tuple[str, str]:
     raise ExamplesMissing(f"the example services are not installed; {INSTALL_HINT}")
 
 
-def load_services(names: tuple[str, ...] | None = None) -> tuple[list[Service], str]:
-    """The services to run (all of :data:`SERVICES` by default) and where they came from.
+def load_services() -> tuple[list[Service], list[str], str]:
+    """The services of :data:`SERVICES` that are present, the names of those that are
+    not, and where they came from.
 
     Raises :class:`ExamplesMissing` saying what to install when the package or one of
     its dependencies (FastAPI, httpx, asyncpg) is missing.
     """
     package, origin = _examples_package()
-    services = []
+    services, absent = [], []
     for name, sub in SERVICES:
-        if names is not None and name not in names:
+        if importlib.util.find_spec(f"{package}.{sub}") is None:
+            absent.append(name)
             continue
         try:
             module = importlib.import_module(f"{package}.{sub}")
         except ModuleNotFoundError as exc:
-            missing = exc.name or "?"
-            if missing.startswith((package, "examples")):
-                raise ExamplesMissing(
-                    f"the example service {sub} is missing from {origin}"
-                ) from exc
             raise ExamplesMissing(
-                f"the example service {sub} needs {missing!r}, which is not installed; "
+                f"the example service {sub} needs {exc.name!r}, which is not installed; "
                 f"{INSTALL_HINT}"
             ) from exc
         services.append(Service(name, module))
-    return services, origin
+    if not services:
+        raise ExamplesMissing(f"no example service found in {origin}; {INSTALL_HINT}")
+    return services, absent, origin
 
 
 def common_module() -> ModuleType:
