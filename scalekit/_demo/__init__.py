@@ -103,6 +103,10 @@ class _Usage(Exception):
     """A usage or environment problem: its message on stderr, exit status 2."""
 
 
+class _Unreachable(Exception):
+    """A server given on the command line did not answer: exit status 3."""
+
+
 def _check_dependencies(embedded: bool) -> None:
     needed = dict(_NEEDS)
     if embedded:
@@ -122,11 +126,50 @@ def _check_redis_url(url: str) -> None:
 async def _redis_is_empty(url: str) -> bool:
     import redis.asyncio
 
-    client: Any = redis.asyncio.Redis.from_url(url)
+    client: Any = redis.asyncio.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
     try:
         return int(await client.dbsize()) == 0
     finally:
         await client.aclose()
+
+
+def _check_redis(url: str) -> None:
+    """An empty Redis database we can reach, or a one-line reason (exit 2 or 3)."""
+    import redis
+
+    from scalekit.pools import PoolSettings
+
+    label = PoolSettings.from_url(url).label
+    try:
+        empty = asyncio.run(_redis_is_empty(url))
+    except (redis.RedisError, OSError) as exc:
+        raise _Unreachable(f"could not reach {label}: {exc}") from None
+    if not empty:
+        raise _Usage(
+            f"{label} is not empty; point --redis-url at an empty database "
+            "(e.g. redis://localhost:6379/15): the demo flushes it between phases"
+        )
+
+
+async def _check_postgres(dsn: str) -> None:
+    """A server we can reach, as a role that may create databases."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except asyncpg.PostgresError as exc:  # refused: no such database, bad password, ...
+        raise _Usage(f"PostgreSQL refused the connection: {exc}") from None
+    try:
+        may_create = await conn.fetchval(
+            "SELECT rolcreatedb OR rolsuper FROM pg_roles WHERE rolname = current_user"
+        )
+    finally:
+        await conn.close()
+    if not may_create:
+        raise _Usage(
+            "--database-url: the demo creates (and drops) databases named scalekit_demo_*; "
+            "its role needs CREATEDB"
+        )
 
 
 @contextlib.contextmanager
@@ -223,11 +266,6 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, timings: dict[
     options = _runner.RunOptions(
         users=args.users, requests=args.requests, seed=args.seed, redis_url=args.redis_url
     )
-    if args.redis_url is not None and not await _redis_is_empty(args.redis_url):
-        raise _Usage(
-            f"{PoolSettings.from_url(args.redis_url).label} is not empty; point --redis-url "
-            "at an empty database (e.g. redis://localhost:6379/15): the demo flushes it"
-        )
     progress = _Progress(enabled=not args.no_progress and sys.stderr.isatty())
     async with demo_databases(dsn) as dbs:
         with progress:
@@ -322,6 +360,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
             load_services()
         except ExamplesMissing as exc:
             raise _Usage(str(exc)) from None
+        if args.redis_url is not None:
+            _check_redis(args.redis_url)
+        if args.database_url is not None:
+            from scalekit.pools import PoolSettings
+
+            try:
+                asyncio.run(_check_postgres(args.database_url))
+            except (OSError, TimeoutError) as exc:
+                label = PoolSettings.from_url(args.database_url).label
+                raise _Unreachable(f"could not reach {label}: {exc}") from None
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
         with _sigterm_as_interrupt():
@@ -333,6 +381,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     print("starting an embedded PostgreSQL (pgserver)...", file=sys.stderr)
                     t = time.perf_counter()
                     dsn, database = embedded.start(), "embedded (pgserver wheel)"
+                    asyncio.run(embedded.tune(dsn))
                     timings["server_start_seconds"] = time.perf_counter() - t
                 else:
                     from scalekit.pools import PoolSettings
@@ -348,6 +397,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except _Usage as exc:
         print(f"scalekit: error: {exc}", file=sys.stderr)
         return 2
+    except _Unreachable as exc:
+        print(f"scalekit: error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("\nscalekit demo: interrupted; its databases were dropped", file=sys.stderr)
         return 130

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -39,15 +41,19 @@ __all__ = [
     "Counts",
     "DemoDatabases",
     "EmbeddedPostgres",
+    "HOUSEKEEPING",
     "Snapshot",
     "with_database",
 ]
 
 #: statements that are not the services' own work: the pool's reset at every release,
-#: asyncpg's type introspection, pings, and the demo's reads of the statistics views
-_HOUSEKEEPING = (
-    r"pg_advisory_unlock_all|^\s*(close|unlisten|reset|discard|show|set|begin|commit|rollback)\b"
-    r"|pg_catalog\.|pg_stat|^\s*select \$1\s*;?\s*$"
+#: asyncpg's type introspection, pings, transaction control, and the demo's reads of
+#: the statistics views
+HOUSEKEEPING = re.compile(
+    r"pg_advisory_unlock_all|pg_catalog\.|pg_stat"
+    r"|^\s*(close|unlisten|reset|discard|show|set|begin|start|commit|rollback|end)\b"
+    r"|^\s*select \$1\s*;?\s*$",
+    re.IGNORECASE,
 )
 
 
@@ -60,6 +66,16 @@ def with_database(dsn: str, name: str) -> str:
 def database_of(dsn: str) -> str:
     name = urlsplit(dsn).path.lstrip("/")
     return name or "postgres"
+
+
+def _short_temp() -> str | None:
+    """The temporary directory, or /tmp where that path is too long for the server's
+    unix socket (<dir>/scalekit-demo-pg-XXXXXXXX/pgdata/.s.PGSQL.5432 must fit in
+    about 100 bytes; macOS' TMPDIR alone is ~50)."""
+    base = tempfile.gettempdir()
+    if len(base) > 48 and os.name == "posix" and os.path.isdir("/tmp"):
+        return "/tmp"
+    return None
 
 
 class EmbeddedPostgres:
@@ -80,7 +96,7 @@ class EmbeddedPostgres:
             warnings.simplefilter("ignore")
             from pgserver.postgres_server import get_server
 
-            self._dir = Path(tempfile.mkdtemp(prefix="scalekit-demo-pg-"))
+            self._dir = Path(tempfile.mkdtemp(prefix="scalekit-demo-pg-", dir=_short_temp()))
             self._server = get_server(self._dir / "pgdata", cleanup_mode="delete")
         info: Any = self._server.get_postmaster_info()
         if info.socket_dir is not None:
@@ -157,11 +173,10 @@ SELECT
   (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables)
 """
 
-_STATEMENTS_SQL = f"""
-SELECT coalesce(sum(calls), 0)
+_STATEMENTS_SQL = """
+SELECT query, calls
 FROM pg_stat_statements
 WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND NOT query ~* '{_HOUSEKEEPING}'
 """
 
 
@@ -274,7 +289,11 @@ class DemoDatabases:
             row = await conn.fetchrow(_TABLES_SQL)
             statements = None
             if self.query_source == "pg_stat_statements":
-                statements = int(await conn.fetchval(_STATEMENTS_SQL))
+                statements = sum(
+                    int(r["calls"])
+                    for r in await conn.fetch(_STATEMENTS_SQL)
+                    if not HOUSEKEEPING.search(r["query"])
+                )
         finally:
             await conn.close()
         await self.wait_idle(name)
