@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from scalekit import AsyncRateLimiter, DeadlineExceeded, MemoryBackend, RedisBackend
 from scalekit.cache import Cache, RedisCacheBackend, cached
@@ -96,6 +96,16 @@ class ChatLimits:
 # -- the API's shapes ---------------------------------------------------------------
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:  # PostgreSQL text cannot hold it: a 422, not a 500
+        raise ValueError("text must not contain NUL characters")
+    return text
+
+
+#: text the database can store
+Text = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Subscription(BaseModel):
     user_id: int
     status: Literal["active", "cancelled", "none"]
@@ -108,9 +118,9 @@ class Subscription(BaseModel):
 
 
 class LLMConfig(BaseModel):
-    model: str = Field(min_length=1, max_length=100)
+    model: Text = Field(min_length=1, max_length=100)
     temperature: float = Field(ge=0.0, le=2.0)
-    system_prompt: str = Field(max_length=4000)
+    system_prompt: Text = Field(max_length=4000)
 
 
 class Conversation(BaseModel):
@@ -124,12 +134,12 @@ class Conversation(BaseModel):
 
 
 class SendMessage(BaseModel):
-    body: str = Field(min_length=1, max_length=4000)
+    body: Text = Field(min_length=1, max_length=4000)
     conversation_id: int | None = Field(default=None, ge=1, le=MAX_USER_ID)
 
 
 class TitleChange(BaseModel):
-    title: str = Field(min_length=1, max_length=200)
+    title: Text = Field(min_length=1, max_length=200)
 
 
 class SubscriptionChange(BaseModel):
@@ -138,7 +148,7 @@ class SubscriptionChange(BaseModel):
 
 
 class ImageRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=1000)
+    prompt: Text = Field(min_length=1, max_length=1000)
 
 
 UserHeader = Annotated[str | None, Header(alias="X-User-Id")]
@@ -244,7 +254,7 @@ class ChatService:
         if self.extraction is None:  # no primitives: every message, a plain task
             task = asyncio.get_running_loop().create_task(self._extract(item))
             self._naive_tasks.add(task)
-            task.add_done_callback(self._naive_tasks.discard)
+            task.add_done_callback(self._naive_done)
             return "scheduled"
         decision: SampleDecision = await self.extraction.adecide(item)
         if not decision.sampled:
@@ -254,12 +264,40 @@ class ChatService:
             return "dropped: the extraction queue is full"
         return "scheduled"
 
+    def _naive_done(self, task: asyncio.Task[None]) -> None:
+        self._naive_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a memory extraction failed", exc_info=task.exception())
+
     async def drain(self) -> None:
         """Wait for the background extractions started so far."""
         if self.background is not None:
             await self.background.drain()
         while self._naive_tasks:
             await asyncio.gather(*list(self._naive_tasks), return_exceptions=True)
+
+
+# Storing an exchange: $1 the conversation (its id, or a new one's title), $2 the
+# user, $3 the message, $4 the reply; returns (conversation id, message count,
+# the user message's id).
+_STORE_TAIL = (
+    " RETURNING id, message_count),"
+    " ins AS ("
+    "  INSERT INTO messages (conversation_id, user_id, role, body)"
+    "  SELECT conv.id, $2, v.role, v.body FROM conv,"
+    "   (VALUES (1, 'user', $3::text), (2, 'assistant', $4::text)) AS v(n, role, body)"
+    "  ORDER BY v.n RETURNING id, role)"
+    " SELECT conv.id, conv.message_count, (SELECT min(id) FROM ins WHERE role = 'user')"
+    " FROM conv"
+)
+_STORE_IN = (
+    "WITH conv AS (UPDATE conversations SET message_count = message_count + 2,"
+    " updated_at = now() WHERE id = $1 AND user_id = $2" + _STORE_TAIL
+)
+_STORE_NEW = (
+    "WITH conv AS (INSERT INTO conversations (user_id, title, message_count)"
+    " VALUES ($2, $1, 2)" + _STORE_TAIL
+)
 
 
 def _make_backend(config: ServiceConfig) -> MemoryBackend | RedisBackend:
@@ -317,7 +355,11 @@ def create_app(
             if isinstance(backend, RedisBackend)
             else "memory://"
         )
-        svc.cache = cache = Cache(cache_backend, name="chat_service", clock=clock)
+        # an invalidation Redis cannot take now is queued, and reads skip Redis until
+        # it is applied: a write is never followed by a stale read
+        svc.cache = cache = Cache(
+            cache_backend, name="chat_service", clock=clock, on_invalidation_error="defer"
+        )
         get_subscription = cached(
             ttl=lim.subscription_ttl,
             cache=cache,
@@ -336,8 +378,17 @@ def create_app(
             tags=lambda conversation_id: (f"conversation:{conversation_id}",),
         )(svc.load_conversation)
 
-        svc.messages = AsyncRateLimiter(backend, lim.messages, name="chat-messages", clock=clock)
-        svc.images = AsyncRateLimiter(backend, lim.images, name="chat-images", clock=clock)
+        # while Redis is down each process keeps limiting on its own (never unlimited)
+        svc.messages = AsyncRateLimiter(
+            backend,
+            lim.messages,
+            name="chat-messages",
+            clock=clock,
+            on_backend_error="local_fallback",
+        )
+        svc.images = AsyncRateLimiter(
+            backend, lim.images, name="chat-images", clock=clock, on_backend_error="local_fallback"
+        )
 
         low, high = lim.extraction_rate
         svc.extraction = Pipeline(
@@ -468,43 +519,26 @@ def create_app(
             return {"reply": await complete(cfg, [], msg.body), "conversation_id": None}
         sub = await subscription_of(user)
         db = svc.db
-        if msg.conversation_id is None:
-            row = await db.fetchrow(
-                "INSERT INTO conversations (user_id, title) VALUES ($1, $2) RETURNING id",
-                user,
-                msg.body[:60],
-            )
-            conversation_id = int(row[0])
-            history: list[tuple[str, str]] = []
-        else:
-            conversation_id = (await owned_conversation(msg.conversation_id, user)).id
+        history: list[tuple[str, str]] = []
+        if msg.conversation_id is not None:
+            conversation = await owned_conversation(msg.conversation_id, user)
             rows = await db.fetch(
                 "SELECT role, body FROM messages WHERE conversation_id = $1"
                 " ORDER BY id DESC LIMIT 10",
-                conversation_id,
+                conversation.id,
             )
             history = [(r[0], r[1]) for r in reversed(rows)]
         reply = await complete(cfg, history, msg.body)
-        # both messages and the conversation's count in one statement (one round trip)
-        row = await db.fetchrow(
-            "WITH conv AS ("
-            "  UPDATE conversations SET message_count = message_count + 2, updated_at = now()"
-            "  WHERE id = $1 AND user_id = $2 RETURNING id, message_count),"
-            " ins AS ("
-            "  INSERT INTO messages (conversation_id, user_id, role, body)"
-            "  SELECT conv.id, $2, v.role, v.body FROM conv,"
-            "   (VALUES (1, 'user', $3::text), (2, 'assistant', $4::text)) AS v(n, role, body)"
-            "  ORDER BY v.n RETURNING id, role)"
-            " SELECT conv.message_count, (SELECT min(id) FROM ins WHERE role = 'user')"
-            " FROM conv",
-            conversation_id,
-            user,
-            msg.body,
-            reply,
-        )
+        # the conversation (new or not), both messages and its count in one statement:
+        # one round trip, and a failed model call leaves nothing behind
+        if msg.conversation_id is None:
+            row = await db.fetchrow(_STORE_NEW, msg.body[:60], user, msg.body, reply)
+        else:
+            row = await db.fetchrow(_STORE_IN, msg.conversation_id, user, msg.body, reply)
         if row is None:  # deleted meanwhile
             raise HTTPException(status_code=404, detail="no such conversation")
-        message_count, message_id = int(row[0]), int(row[1])
+        conversation_id = int(row[0])
+        message_count, message_id = int(row[1]), int(row[2])
         extraction = await svc.schedule_extraction(
             ExtractionItem(user, conversation_id, message_id, msg.body, message_count)
         )
