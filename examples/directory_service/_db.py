@@ -135,7 +135,7 @@ async def seed(conn: Any, *, users: int, seed: int) -> None:
     is not used: members are not the shared users."""
     sizes = {BIG_SCHOOL: BIG_SCHOOL_MEMBERS, **SMALL_SCHOOLS}
     async with conn.transaction():
-        await conn.execute("TRUNCATE members, schools RESTART IDENTITY CASCADE")
+        await conn.execute("TRUNCATE members, schools RESTART IDENTITY")
         await conn.execute(
             "INSERT INTO schools (id, name) "
             "SELECT id, 'School ' || id FROM unnest($1::bigint[]) AS id",

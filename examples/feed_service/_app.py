@@ -81,7 +81,7 @@ Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 class NewPost(BaseModel):
     author_id: int = Field(ge=1, le=2**63 - 1)
-    body: str = Field(min_length=1, max_length=5000)
+    body: str = Field(min_length=1, max_length=5000, pattern=r"^[^\x00]*$")  # no NUL in text
     kind: Literal["text", "video"] = "text"
 
 
@@ -268,8 +268,9 @@ def create_app(config: ServiceConfig, *, background: bool | None = None) -> Fast
         limit: int = Query(PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT),
     ) -> Response:
         rows, nxt = await svc.page(svc.feed_pages, FEED_SQL, (), cursor, limit)
-        payload = {"items": await svc.render(rows), "next": nxt}
-        return cacheable(request, payload, max_age=10, public=True, validators=on)
+        items = await svc.render(rows)
+        payload = {"items": items, "next": nxt}
+        return cacheable(request, payload, max_age=10, public=True, validators=on, same_as=items)
 
     @app.get("/users/{user_id}/posts")
     async def user_posts(
@@ -279,8 +280,9 @@ def create_app(config: ServiceConfig, *, background: bool | None = None) -> Fast
         limit: int = Query(PAGE_LIMIT, ge=1, le=MAX_PAGE_LIMIT),
     ) -> Response:
         rows, nxt = await svc.page(svc.author_pages, AUTHOR_POSTS_SQL, (user_id,), cursor, limit)
-        payload = {"items": await svc.render(rows), "next": nxt}
-        return cacheable(request, payload, max_age=10, public=True, validators=on)
+        items = await svc.render(rows)
+        payload = {"items": items, "next": nxt}
+        return cacheable(request, payload, max_age=10, public=True, validators=on, same_as=items)
 
     @app.get("/posts/{post_id}")
     async def post(request: Request, post_id: Id) -> Response:

@@ -112,9 +112,7 @@ async def seed(conn: Any, *, users: int, seed: int) -> None:
     partitions made for them). Replaces earlier feed data; deterministic for a given
     ``seed`` and set of users, relative to the server's ``now()``."""
     async with conn.transaction():
-        await conn.execute(
-            "TRUNCATE posts, video_views, video_views_monthly RESTART IDENTITY CASCADE"
-        )
+        await conn.execute("TRUNCATE posts, video_views, video_views_monthly RESTART IDENTITY")
         await conn.execute(_PAST_PARTITIONS.replace("{months}", str(VIEW_MONTHS)))
         await conn.execute("SELECT setseed($1)", (seed % 1000) / 1000.0)
         await conn.execute(_SEED_POSTS, users, POSTS_PER_USER)
