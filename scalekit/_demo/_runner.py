@@ -131,11 +131,11 @@ async def _run_service(
     tick: Tick,
 ) -> ServiceRun:
     common = common_module()
+    wiring = svc.wiring()
     config = common.ServiceConfig(
-        database_url=dsn, redis_url=options.redis_url, primitives=primitives
+        database_url=dsn, redis_url=options.redis_url, primitives=primitives, **wiring.config
     )
-    deps = svc.deps()
-    app = svc.module.create_app(config, **deps)
+    app = svc.module.create_app(config, **wiring.app)
     began = time.perf_counter()
     async with app.router.lifespan_context(app):
         registry_before = _registry_totals()
@@ -146,7 +146,7 @@ async def _run_service(
                 paid_ids=set(population.paid),
                 requests=options.requests,
                 seed=options.seed,
-                **deps,
+                **wiring.workload,
             )
         registry_after = _registry_totals()
     run = ServiceRun(svc.name, phase)

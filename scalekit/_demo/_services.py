@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -40,12 +40,29 @@ class Service:
     name: str
     module: ModuleType
 
-    def deps(self) -> dict[str, Any]:
-        """Keyword arguments for both ``create_app`` and ``run_workload``: the fakes whose
-        calls the workload reports (the chat's LLM and memory extractor)."""
+    def wiring(self) -> Wiring:
+        """What this service needs beyond the contract's arguments: the chat's fakes
+        (its LLM and memory extractor, whose calls the workload reports) and the sync
+        service's simulated clock (its phones sync every 30 s / 60 s of simulated
+        time, the clock shared by the service's limits and the workload)."""
         if self.name == "chat":
-            return {"llm": self.module.FakeLLM(), "extractor": self.module.FakeMemoryExtractor()}
-        return {}
+            fakes = {"llm": self.module.FakeLLM(), "extractor": self.module.FakeMemoryExtractor()}
+            return Wiring(app=fakes, workload=fakes)
+        if self.name == "sync":
+            from scalekit.testing import FakeClock
+
+            clock = FakeClock()
+            return Wiring(config={"clock": clock}, workload={"clock": clock})
+        return Wiring()
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """Keyword arguments for ``ServiceConfig``, ``create_app`` and ``run_workload``."""
+
+    config: dict[str, Any] = field(default_factory=dict)
+    app: dict[str, Any] = field(default_factory=dict)
+    workload: dict[str, Any] = field(default_factory=dict)
 
 
 def _examples_package() -> tuple[str, str]:
