@@ -14,8 +14,9 @@ statistics views, never from a counter in the demo or the services:
   entries it read, summed over every table and index of the database);
 * rows written: ``n_tup_ins + n_tup_upd + n_tup_del`` of the same tables.
 
-Each measured phase runs in a database of its own, cloned from one seeded template, so
-the two phases start from the same data and the server keeps their counts apart.
+Each measured phase runs in a database of its own: the seeded template, and a copy of
+it made before any phase ran, so the two phases start from the same data and the
+server keeps their counts apart.
 A backend reports its counts to the statistics system when it exits at the latest, so
 a snapshot first waits until no backend is connected to the phase's database.
 """

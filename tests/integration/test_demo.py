@@ -157,7 +157,7 @@ def _demo(out: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[in
 @pytest.fixture(scope="module")
 def two_runs(
     postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[dict[str, Any], dict[str, Any], Path, str]]:
+) -> tuple[dict[str, Any], dict[str, Any], Path, str]:
     """Two quick demos on the suite's PostgreSQL, 25 and 50 requests per service."""
     runs: list[dict[str, Any]] = []
     out = tmp_path_factory.mktemp("demo")
@@ -170,7 +170,7 @@ def two_runs(
         assert code == 0, buf.getvalue()
         text = buf.getvalue()
         runs.append(json.loads((target / "demo.json").read_text()))
-    yield runs[0], runs[1], out / "50", text
+    return runs[0], runs[1], out / "50", text
 
 
 @contextlib.contextmanager
@@ -307,7 +307,7 @@ def _interrupt_the_demo(temp: Path, tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
