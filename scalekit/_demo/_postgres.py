@@ -155,23 +155,34 @@ class Counts:
 class Snapshot:
     """The counters of a database at one quiet moment.
 
-    ``before`` is what the counters were before the snapshot's own reading connection
-    opened, ``after`` what they were once it had gone: a window between two snapshots
-    runs from ``first.after`` to ``second.before``, so the demo's reads are never in it.
+    ``queries_before`` is the query count before the snapshot's own reading connection
+    opened, ``queries_after`` once it had gone: a window between two snapshots runs
+    from ``first.queries_after`` to ``second.queries_before``, so the demo's reads are
+    never in it. ``tables`` holds each table's ``(rows read, rows written)`` by its
+    OID: a table dropped in the window (a partition the maintenance job removed)
+    keeps what it had counted by the earlier snapshot instead of taking it out of the
+    sum; what it counted after that is lost with it.
     """
 
-    before: Counts
-    after: Counts
+    queries_before: int
+    queries_after: int
+    tables: dict[int, tuple[int, int]]
 
     def since(self, earlier: Snapshot) -> Counts:
-        return self.before - earlier.after
+        read = written = 0
+        for relid, (r, w) in self.tables.items():
+            r0, w0 = earlier.tables.get(relid, (0, 0))
+            read += r - r0
+            written += w - w0
+        return Counts(self.queries_before - earlier.queries_after, read, written)
 
 
 _TABLES_SQL = """
-SELECT
-  (SELECT coalesce(sum(seq_tup_read), 0) FROM pg_stat_user_tables)
-  + (SELECT coalesce(sum(idx_tup_read), 0) FROM pg_stat_user_indexes),
-  (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables)
+SELECT t.relid, t.seq_tup_read + coalesce(i.idx_tup_read, 0) AS read,
+       t.n_tup_ins + t.n_tup_upd + t.n_tup_del AS written
+FROM pg_stat_user_tables t
+LEFT JOIN (SELECT relid, sum(idx_tup_read) AS idx_tup_read
+           FROM pg_stat_user_indexes GROUP BY relid) i USING (relid)
 """
 
 _STATEMENTS_SQL = """
@@ -287,7 +298,7 @@ class DemoDatabases:
         xacts_before = await self._transactions(name)
         conn = await asyncpg.connect(self.dsn(name))
         try:
-            row = await conn.fetchrow(_TABLES_SQL)
+            rows = await conn.fetch(_TABLES_SQL)
             statements = None
             if self.query_source == "pg_stat_statements":
                 statements = sum(
@@ -299,17 +310,11 @@ class DemoDatabases:
             await conn.close()
         await self.wait_idle(name)
         xacts_after = await self._transactions(name)
-        rows_read, rows_written = int(row[0]), int(row[1])
+        tables = {int(r["relid"]): (int(r["read"]), int(r["written"])) for r in rows}
         if statements is not None:
             # the demo's reads are filtered out of pg_stat_statements by their text
-            return Snapshot(
-                Counts(statements, rows_read, rows_written),
-                Counts(statements, rows_read, rows_written),
-            )
-        return Snapshot(
-            Counts(xacts_before, rows_read, rows_written),
-            Counts(xacts_after, rows_read, rows_written),
-        )
+            return Snapshot(statements, statements, tables)
+        return Snapshot(xacts_before, xacts_after, tables)
 
 
 @contextlib.asynccontextmanager

@@ -367,7 +367,7 @@ def _latency_chart(report: Figures) -> str:
     ax.set_xticks(list(range(len(names))), names)
     ax.set_ylabel("ms")
     ax.set_title("Latency per request (p50, p95)")
-    ax.legend(frameon=False, ncols=4, fontsize=8)
+    ax.legend(frameon=False, ncols=4, fontsize=8, loc="lower center", bbox_to_anchor=(0.5, -0.3))
     ax.spines[["top", "right"]].set_visible(False)
     return _svg(fig)
 
@@ -384,8 +384,11 @@ def _claims_chart(report: Figures) -> str:
         color = "#17702f" if c["verdict"] == "reproduced" else "#a3261b"
         ax.plot([c["reduction"] * 100], [i], "o", color=color, markersize=9,
                 label="measured" if i == 0 else None)  # fmt: skip
+        ax.annotate(f"{c['reduction']:.0%}", (c["reduction"] * 100, i), xytext=(0, 9),
+                    textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
     ax.set_yticks(list(range(len(claims))), [c["key"] for c in claims])
-    ax.set_xlim(min([0.0] + [c["reduction"] * 100 - 5 for c in claims]), 100)
+    ax.set_xlim(min([0.0] + [c["reduction"] * 100 - 5 for c in claims]), 104)
+    ax.set_ylim(-0.6, len(claims) - 0.2)
     ax.set_xlabel("reduction with the primitives on (%)")
     ax.set_title("The plans' claims against the measurement")
     ax.legend(frameon=False, loc="lower left", fontsize=8)
