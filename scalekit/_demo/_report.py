@@ -286,7 +286,8 @@ def render_text(report: Figures) -> str:
         f"database: {report['settings']['database']}; "
         f"backends: {report['settings']['backend']}; "
         f"services: {report['settings']['services_from']}",
-        "counted by: " + "; ".join(f"{k} from {v}" for k, v in report["counted_by"].items()),
+        "counted by:",
+        *(f"  {k}: {v}" for k, v in report["counted_by"].items()),
     ]
     _table(lines, "All services", off["total"], on["total"])
     for name in off["services"]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -164,20 +165,29 @@ def _demo(out: Path, *args: str, capsys: pytest.CaptureFixture[str]) -> tuple[in
 
 @pytest.fixture(scope="module")
 def two_runs(
-    postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
+    postgres_dsn: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict[str, Any], dict[str, Any], Path, str]:
-    """Two quick demos on the suite's PostgreSQL, 25 and 50 requests per service."""
+    """Two quick demos on the suite's PostgreSQL, 25 requests per service and phase
+    in memory, then 50 with the limits and caches on the suite's Redis (database 14,
+    emptied first; the demo empties it again at the end)."""
+    import redis
+
+    scratch = urlunsplit(urlsplit(redis_url)._replace(path="/14"))
+    client = redis.Redis.from_url(scratch)
+    client.flushdb()
     runs: list[dict[str, Any]] = []
     out = tmp_path_factory.mktemp("demo")
     text = ""
-    for n in (25, 50):
+    for n, backend in ((25, []), (50, ["--redis-url", scratch])):
         target = out / str(n)
         args = ["demo", "--no-progress", "--quick", "--users", "120", "--requests", str(n)]
         with _captured() as buf:
-            code = main([*args, "--database-url", postgres_dsn, "--out", str(target)])
+            code = main([*args, *backend, "--database-url", postgres_dsn, "--out", str(target)])
         assert code == 0, buf.getvalue()
         text = buf.getvalue()
         runs.append(json.loads((target / "demo.json").read_text()))
+    assert client.dbsize() == 0  # what the demo wrote to Redis is gone
+    client.close()
     return runs[0], runs[1], out / "50", text
 
 
@@ -206,7 +216,9 @@ def test_the_demo_measures_every_service_in_both_phases(two_runs: Any) -> None:
                 assert svc["latency_p50_ms"] <= svc["latency_p95_ms"], name
                 assert svc["db_queries"] > 0, name
                 assert svc["db_rows_read"] > 0 and svc["db_rows_written"] >= 0, name
-    assert "counted by: DB queries from pg_stat_database" in text
+    assert "\n  DB queries: pg_stat_database: xact_commit + xact_rollback" in text
+    assert small["settings"]["backend"] == "memory://"
+    assert big["settings"]["backend"].startswith("redis://") and "/14" in big["settings"]["backend"]
     assert "The plans' claims" in text and str(out / "demo.html") in text
 
 
