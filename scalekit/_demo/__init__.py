@@ -255,6 +255,22 @@ class _Progress:
         self._bar.advance(task, n)
 
 
+def _command_line(argv: list[str]) -> str:
+    """The command as typed, with the passwords of the URLs in it masked."""
+    from scalekit.pools import PoolSettings
+
+    def redact(arg: str) -> str:
+        option, eq, value = arg.partition("=")
+        if eq and option in ("--database-url", "--redis-url"):
+            return f"{option}={redact(value)}"
+        if "://" in arg:
+            with contextlib.suppress(Exception):
+                return str(PoolSettings.from_url(arg).label)
+        return arg
+
+    return " ".join(["scalekit", *(redact(a) for a in argv)])
+
+
 async def _run(args: argparse.Namespace, dsn: str, database: str, timings: dict[str, float]) -> Any:
     from scalekit import __version__
     from scalekit._demo import _report, _runner
@@ -303,7 +319,7 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, timings: dict[
         server = f"PostgreSQL {dbs.server_version}"
     meta = {
         "scalekit_version": __version__,
-        "command": "scalekit " + " ".join(args.argv),
+        "command": _command_line(args.argv),
         "settings": {
             "users": args.users,
             "requests": args.requests,

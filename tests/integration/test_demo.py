@@ -340,6 +340,31 @@ def _interrupt_the_demo(temp: Path, tmp_path: Path) -> None:
 
 
 # -- usage -------------------------------------------------------------------------------------
+def test_the_command_line_in_the_report_hides_passwords() -> None:
+    from scalekit._demo import _command_line
+
+    line = _command_line(
+        [
+            "demo",
+            "--database-url",
+            "postgresql://me:s3cret@db/x",
+            "--redis-url=redis://:pw@r:6379/1",
+        ]
+    )
+    assert "s3cret" not in line and ":pw@" not in line
+    assert line.startswith("scalekit demo --database-url postgresql://me:***@db/x")
+
+
+def test_import_scalekit_imports_none_of_the_demo_dependencies() -> None:
+    code = (
+        "import sys, scalekit, scalekit.__main__, scalekit._demo\n"
+        "heavy = {'fastapi', 'httpx', 'asyncpg', 'pgserver', 'matplotlib', 'rich'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_usage_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["demo", "--requests", "0"])
