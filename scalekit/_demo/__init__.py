@@ -310,11 +310,15 @@ async def _run(args: argparse.Namespace, dsn: str, database: str, timings: dict[
                 "asyncpg's type introspection and the demo's own reads left out)"
             )
         else:
+            why = (
+                "the pgserver wheel does not ship pg_stat_statements"
+                if args.database_url is None
+                else "this server does not load pg_stat_statements"
+            )
             queries = (
-                "pg_stat_database: xact_commit + xact_rollback (this server does not load "
-                "pg_stat_statements; each statement outside a transaction block counts one, "
-                "as do the pool's reset at each release and asyncpg's first preparation of "
-                "a statement on a connection)"
+                f"pg_stat_database: xact_commit + xact_rollback ({why}): each statement "
+                "outside a transaction block counts one, as do each explicit transaction, "
+                "each new connection and the pool's reset at each release"
             )
         server = f"PostgreSQL {dbs.server_version}"
     meta = {

@@ -7,8 +7,7 @@ statistics views, never from a counter in the demo or the services:
   housekeeping and the demo's own reads are left out) when the server loads it
   (``shared_preload_libraries``), else ``pg_stat_database``'s ``xact_commit +
   xact_rollback`` (one per statement outside a transaction block, one per explicit
-  transaction; the pool's reset at every release and asyncpg's first preparation of
-  each statement on each connection count too);
+  transaction; each new connection and the pool's reset at every release count too);
 * rows read: ``pg_stat_user_tables.seq_tup_read`` plus ``pg_stat_user_indexes.idx_tup_read``
   (rows the server read from the services' tables by sequential scans and index
   entries it read, summed over every table and index of the database);
