@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, HTTPException, Path, Query
 
 from scalekit.fastapi import install_exception_handlers
 from scalekit.observability import PostgresProbe, health_app, metrics_app
@@ -186,6 +186,29 @@ def _offset(cursor: str | None) -> int:
     return int(cursor)
 
 
+@dataclass(frozen=True, slots=True)
+class PageQuery:
+    """One page request: the search, where it continues and how many rows."""
+
+    search: Search
+    cursor: str | None
+    limit: int
+
+
+def page_query(
+    school_id: SchoolId,
+    role: Role | None = None,
+    grade: Grade = None,
+    prefix: Prefix = None,
+    cursor: str | None = None,
+    limit: Limit = PAGE_LIMIT,
+) -> PageQuery:
+    """The query string of a members page (a FastAPI dependency)."""
+    if prefix is not None and "\x00" in prefix:
+        raise HTTPException(422, "prefix must not contain NUL")
+    return PageQuery(Search(school_id, role, grade, prefix or None), cursor, limit)
+
+
 def _member(row: Any) -> dict[str, Any]:
     return {k: row[k] for k in ("id", "name", "role", "grade", "email")}
 
@@ -208,42 +231,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app.mount("/health", health_app(PostgresProbe(config.database_url)))
     app.mount("/metrics", metrics_app())
 
-    def search(school_id: int, role: Role | None, grade: int | None, prefix: str | None) -> Search:
-        if prefix is not None and "\x00" in prefix:
-            raise HTTPException(422, "prefix must not contain NUL")
-        return Search(school_id, role, grade, prefix or None)
-
     @app.get("/schools")
     async def schools() -> list[dict[str, Any]]:
         rows = await svc.pool.fetch("SELECT id, name FROM schools ORDER BY id")
         return [{"id": r["id"], "name": r["name"]} for r in rows]
 
     @app.get("/schools/{school_id}/members")
-    async def members(
-        school_id: SchoolId,
-        role: Role | None = None,
-        grade: Grade = None,
-        prefix: Prefix = None,
-        cursor: str | None = None,
-        limit: Limit = PAGE_LIMIT,
-    ) -> dict[str, Any]:
-        found = search(school_id, role, grade, prefix)
-        rows, nxt = await svc.page(svc.pool, found, cursor, limit)
+    async def members(query: Annotated[PageQuery, Depends(page_query)]) -> dict[str, Any]:
+        rows, nxt = await svc.page(svc.pool, query.search, query.cursor, query.limit)
         return {"items": [_member(r) for r in rows], "next": nxt}
 
     @app.get("/schools/{school_id}/members/explain")
-    async def explain(
-        school_id: SchoolId,
-        role: Role | None = None,
-        grade: Grade = None,
-        prefix: Prefix = None,
-        cursor: str | None = None,
-        limit: Limit = PAGE_LIMIT,
-    ) -> dict[str, Any]:
+    async def explain(query: Annotated[PageQuery, Depends(page_query)]) -> dict[str, Any]:
         """The page's statement under EXPLAIN (ANALYZE, BUFFERS): what it read."""
-        found = search(school_id, role, grade, prefix)
         explainer = _Explain(svc.pool)
-        await svc.page(explainer, found, cursor, limit)
+        await svc.page(explainer, query.search, query.cursor, query.limit)
         return {
             "mode": "keyset" if config.primitives else "offset",
             **plan_figures(explainer.plan),

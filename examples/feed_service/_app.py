@@ -114,38 +114,42 @@ class FeedService:
         cfg = self.config
         settings = PoolSettings.from_url(cfg.database_url, max_size=cfg.pool_size)
         self.pool = await PgPool(settings, clock=cfg.clock).open()
-        self.authors = row_loader(self.pool, _AUTHORS_SQL, key="id", name="feed.authors")
-        self.feed_pages, self.author_pages = (
-            Keyset(
-                sql,
-                _ORDER,
-                not_null=["created_at"],
-                secret=cfg.cursor_secret,
-                max_limit=MAX_PAGE_LIMIT,
-                default_limit=PAGE_LIMIT,
+        try:
+            self.authors = row_loader(self.pool, _AUTHORS_SQL, key="id", name="feed.authors")
+            self.feed_pages, self.author_pages = (
+                Keyset(
+                    sql,
+                    _ORDER,
+                    not_null=["created_at"],
+                    secret=cfg.cursor_secret,
+                    max_limit=MAX_PAGE_LIMIT,
+                    default_limit=PAGE_LIMIT,
+                )
+                for sql in (FEED_SQL, AUTHOR_POSTS_SQL)
             )
-            for sql in (FEED_SQL, AUTHOR_POSTS_SQL)
-        )
-        self.cache = Cache(cfg.backend_url, name="feed", clock=cfg.clock)
-        self.trending_job = RefreshAhead(
-            self.cache,
-            TRENDING_KEY,
-            self.compute_trending,
-            ttl=TRENDING_TTL,
-            refresh_ahead=TRENDING_AHEAD,
-            name="feed.trending",
-        )
-        self.maintenance = Runner(
-            self._maintain,
-            MAINTENANCE_EVERY,
-            pool=self.pool,
-            name=VIEW_PARTITIONS.job_name,
-            clock=cfg.clock,
-        )
-        if self.background:
-            self.maintenance.start()
-            if self.on:
-                self._tasks.append(asyncio.create_task(self.trending_job.run()))
+            self.cache = Cache(cfg.backend_url, name="feed", clock=cfg.clock)
+            self.trending_job = RefreshAhead(
+                self.cache,
+                TRENDING_KEY,
+                self.compute_trending,
+                ttl=TRENDING_TTL,
+                refresh_ahead=TRENDING_AHEAD,
+                name="feed.trending",
+            )
+            self.maintenance = Runner(
+                self._maintain,
+                MAINTENANCE_EVERY,
+                pool=self.pool,
+                name=VIEW_PARTITIONS.job_name,
+                clock=cfg.clock,
+            )
+            if self.background:
+                self.maintenance.start()
+                if self.on:
+                    self._tasks.append(asyncio.create_task(self.trending_job.run()))
+        except BaseException:
+            await self.pool.close()  # nothing else holds a resource yet
+            raise
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import shutil
 import subprocess
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from servers import PostgresServer, ServerUnavailable
 
 from examples import feed_service as feed
-from examples.common import ServiceConfig, apply_schema
+from examples.common import ServiceConfig
 from examples.feed_service._app import TRENDING_AHEAD, TRENDING_TTL
 from scalekit.testing import FakeClock
 
@@ -243,12 +243,14 @@ def _has_statements_library() -> bool:
 
 
 @pytest.fixture(scope="module")
-def counting_postgres(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def counting_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A PostgreSQL that loads pg_stat_statements, so the server itself counts the
-    statements: the suite's own if it does (it does not by default), else a private
-    one (pg_ctl from PATH, the library preloaded with ALTER SYSTEM and a restart)."""
-    if asyncio.run(_preloads_statements(postgres_dsn)):
-        yield postgres_dsn
+    statements: ``SCALEKIT_TEST_POSTGRES_DSN`` if it does, else a private server
+    (pg_ctl from PATH, the library preloaded with ALTER SYSTEM and a restart). The
+    suite's own server does not preload it."""
+    external = os.environ.get("SCALEKIT_TEST_POSTGRES_DSN")
+    if external and asyncio.run(_preloads_statements(external)):
+        yield external
         return
     if not _has_statements_library():
         pytest.skip("pg_stat_statements is not installed beside pg_ctl (PostgreSQL contrib)")
@@ -272,32 +274,6 @@ def counting_postgres(postgres_dsn: str, tmp_path_factory: pytest.TempPathFactor
         server.close()
 
 
-@pytest.fixture
-async def counting_dsn(counting_postgres: str) -> AsyncIterator[str]:
-    """A fresh database with the shared schema on ``counting_postgres``."""
-    name = f"exc_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(counting_postgres)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    base, _, query = counting_postgres.partition("?")
-    dsn = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-    conn = await asyncpg.connect(dsn)
-    try:
-        await apply_schema(conn)
-    finally:
-        await conn.close()
-    try:
-        yield dsn
-    finally:
-        admin = await asyncpg.connect(counting_postgres)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
 async def _statements(conn: asyncpg.Connection, like: str) -> int:
     n = await conn.fetchval(
         "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements "
@@ -308,31 +284,37 @@ async def _statements(conn: asyncpg.Connection, like: str) -> int:
     return int(n)
 
 
-async def test_one_author_query_per_page_not_one_per_post(counting_dsn: str) -> None:
-    """Counted by PostgreSQL (pg_stat_statements), not by the service."""
-    await prepare(counting_dsn)
-    conn = await asyncpg.connect(counting_dsn)
-    try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        counts: dict[bool, tuple[int, int]] = {}
-        for primitives in (True, False):
-            async with serve(config(counting_dsn, primitives=primitives)) as (_, client):
-                await conn.fetchval("SELECT pg_stat_statements_reset()")
-                cursor: str | None = None
-                for _ in range(3):
-                    params = {"limit": 10, **({"cursor": cursor} if cursor else {})}
-                    body = (await client.get("/feed", params=params)).json()
-                    assert len(body["items"]) == 10
-                    assert all(i["author"] is not None for i in body["items"])
-                    cursor = body["next"]
-                counts[primitives] = (
-                    await _statements(conn, "%FROM users WHERE id%"),
-                    await _statements(conn, "%FROM posts%"),
-                )
-        assert counts[True] == (3, 3)  # a page: its posts, then its authors in one query
-        assert counts[False] == (30, 3)  # N+1: one author query per post
-    finally:
-        await conn.close()
+class TestCountedByTheServer:
+    @pytest.fixture
+    def postgres_dsn(self, counting_postgres: str) -> str:
+        """Here ``example_dsn`` makes its database on the server that counts."""
+        return counting_postgres
+
+    async def test_one_author_query_per_page_not_one_per_post(self, example_dsn: str) -> None:
+        """Counted by PostgreSQL (pg_stat_statements), not by the service."""
+        await prepare(example_dsn)
+        conn = await asyncpg.connect(example_dsn)
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            counts: dict[bool, tuple[int, int]] = {}
+            for primitives in (True, False):
+                async with serve(config(example_dsn, primitives=primitives)) as (_, client):
+                    await conn.fetchval("SELECT pg_stat_statements_reset()")
+                    cursor: str | None = None
+                    for _ in range(3):
+                        params = {"limit": 10, **({"cursor": cursor} if cursor else {})}
+                        body = (await client.get("/feed", params=params)).json()
+                        assert len(body["items"]) == 10
+                        assert all(i["author"] is not None for i in body["items"])
+                        cursor = body["next"]
+                    counts[primitives] = (
+                        await _statements(conn, "%FROM users WHERE id%"),
+                        await _statements(conn, "%FROM posts%"),
+                    )
+            assert counts[True] == (3, 3)  # a page: its posts, then its authors in one query
+            assert counts[False] == (30, 3)  # N+1: one author query per post
+        finally:
+            await conn.close()
 
 
 # -- HTTP caching ---------------------------------------------------------------------------
@@ -618,3 +600,23 @@ async def test_background_jobs_run_from_the_lifespan(example_dsn: str) -> None:
         tasks = list(svc._tasks)
         assert tasks and svc.maintenance._task is not None
     assert all(t.done() for t in tasks) and svc.maintenance._task is None
+
+
+@pytest.mark.redis
+async def test_trending_is_served_from_the_database_while_redis_is_down(
+    example_dsn: str, redis_server: Any
+) -> None:
+    """The cache is an optimisation: with its Redis gone, readers compute the list
+    (and the refresher retries later) instead of failing."""
+    await prepare(example_dsn)
+    async with serve(config(example_dsn, redis_url=redis_server.url)) as (app, client):
+        job = app.state.feed.trending_job
+        await job.arun_pending()
+        assert job.loads == 1
+        cached = (await client.get("/trending")).json()
+        redis_server.stop()
+        for _ in range(3):
+            response = await client.get("/trending")
+            assert response.status_code == 200 and response.json() == cached
+        assert await job.arun_pending() == job.retry_after  # nothing stored: retry soon
+        assert job.errors == 0
