@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -103,8 +102,9 @@ class _Service:
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        settings = PoolSettings.from_url(config.database_url)
-        self.pool = PgPool(replace(settings, max_size=config.pool_size))
+        # pool options in the URL (?pooler=pgbouncer-transaction, ...) are taken out
+        self.settings = PoolSettings.from_url(config.database_url, max_size=config.pool_size)
+        self.pool = PgPool(self.settings)
         self.backend: Backend | None = None
         self.feeds: tuple[ChangeFeed, ...] = ()
         self.codec = TokenCodec(config.cursor_secret)
@@ -243,7 +243,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     app = FastAPI(title="sync_service", lifespan=lifespan)
     install_exception_handlers(app)  # 429 + Retry-After, 400 for a bad cursor, ...
-    probes: list[Probe] = [PostgresProbe(config.database_url), RegistryProbe()]
+    probes: list[Probe] = [PostgresProbe(svc.settings.url), RegistryProbe()]
     if config.redis_url is not None and config.primitives:
         probes.append(RedisProbe(config.redis_url))
     app.mount("/health", health_app(*probes))

@@ -318,11 +318,30 @@ async def test_through_pgbouncer(
         clock.advance(60)
         await ann.sync(http, limit=2)
         await assert_converged(ann, db)
+        # the health probe gets the DSN without the pool options
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
 
 
 async def test_health_and_metrics_are_mounted(db: asyncpg.Connection, example_dsn: str) -> None:
     async with served(ServiceConfig(database_url=example_dsn)) as http:
         assert (await http.get("/health/live")).status_code == 200
+        ready = await http.get("/health/ready")
+        assert ready.status_code == 200, ready.text
         metrics = await http.get("/metrics", follow_redirects=True)  # mounted: /metrics/
         assert metrics.status_code == 200
         assert "scalekit_" in metrics.text
+
+
+async def test_the_measure_script_compares_both_modes(example_dsn: str) -> None:
+    from examples.sync_service.measure import measure, prepare, report
+
+    await prepare(example_dsn, 30)
+    results = await measure(example_dsn, users=30, requests=90, seed=3)
+    off, on = results[False].figures, results[True].figures
+    assert off["rows_synced"] == off["full_refetch_rows"] > 0
+    assert 0 < on["rows_synced"] < on["full_refetch_rows"]
+    text = report(results)
+    assert "rows sent / full refetch" in text and "100.0%" in text
+    with pytest.raises(SystemExit, match="already has users"):
+        await prepare(example_dsn, 30)
