@@ -432,10 +432,16 @@ def write_html(report: Figures, path: Path) -> None:
     matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: small, searchable
     off, on = report["phases"]["off"], report["phases"]["on"]
     charts = [
-        _claims_chart(report),
-        _grouped(report, "db_queries", "DB queries (counted by PostgreSQL)"),
-        _grouped(report, "db_rows_read", "Rows read by PostgreSQL (log scale)", log=True),
-        _latency_chart(report),
+        ("The plans' claims against the measured reductions", _claims_chart(report)),
+        (
+            "DB queries per service, primitives off and on",
+            _grouped(report, "db_queries", "DB queries (counted by PostgreSQL)"),
+        ),
+        (
+            "Rows read by PostgreSQL per service, primitives off and on",
+            _grouped(report, "db_rows_read", "Rows read by PostgreSQL (log scale)", log=True),
+        ),
+        ("Latency p50 and p95 per service, primitives off and on", _latency_chart(report)),
     ]
     sections = [f"<h2>All services</h2>{_html_table(off['total'], on['total'])}"]
     for name in off["services"]:
@@ -456,7 +462,7 @@ service and phase, seed {settings["seed"]}. Database: {html.escape(settings["dat
 backends: {html.escape(settings["backend"])}; finished in
 {report["elapsed_seconds"]:.1f} s.</p>
 <h2>The plans' claims</h2>{_claims_html(report["claims"])}
-<div class="charts">{"".join(f'<img alt="chart" src="{c}">' for c in charts)}</div>
+<div class="charts">{"".join(f'<img alt="{alt}" src="{c}">' for alt, c in charts)}</div>
 {"".join(sections)}
 <h2>How each figure is counted</h2><ul>{counted}</ul>
 <p class="note">Command: <code>{html.escape(report["command"])}</code></p>
