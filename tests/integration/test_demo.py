@@ -284,12 +284,16 @@ def _postmaster_pids(root: Path) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie waiting for its parent to reap it does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
     return True
 
 
@@ -337,6 +341,32 @@ def _interrupt_the_demo(temp: Path, tmp_path: Path) -> None:
     assert "interrupted" in err
     assert not list(temp.glob("scalekit-demo-pg-*")), "the data directory was left behind"
     assert not any(_alive(pid) for pid in pids), "the server is still running"
+
+
+@pytest.mark.slow
+def test_an_error_mid_run_still_removes_the_embedded_server(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pytest.importorskip("pgserver")
+    from scalekit._demo import _runner
+
+    temp = Path(tempfile.mkdtemp(prefix="skdemo-e"))
+    seen: list[int] = []
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        seen.extend(_postmaster_pids(temp))
+        raise RuntimeError("a service failed")
+
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    monkeypatch.setattr(_runner, "_run_service", broken)
+    try:
+        with pytest.raises(RuntimeError, match="a service failed"), _captured():
+            main(["demo", "--quick", "--no-progress", "--out", str(tmp_path)])
+        assert seen, "the embedded server was not running when the service failed"
+        assert not list(temp.glob("scalekit-demo-pg-*")), "the data directory was left behind"
+        assert not any(_alive(pid) for pid in seen), "the server is still running"
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 # -- usage -------------------------------------------------------------------------------------
