@@ -2,8 +2,9 @@
 
 The users given are the ones active (the demo passes the 40 % active at peak); their
 traffic is skewed (a few heavy users send most messages, paid users twice as much as
-free ones), so the per-user limits meet the heavy senders and nobody else. Most requests send a message (half of the bodies
-are short, under the extraction's 50 characters); the others read a conversation,
+free ones), so the per-user limits meet the heavy senders and nobody else. Most
+requests send a message (half of the bodies are short, under the extraction's 50
+characters); the others read a conversation,
 the subscription or the LLM configuration, rename a conversation, change a plan,
 generate an image, and a few are anonymous (all from the client's one address).
 A user lists their conversations before their first message.
