@@ -83,8 +83,8 @@ class MemoryRateStore:
         # clock), where one unit at 10**7/second would round away.
         self._epoch = now() if algorithm in ("gcra", "token_bucket") else 0.0
         self._decide: Callable[[str, int, bool], Decision] = {
-            "fixed_window": self._fixed_window,
-            "sliding_window": self._sliding_window,
+            "fixed_window": self._aligned,
+            "sliding_window": self._aligned,
             "sliding_log": self._sliding_log,
             "token_bucket": self._bucket,
             "gcra": self._bucket,
@@ -157,36 +157,24 @@ class MemoryRateStore:
         self.counters.refused_full.inc()
         raise StoreFull(i)
 
-    def _fixed_window(self, key: str, cost: int, commit: bool) -> Decision:
+    def _aligned(self, key: str, cost: int, commit: bool) -> Decision:
+        # fixed_window and sliding_window: counts per aligned window (see _windows)
         now = self._now()
+        sliding = self.algorithm == "sliding_window"
         results = []
         for i, (limit, period, _cap) in enumerate(self._rates):
             w = self._windows[i]
             idx = math.floor(now / period)
             if w[0] != idx:
-                rotate(w, idx, False)
-            count = w[1].get(key, 0)
-            if not count and commit and len(w[1]) >= self.max_keys:
-                self._full(i)
-            results.append(alg.fixed_window(count, now, limit, period, cost, commit))
-        if commit and all(r[0] for r in results):
-            for w, r in zip(self._windows, results, strict=True):
-                w[1][key] = r[4]
-        return alg.combine(results, self._limits, self._name)
-
-    def _sliding_window(self, key: str, cost: int, commit: bool) -> Decision:
-        now = self._now()
-        results = []
-        for i, (limit, period, _cap) in enumerate(self._rates):
-            w = self._windows[i]
-            idx = math.floor(now / period)
-            if w[0] != idx:
-                rotate(w, idx, True)
+                rotate(w, idx, sliding)
             cur = w[1].get(key, 0)
             if not cur and commit and len(w[1]) >= self.max_keys:
                 self._full(i)
-            prev = w[2].get(key, 0)
-            results.append(alg.sliding_window(prev, cur, now, limit, period, cost, commit))
+            if sliding:
+                prev = w[2].get(key, 0)
+                results.append(alg.sliding_window(prev, cur, now, limit, period, cost, commit))
+            else:
+                results.append(alg.fixed_window(cur, now, limit, period, cost, commit))
         if commit and all(r[0] for r in results):
             for w, r in zip(self._windows, results, strict=True):
                 w[1][key] = r[4]
