@@ -33,11 +33,13 @@ from scalekit.ratelimit import algorithms as alg
 from scalekit.ratelimit._fast import HitFn as HitFn
 from scalekit.ratelimit._metrics import StoreCounters
 from scalekit.ratelimit._windows import Generations, new_window, rotate
-from scalekit.ratelimit.algorithms import Algorithm
+from scalekit.ratelimit.algorithms import Algorithm, WindowResult
 from scalekit.ratelimit.decision import Decision
 from scalekit.ratelimit.policy import Policy
 
 __all__ = ["MemoryRateStore", "StoreFull"]
+
+_new_decision = tuple.__new__
 
 
 class StoreFull(Exception):
@@ -77,17 +79,21 @@ class MemoryRateStore:
             self._gens = [Generations(r.period) for r in policy.rates]
         else:
             self._gens = [Generations(r.capacity * r.period / r.limit) for r in policy.rates]
-        self._bucket_fn = alg.gcra  # token_bucket is the same algorithm (see alg.gcra)
         # The bucket states are times relative to this epoch: the TAT's float keeps
         # sub-microsecond emission intervals near 0, not near 1.7e9 (Unix time, a test
         # clock), where one unit at 10**7/second would round away.
         self._epoch = now() if algorithm in ("gcra", "token_bucket") else 0.0
+        self._sliding = algorithm == "sliding_window"
+        self._indexes = range(len(policy.rates))
+        # the generic path: every window's pure function, folded by alg.combine; for
+        # one window (the commonest policy) the pure function's result is the decision
+        one = len(policy.rates) == 1
         self._decide: Callable[[str, int, bool], Decision] = {
-            "fixed_window": self._aligned,
-            "sliding_window": self._aligned,
+            "fixed_window": self._aligned_one if one else self._aligned,
+            "sliding_window": self._aligned_one if one else self._aligned,
             "sliding_log": self._sliding_log,
-            "token_bucket": self._bucket,
-            "gcra": self._bucket,
+            "token_bucket": self._bucket_one if one else self._bucket,
+            "gcra": self._bucket_one if one else self._bucket,
         }[algorithm]
         self.counters = counters or StoreCounters(None, "", algorithm, "")
         self._allowed = self.counters.allowed.inc
@@ -157,28 +163,34 @@ class MemoryRateStore:
         self.counters.refused_full.inc()
         raise StoreFull(i)
 
-    def _aligned(self, key: str, cost: int, commit: bool) -> Decision:
+    def _aligned_at(self, i: int, key: str, now: float, cost: int, commit: bool) -> WindowResult:
         # fixed_window and sliding_window: counts per aligned window (see _windows)
+        limit, period, _cap = self._rates[i]
+        w = self._windows[i]
+        idx = math.floor(now / period)
+        if w[0] != idx:
+            rotate(w, idx, self._sliding)
+        cur = w[1].get(key, 0)
+        if not cur and commit and len(w[1]) >= self.max_keys:
+            self._full(i)
+        if self._sliding:
+            prev = w[2].get(key, 0)
+            return alg.sliding_window(prev, cur, now, limit, period, cost, commit)
+        return alg.fixed_window(cur, now, limit, period, cost, commit)
+
+    def _aligned(self, key: str, cost: int, commit: bool) -> Decision:
         now = self._now()
-        sliding = self.algorithm == "sliding_window"
-        results = []
-        for i, (limit, period, _cap) in enumerate(self._rates):
-            w = self._windows[i]
-            idx = math.floor(now / period)
-            if w[0] != idx:
-                rotate(w, idx, sliding)
-            cur = w[1].get(key, 0)
-            if not cur and commit and len(w[1]) >= self.max_keys:
-                self._full(i)
-            if sliding:
-                prev = w[2].get(key, 0)
-                results.append(alg.sliding_window(prev, cur, now, limit, period, cost, commit))
-            else:
-                results.append(alg.fixed_window(cur, now, limit, period, cost, commit))
+        results = [self._aligned_at(i, key, now, cost, commit) for i in self._indexes]
         if commit and all(r[0] for r in results):
             for w, r in zip(self._windows, results, strict=True):
                 w[1][key] = r[4]
         return alg.combine(results, self._limits, self._name)
+
+    def _aligned_one(self, key: str, cost: int, commit: bool) -> Decision:
+        r = self._aligned_at(0, key, self._now(), cost, commit)
+        if commit and r[0]:
+            self._windows[0][1][key] = r[4]
+        return self._one(r)
 
     def _sliding_log(self, key: str, cost: int, commit: bool) -> Decision:
         now = self._now()
@@ -201,21 +213,37 @@ class MemoryRateStore:
                 g.cur[key] = st
         return alg.combine(results, self._limits, self._name)
 
+    def _bucket_at(self, i: int, key: str, now: float, cost: int, commit: bool) -> WindowResult:
+        # token_bucket and gcra: one float per key and window (alg.gcra's state)
+        limit, period, cap = self._rates[i]
+        g = self._gens[i]
+        g.rotate(now)
+        st = g.get(key)
+        if st is None and commit and g.size() >= self.max_keys:
+            self._full(i)
+        return alg.gcra(st, now, limit, period, cap, cost, commit)
+
     def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
-        # token_bucket and gcra: one float per key and window (self._bucket_fn's state)
         now = self._now() - self._epoch
-        results = []
-        for i, (limit, period, cap) in enumerate(self._rates):
-            g = self._gens[i]
-            g.rotate(now)
-            st = g.get(key)
-            if st is None and commit and g.size() >= self.max_keys:
-                self._full(i)
-            results.append(self._bucket_fn(st, now, limit, period, cap, cost, commit))
+        results = [self._bucket_at(i, key, now, cost, commit) for i in self._indexes]
         if commit and all(r[0] for r in results):
             for g, r in zip(self._gens, results, strict=True):
                 g.cur[key] = r[4]
         return alg.combine(results, self._limits, self._name)
+
+    def _bucket_one(self, key: str, cost: int, commit: bool) -> Decision:
+        r = self._bucket_at(0, key, self._now() - self._epoch, cost, commit)
+        if commit and r[0]:
+            self._gens[0].cur[key] = r[4]
+        return self._one(r)
+
+    def _one(self, r: WindowResult) -> Decision:
+        """:func:`~scalekit.ratelimit.algorithms.combine` of one window's result."""
+        limit, period = self._limits[0]
+        ok = r[0]
+        return _new_decision(
+            Decision, (ok, limit, r[1], r[2], 0.0 if ok else r[3], self._name, period)
+        )
 
     # -- the fast path ---------------------------------------------------------
     def fast_hit(self, slow: HitFn) -> HitFn | None:

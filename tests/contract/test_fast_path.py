@@ -1,5 +1,10 @@
 """The rate limiter's fast path (scalekit/ratelimit/_fast.py) agrees with the generic
-path -- the store calling the pure functions of algorithms.py -- decision by decision."""
+path -- the store calling the pure functions of algorithms.py -- decision by decision.
+
+The generic path has a single-window form (the pure function's result is the
+decision) and the multi-window fold (:func:`~scalekit.ratelimit.algorithms.combine`);
+the property test runs all three: the fast ``hit``, the single-window generic path,
+and the fold over the same window plus one that never binds."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit import MemoryBackend, RateLimiter
-from scalekit.ratelimit import Rate
+from scalekit.ratelimit import Policy, Rate
 from scalekit.testing import FakeClock
 
 FAST_ALGORITHMS = ["gcra", "token_bucket", "fixed_window", "sliding_window"]
@@ -99,21 +104,42 @@ def test_fast_path_agrees_with_the_pure_algorithm(
     ops: list[tuple[str, str, int, float]],
 ) -> None:
     fast, generic, clocks = _pair(algorithm, rate, max_keys, start)
+    # the fold: the same window, and a shorter one that never binds (the stores'
+    # max_keys apply per window, so the fold is compared where no window fills up)
+    folded_clock = FakeClock(start)
+    folded = RateLimiter(
+        MemoryBackend(max_keys=1000),
+        Policy([rate, Rate(10**12, rate.period / 2)], name=generic.policy.name),
+        algorithm=algorithm,  # type: ignore[arg-type]
+        clock=folded_clock,
+    )
+    clocks = (*clocks, folded_clock)
     for step, (op, key, cost, dt) in enumerate(ops):
         for c in clocks:
             c.advance(dt)
         where = f"step {step}: {op}({key!r}, {cost}) after +{dt}"
         if op == "hit":
-            _same(fast.hit(key, cost), RateLimiter.hit(generic, key, cost), where)
+            a, b = fast.hit(key, cost), RateLimiter.hit(generic, key, cost)
+            _same(a, b, where)
+            c = folded.hit(key, cost)
+            if max_keys == 1000:
+                _same(c, b, where)
         elif op == "peek":
-            _same(fast.peek(key, cost), generic.peek(key, cost), where)
+            b = generic.peek(key, cost)
+            _same(fast.peek(key, cost), b, where)
+            c = folded.peek(key, cost)
+            if max_keys == 1000:
+                _same(c, b, where)
         elif op == "refund":
-            fast.refund(key, cost)
-            generic.refund(key, cost)
+            for lim in (fast, generic, folded):
+                lim.refund(key, cost)
         else:
-            fast.reset(key)
-            generic.reset(key)
+            for lim in (fast, generic, folded):
+                lim.reset(key)
     for key in "abcde":  # the states left behind are the same
-        _same(fast.peek(key), generic.peek(key), f"final peek {key!r}")
+        b = generic.peek(key)
+        _same(fast.peek(key), b, f"final peek {key!r}")
+        if max_keys == 1000:
+            _same(folded.peek(key), b, f"final peek {key!r}")
     assert fast._default.key_count() == generic._default.key_count()
     assert fast.stats() == generic.stats()
