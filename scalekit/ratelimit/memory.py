@@ -187,10 +187,10 @@ class MemoryRateStore:
         return alg.combine(results, self._limits, self._name)
 
     def _aligned_one(self, key: str, cost: int, commit: bool) -> Decision:
-        r = self._aligned_at(0, key, self._now(), cost, commit)
-        if commit and r[0]:
-            self._windows[0][1][key] = r[4]
-        return self._one(r)
+        ok, remaining, reset, retry, new = self._aligned_at(0, key, self._now(), cost, commit)
+        if commit and ok:
+            self._windows[0][1][key] = new
+        return self._one(ok, remaining, reset, retry)
 
     def _sliding_log(self, key: str, cost: int, commit: bool) -> Decision:
         now = self._now()
@@ -217,10 +217,13 @@ class MemoryRateStore:
         # token_bucket and gcra: one float per key and window (alg.gcra's state)
         limit, period, cap = self._rates[i]
         g = self._gens[i]
-        g.rotate(now)
-        st = g.get(key)
-        if st is None and commit and g.size() >= self.max_keys:
-            self._full(i)
+        if now - g.start >= g.length:
+            g.rotate(now)
+        st = g.cur.get(key)
+        if st is None:
+            st = g.get(key)  # from the previous generation, if it is there
+            if st is None and commit and g.size() >= self.max_keys:
+                self._full(i)
         return alg.gcra(st, now, limit, period, cap, cost, commit)
 
     def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
@@ -232,17 +235,18 @@ class MemoryRateStore:
         return alg.combine(results, self._limits, self._name)
 
     def _bucket_one(self, key: str, cost: int, commit: bool) -> Decision:
-        r = self._bucket_at(0, key, self._now() - self._epoch, cost, commit)
-        if commit and r[0]:
-            self._gens[0].cur[key] = r[4]
-        return self._one(r)
+        ok, remaining, reset, retry, new = self._bucket_at(
+            0, key, self._now() - self._epoch, cost, commit
+        )
+        if commit and ok:
+            self._gens[0].cur[key] = new
+        return self._one(ok, remaining, reset, retry)
 
-    def _one(self, r: WindowResult) -> Decision:
+    def _one(self, ok: bool, remaining: int, reset: float, retry: float) -> Decision:
         """:func:`~scalekit.ratelimit.algorithms.combine` of one window's result."""
         limit, period = self._limits[0]
-        ok = r[0]
         return _new_decision(
-            Decision, (ok, limit, r[1], r[2], 0.0 if ok else r[3], self._name, period)
+            Decision, (ok, limit, remaining, reset, retry if not ok else 0.0, self._name, period)
         )
 
     # -- the fast path ---------------------------------------------------------
