@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """scalekit's developer entry point: the README's two commands and a few more.
 
-    python3 dev.py demo            run the demo (creates .venv on first use)
+    python3 dev.py demo [ARGS]     the measured demo: the example services with the
+                                   primitives off and on, on an embedded PostgreSQL
+                                   (creates .venv on first use; ARGS go to `scalekit demo`)
+    python3 dev.py tour            the short tour of the primitives (memory backend)
     python3 dev.py test [ARGS]     ruff, mypy --strict, mkdocs --strict, then pytest ARGS
     python3 dev.py bench [NAME]    run the benchmarks in benchmarks/ (peers installed)
 
@@ -36,6 +39,8 @@ PY = BIN / ("python.exe" if os.name == "nt" else "python")
 # dependency set -> pip arguments (relative to ROOT)
 SETS: dict[str, list[str]] = {
     "base": ["-e", ".[redis]"],
+    # the demo extra: FastAPI, httpx, asyncpg, pgserver, matplotlib, rich
+    "demo": ["-e", ".[redis,demo]"],
     "test": ["-e", ".[redis,postgres]", "--group", "test"],
     "bench": ["-e", ".[redis]", "--group", "bench"],
 }
@@ -84,8 +89,13 @@ def tool(name: str) -> Path:
 
 
 def cmd_demo(args: list[str]) -> None:
-    ensure("base")
+    ensure("demo")
     os.execv(PY, [str(PY), "-m", "scalekit", "demo", *args])
+
+
+def cmd_tour(args: list[str]) -> None:
+    ensure("base")
+    os.execv(PY, [str(PY), "-m", "scalekit", "tour", *args])
 
 
 def _apt_install(package: str, what: str, env_var: str) -> None:
@@ -140,7 +150,7 @@ def cmd_test(args: list[str]) -> None:
     ensure_redis7()
     run(tool("ruff"), "check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("ruff"), "format", "--check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
-    run(tool("mypy"), "--strict", "scalekit")
+    run(tool("mypy"), "--strict", "scalekit", "examples")
     run(tool("mkdocs"), "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
     env = dict(os.environ)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
@@ -155,7 +165,7 @@ def cmd_bench(args: list[str]) -> None:
         run(PY, script)
 
 
-COMMANDS = {"demo": cmd_demo, "test": cmd_test, "bench": cmd_bench}
+COMMANDS = {"demo": cmd_demo, "tour": cmd_tour, "test": cmd_test, "bench": cmd_bench}
 
 
 def main() -> None:

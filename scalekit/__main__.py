@@ -1,11 +1,13 @@
 """``python -m scalekit`` / the ``scalekit`` console script.
 
-``demo``: a short, self-explaining tour on the memory backend: rate limits, the query
-cache, circuit breakers and retries, and sampling. ``capacity plan.toml``: a capacity
+``demo``: the example services run with the primitives off and on, measured on a real
+PostgreSQL (:mod:`scalekit._demo`). ``tour``: a short, self-explaining tour on the memory
+backend: rate limits, the query cache, circuit breakers and retries, and sampling.
+``capacity plan.toml``: a capacity
 plan's load and headroom. ``limits``, ``breaker``, ``cache`` and ``health``: the
 operations commands of :mod:`scalekit._cli` (exit codes documented there).
 
-Time in the demo is simulated with :class:`scalekit.testing.FakeClock`, so an hour
+Time in the tour is simulated with :class:`scalekit.testing.FakeClock`, so an hour
 of traffic runs in milliseconds; the speed figure at the end is measured for real.
 """
 
@@ -210,8 +212,8 @@ def demo_speed(quick: bool) -> None:
     print("side-by-side comparisons with peer libraries: python3 dev.py bench")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    print(f"scalekit {__version__} demo: the primitives on the in-memory backend")
+def cmd_tour(args: argparse.Namespace) -> int:
+    print(f"scalekit {__version__} tour: the primitives on the in-memory backend")
     print("(time is simulated with FakeClock, so an hour passes instantly)")
     demo_chat()
     demo_tiers()
@@ -256,6 +258,7 @@ print JSON with --json; 'scalekit COMMAND --help' explains each one.
 
 def main(argv: Sequence[str] | None = None) -> int:
     from scalekit._cli import EPILOG, USAGE, add_commands, run
+    from scalekit._demo import add_parser as add_demo_parser
 
     parser = argparse.ArgumentParser(
         prog="scalekit",
@@ -265,9 +268,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"scalekit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = sub.add_parser("demo", help="a short tour of the primitives on the memory backend")
-    demo.add_argument("--quick", action="store_true", help="shorter speed measurement")
-    demo.set_defaults(func=cmd_demo)
+    add_demo_parser(sub)
+    tour = sub.add_parser("tour", help="a short tour of the primitives on the memory backend")
+    tour.add_argument("--quick", action="store_true", help="shorter speed measurement")
+    tour.set_defaults(func=cmd_tour)
     cap = sub.add_parser(
         "capacity",
         help="project load and headroom from a TOML plan file",
@@ -282,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cap.set_defaults(func=cmd_capacity)
     add_commands(sub)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:  # the list of commands, and a usage error for scripts
         parser.print_help(sys.stderr)
         return USAGE

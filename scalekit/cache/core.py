@@ -700,7 +700,7 @@ class Cache:
         await aping("cache " + repr(self.name), self._redis())
 
     def _redis(self) -> object:
-        """The :class:`~scalekit.backends.redis.RedisBackend` under the backend, if any
+        """The :class:`~scalekit.backends._redis.RedisBackend` under the backend, if any
         (a tiered backend's is its L2's)."""
         backend: object = self.backend
         backend = getattr(backend, "l2", backend)

@@ -120,7 +120,7 @@ from scalekit import _validate
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
 from scalekit.backends._lua import load_script
-from scalekit.backends.redis import RedisBackend
+from scalekit.backends._redis import RedisBackend
 from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
 from scalekit.cache.freshness import EntryMeta
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError

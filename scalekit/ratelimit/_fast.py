@@ -2,11 +2,11 @@
 
 This module prefers speed over ease of maintenance. The commonest configuration
 (one window, memory, the hit allowed) runs in one Python frame: argument check,
-lock, clock, dict and the allow-path arithmetic of :func:`~scalekit.ratelimit.
-algorithms.gcra` (also ``token_bucket``), :func:`~scalekit.ratelimit.algorithms.
-fixed_window` and :func:`~scalekit.ratelimit.algorithms.sliding_window` written
+lock, clock, dict and the allow-path arithmetic of the pure functions ``gcra``
+(also ``token_bucket``), ``fixed_window`` and ``sliding_window`` of
+:mod:`scalekit.ratelimit._algorithms` written
 out inline, bound to closure locals. That takes about half the CPU time of the
-generic path (the limiter, then :class:`~scalekit.ratelimit.memory.MemoryRateStore`
+generic path (the limiter, then :class:`~scalekit.ratelimit._memory.MemoryRateStore`
 calling the pure function: 0.66-0.89 us against 1.3-1.8 us per decision on the
 benchmark machine), and it is a second copy of the allow-path arithmetic.
 
@@ -21,7 +21,7 @@ What keeps the copy honest:
 - ``tests/contract/test_fast_path.py`` runs each function here next to the
   generic path, decision by decision, on sequences hypothesis generates (clock
   steps, costs, keys, peeks, refunds, resets, full stores). Change an algorithm
-  in ``algorithms.py`` and that test fails until the inline copy here follows.
+  in ``_algorithms.py`` and that test fails until the inline copy here follows.
 
 There is no fast path for ``sliding_log`` (its state is a list walked per hit,
 nothing to gain) nor for several windows (the all-or-nothing fold is the
@@ -35,9 +35,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from scalekit.ratelimit import algorithms as alg
+from scalekit.ratelimit import _algorithms as alg
+from scalekit.ratelimit._decision import Decision
 from scalekit.ratelimit._windows import Generations, rotate
-from scalekit.ratelimit.decision import Decision
 
 __all__ = ["HitFn", "hit_function"]
 

@@ -1,6 +1,6 @@
 """The state containers of the in-memory rate-limit store: aligned windows and
 generations. Window rotation is written here, once; the store
-(:class:`~scalekit.ratelimit.memory.MemoryRateStore`) and its fast paths
+(:class:`~scalekit.ratelimit._memory.MemoryRateStore`) and its fast paths
 (:mod:`scalekit.ratelimit._fast`) call it.
 
 - An aligned window (fixed and sliding windows) is a list ``[index, current

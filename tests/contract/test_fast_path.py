@@ -1,8 +1,8 @@
 """The rate limiter's fast path (scalekit/ratelimit/_fast.py) agrees with the generic
-path -- the store calling the pure functions of algorithms.py -- decision by decision.
+path -- the store calling the pure functions of _algorithms.py -- decision by decision.
 
 The generic path has a single-window form (the pure function's result is the
-decision) and the multi-window fold (:func:`~scalekit.ratelimit.algorithms.combine`);
+decision) and the multi-window fold (:func:`~scalekit.ratelimit._algorithms.combine`);
 the property test runs all three: the fast ``hit``, the single-window generic path,
 and the fold over the same window plus one that never binds."""
 

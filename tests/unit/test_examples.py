@@ -22,7 +22,7 @@ def test_chat_limits_example() -> None:
 
 def test_demo_runs() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "scalekit", "demo", "--quick"],
+        [sys.executable, "-m", "scalekit", "tour", "--quick"],
         capture_output=True,
         text=True,
         timeout=120,
