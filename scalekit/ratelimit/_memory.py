@@ -16,6 +16,9 @@ timers:
   Rotating every ``generation`` seconds (the time after which an untouched key's
   state is the same as no state: a full bucket, an empty log) and dropping the
   old previous generation therefore loses nothing.
+
+The windows, generations and window rotation are :mod:`scalekit.ratelimit._windows`'s;
+the single-window ``hit`` fast path is :mod:`scalekit.ratelimit._fast`.
 """
 
 from __future__ import annotations
@@ -23,21 +26,20 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from scalekit.ratelimit import _algorithms as alg
-from scalekit.ratelimit._algorithms import Algorithm
+from scalekit.ratelimit import _fast
+from scalekit.ratelimit._algorithms import Algorithm, WindowResult
 from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._fast import HitFn as HitFn
 from scalekit.ratelimit._metrics import StoreCounters
 from scalekit.ratelimit._policy import Policy
+from scalekit.ratelimit._windows import Generations, new_window, rotate
 
 __all__ = ["MemoryRateStore", "StoreFull"]
 
 _new_decision = tuple.__new__
-
-
-class HitFn(Protocol):
-    def __call__(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision: ...
 
 
 class StoreFull(Exception):
@@ -45,42 +47,6 @@ class StoreFull(Exception):
 
     def __init__(self, rate_index: int) -> None:
         self.rate_index = rate_index
-
-
-class _Generations:
-    """Two generations of dicts; see the module docstring."""
-
-    __slots__ = ("cur", "length", "prev", "start")
-
-    def __init__(self, length: float) -> None:
-        self.cur: dict[str, Any] = {}
-        self.prev: dict[str, Any] = {}
-        self.start = -math.inf
-        self.length = length
-
-    def rotate(self, now: float) -> None:
-        if now - self.start >= self.length:
-            if now - self.start >= 2 * self.length:
-                self.prev = {}
-            else:
-                self.prev = self.cur
-            self.cur = {}
-            self.start = now
-
-    def get(self, key: str) -> Any:
-        v = self.cur.get(key)
-        if v is None and self.prev:
-            v = self.prev.pop(key, None)
-            if v is not None:
-                self.cur[key] = v
-        return v
-
-    def size(self) -> int:
-        return len(self.cur) + len(self.prev)
-
-    def pop(self, key: str) -> None:
-        self.cur.pop(key, None)
-        self.prev.pop(key, None)
 
 
 class MemoryRateStore:
@@ -107,26 +73,28 @@ class MemoryRateStore:
         self._limits = [(r.limit, r.period) for r in policy.rates]
         self._name = policy.name
         # fixed/sliding windows: per rate [window index, current counts, previous counts]
-        self._windows: list[list[Any]] = [[None, {}, {}] for _ in policy.rates]
+        self._windows: list[list[Any]] = [new_window() for _ in policy.rates]
         # log/bucket: per rate generations
         if algorithm == "sliding_log":
-            self._gens = [_Generations(r.period) for r in policy.rates]
+            self._gens = [Generations(r.period) for r in policy.rates]
         else:
-            self._gens = [_Generations(r.capacity * r.period / r.limit) for r in policy.rates]
-        self._bucket_fn = alg.gcra  # token_bucket is the same algorithm (see alg.gcra)
+            self._gens = [Generations(r.capacity * r.period / r.limit) for r in policy.rates]
         # The bucket states are times relative to this epoch: the TAT's float keeps
         # sub-microsecond emission intervals near 0, not near 1.7e9 (Unix time, a test
         # clock), where one unit at 10**7/second would round away.
         self._epoch = now() if algorithm in ("gcra", "token_bucket") else 0.0
+        self._sliding = algorithm == "sliding_window"
+        self._indexes = range(len(policy.rates))
+        # the generic path: every window's pure function, folded by alg.combine; for
+        # one window (the commonest policy) the pure function's result is the decision
+        one = len(policy.rates) == 1
         self._decide: Callable[[str, int, bool], Decision] = {
-            "fixed_window": self._fixed_window,
-            "sliding_window": self._sliding_window,
+            "fixed_window": self._aligned_one if one else self._aligned,
+            "sliding_window": self._aligned_one if one else self._aligned,
             "sliding_log": self._sliding_log,
-            "token_bucket": self._bucket,
-            "gcra": self._bucket,
+            "token_bucket": self._bucket_one if one else self._bucket,
+            "gcra": self._bucket_one if one else self._bucket,
         }[algorithm]
-        if len(policy.rates) == 1 and algorithm in ("gcra", "token_bucket"):
-            self._decide = self._bucket_single
         self.counters = counters or StoreCounters(None, "", algorithm, "")
         self._allowed = self.counters.allowed.inc
         self._denied = self.counters.denied.inc
@@ -195,43 +163,34 @@ class MemoryRateStore:
         self.counters.refused_full.inc()
         raise StoreFull(i)
 
-    def _fixed_window(self, key: str, cost: int, commit: bool) -> Decision:
+    def _aligned_at(self, i: int, key: str, now: float, cost: int, commit: bool) -> WindowResult:
+        # fixed_window and sliding_window: counts per aligned window (see _windows)
+        limit, period, _cap = self._rates[i]
+        w = self._windows[i]
+        idx = math.floor(now / period)
+        if w[0] != idx:
+            rotate(w, idx, self._sliding)
+        cur = w[1].get(key, 0)
+        if not cur and commit and len(w[1]) >= self.max_keys:
+            self._full(i)
+        if self._sliding:
+            prev = w[2].get(key, 0)
+            return alg.sliding_window(prev, cur, now, limit, period, cost, commit)
+        return alg.fixed_window(cur, now, limit, period, cost, commit)
+
+    def _aligned(self, key: str, cost: int, commit: bool) -> Decision:
         now = self._now()
-        results = []
-        for i, (limit, period, _cap) in enumerate(self._rates):
-            w = self._windows[i]
-            idx = math.floor(now / period)
-            if w[0] != idx:
-                w[0] = idx
-                w[1] = {}
-            count = w[1].get(key, 0)
-            if not count and commit and len(w[1]) >= self.max_keys:
-                self._full(i)
-            results.append(alg.fixed_window(count, now, limit, period, cost, commit))
+        results = [self._aligned_at(i, key, now, cost, commit) for i in self._indexes]
         if commit and all(r[0] for r in results):
             for w, r in zip(self._windows, results, strict=True):
                 w[1][key] = r[4]
         return alg.combine(results, self._limits, self._name)
 
-    def _sliding_window(self, key: str, cost: int, commit: bool) -> Decision:
-        now = self._now()
-        results = []
-        for i, (limit, period, _cap) in enumerate(self._rates):
-            w = self._windows[i]
-            idx = math.floor(now / period)
-            if w[0] != idx:
-                w[2] = w[1] if w[0] == idx - 1 else {}
-                w[1] = {}
-                w[0] = idx
-            cur = w[1].get(key, 0)
-            if not cur and commit and len(w[1]) >= self.max_keys:
-                self._full(i)
-            prev = w[2].get(key, 0)
-            results.append(alg.sliding_window(prev, cur, now, limit, period, cost, commit))
-        if commit and all(r[0] for r in results):
-            for w, r in zip(self._windows, results, strict=True):
-                w[1][key] = r[4]
-        return alg.combine(results, self._limits, self._name)
+    def _aligned_one(self, key: str, cost: int, commit: bool) -> Decision:
+        ok, remaining, reset, retry, new = self._aligned_at(0, key, self._now(), cost, commit)
+        if commit and ok:
+            self._windows[0][1][key] = new
+        return self._one(ok, remaining, reset, retry)
 
     def _sliding_log(self, key: str, cost: int, commit: bool) -> Decision:
         now = self._now()
@@ -254,204 +213,60 @@ class MemoryRateStore:
                 g.cur[key] = st
         return alg.combine(results, self._limits, self._name)
 
-    def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
-        # token_bucket and gcra: one float per key and window (self._bucket_fn's state)
-        now = self._now() - self._epoch
-        results = []
-        for i, (limit, period, cap) in enumerate(self._rates):
-            g = self._gens[i]
+    def _bucket_at(self, i: int, key: str, now: float, cost: int, commit: bool) -> WindowResult:
+        # token_bucket and gcra: one float per key and window (alg.gcra's state)
+        limit, period, cap = self._rates[i]
+        g = self._gens[i]
+        if now - g.start >= g.length:
             g.rotate(now)
-            st = g.get(key)
+        st = g.cur.get(key)
+        if st is None:
+            st = g.get(key)  # from the previous generation, if it is there
             if st is None and commit and g.size() >= self.max_keys:
                 self._full(i)
-            results.append(self._bucket_fn(st, now, limit, period, cap, cost, commit))
+        return alg.gcra(st, now, limit, period, cap, cost, commit)
+
+    def _bucket(self, key: str, cost: int, commit: bool) -> Decision:
+        now = self._now() - self._epoch
+        results = [self._bucket_at(i, key, now, cost, commit) for i in self._indexes]
         if commit and all(r[0] for r in results):
             for g, r in zip(self._gens, results, strict=True):
                 g.cur[key] = r[4]
         return alg.combine(results, self._limits, self._name)
 
-    def _bucket_single(self, key: str, cost: int, commit: bool) -> Decision:
-        # One window without the per-window lists; the arithmetic is alg.gcra's
-        # (token_bucket is the same algorithm).
-        now = self._now() - self._epoch
-        g = self._gens[0]
-        if now - g.start >= g.length:
-            g.rotate(now)
-        cur = g.cur
-        st = cur.get(key)
-        if st is None:
-            if g.prev:
-                st = g.prev.pop(key, None)
-            if st is None and commit and len(cur) + len(g.prev) >= self.max_keys:
-                self._full(0)
-        limit, period, cap = self._rates[0]
-        ok, remaining, reset, retry, new = self._bucket_fn(
-            st, now, limit, period, cap, cost, commit
+    def _bucket_one(self, key: str, cost: int, commit: bool) -> Decision:
+        ok, remaining, reset, retry, new = self._bucket_at(
+            0, key, self._now() - self._epoch, cost, commit
         )
-        if new is not None:
-            cur[key] = new
-        return _new_decision(Decision, (ok, limit, remaining, reset, retry, self._name, period))
+        if commit and ok:
+            self._gens[0].cur[key] = new
+        return self._one(ok, remaining, reset, retry)
 
-    # -- fast paths ----------------------------------------------------------
+    def _one(self, ok: bool, remaining: int, reset: float, retry: float) -> Decision:
+        """:func:`~scalekit.ratelimit._algorithms.combine` of one window's result."""
+        limit, period = self._limits[0]
+        return _new_decision(
+            Decision, (ok, limit, remaining, reset, retry if not ok else 0.0, self._name, period)
+        )
+
+    # -- the fast path ---------------------------------------------------------
     def fast_hit(self, slow: HitFn) -> HitFn | None:
-        """A specialised ``hit`` for one window, or ``None`` if there is none.
-
-        The hot path of the commonest configuration (one window, memory, allowed)
-        runs in one Python frame: validation, lock, clock, dict and arithmetic
-        inlined. Everything else -- bad arguments, tiers, a denial, a full store
-        -- goes through ``slow`` (the generic path and the functions of
-        :mod:`~scalekit.ratelimit._algorithms`), so a denial's numbers have one
-        source. The inlined allow-path arithmetic is the same as the pure
-        function's; tests/contract/test_fast_path.py checks the two agree
-        decision by decision.
-        """
+        """A specialised ``hit`` for one window, or ``None`` if there is none: see
+        :mod:`scalekit.ratelimit._fast` (what it inlines, and what keeps it equal to
+        this store's generic path). ``slow`` is the generic ``hit`` it falls back to."""
         if len(self._rates) != 1:
             return None
-        maker = {
-            "gcra": self._fast_gcra,
-            "token_bucket": self._fast_gcra,
-            "fixed_window": self._fast_fixed_window,
-            "sliding_window": self._fast_sliding_window,
-        }.get(self.algorithm)
-        return maker(slow) if maker is not None else None
-
-    # Each fast function: arguments the fast path cannot take (a tier, a bad key or
-    # cost, a key in the previous generation, a full store) go to ``slow`` BEFORE the
-    # lock is taken; a denial is computed by the pure function under the lock.
-
-    def _fast_gcra(self, slow: HitFn) -> HitFn:
-        acquire, release = self._lock.acquire, self._lock.release
-        now_fn, g, max_keys = self._now, self._gens[0], self.max_keys
-        allowed, denied = self._allowed, self._denied
-        limit, period, cap = self._rates[0]
-        interval = period / limit
-        tolerance = cap * interval
-        slack = tolerance + alg.bucket_slack(interval)
-        name, new, eps, gcra = self._name, _new_decision, alg.EPS, alg.gcra
-        epoch = self._epoch
-
-        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
-                return slow(key, cost, tier=tier)
-            if cost < 1 or not key:
-                return slow(key, cost)
-            acquire()
-            try:
-                now = now_fn() - epoch
-                if now - g.start >= g.length:
-                    g.rotate(now)
-                cur = g.cur
-                tat = cur.get(key)
-                full = False
-                if tat is None:
-                    prev = g.prev
-                    if prev:
-                        tat = prev.pop(key, None)
-                    if tat is not None:
-                        cur[key] = tat  # touched: it moves to the current generation
-                    else:
-                        full = len(cur) + len(prev) >= max_keys  # decided by the slow path
-                base = now if tat is None or tat < now else tat
-                ahead = base + cost * interval - now
-                if ahead <= slack and cost <= cap and not full:
-                    cur[key] = now + ahead
-                    allowed()
-                    left = int((slack - ahead) / interval + eps)
-                    return new(
-                        Decision,
-                        (True, limit, left if left <= cap - cost else cap - cost, ahead, 0.0, name,
-                         period),
-                    )  # fmt: skip
-                if not full:
-                    denied()
-                    _, remaining, reset, retry, _ = gcra(tat, now, limit, period, cap, cost)
-                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
-            finally:
-                release()
-            return slow(key, cost)
-
-        return hit
-
-    def _fast_fixed_window(self, slow: HitFn) -> HitFn:
-        acquire, release = self._lock.acquire, self._lock.release
-        now_fn, w, max_keys = self._now, self._windows[0], self.max_keys
-        allowed, denied = self._allowed, self._denied
-        limit, period, _ = self._rates[0]
-        name, new, floor, fixed = self._name, _new_decision, math.floor, alg.fixed_window
-
-        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
-                return slow(key, cost, tier=tier)
-            if cost < 1 or not key:
-                return slow(key, cost)
-            acquire()
-            try:
-                now = now_fn()
-                idx = floor(now / period)
-                if w[0] != idx:
-                    w[0] = idx
-                    w[1] = {}
-                counts = w[1]
-                count = counts.get(key, 0)
-                if count or len(counts) < max_keys:
-                    if count + cost <= limit:
-                        counts[key] = count + cost
-                        allowed()
-                        reset = (idx + 1) * period - now
-                        return new(
-                            Decision, (True, limit, limit - count - cost, reset, 0.0, name, period)
-                        )
-                    denied()
-                    _, remaining, reset, retry, _ = fixed(count, now, limit, period, cost)
-                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
-            finally:
-                release()
-            return slow(key, cost)
-
-        return hit
-
-    def _fast_sliding_window(self, slow: HitFn) -> HitFn:
-        acquire, release = self._lock.acquire, self._lock.release
-        now_fn, w, max_keys = self._now, self._windows[0], self.max_keys
-        allowed, denied = self._allowed, self._denied
-        limit, period, _ = self._rates[0]
-        name, new, floor, sliding = self._name, _new_decision, math.floor, alg.sliding_window
-        bound, time_eps, eps = limit + alg.EPS, alg.TIME_EPS, alg.EPS
-
-        def hit(key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
-            if tier is not None or key.__class__ is not str or cost.__class__ is not int:
-                return slow(key, cost, tier=tier)
-            if cost < 1 or not key:
-                return slow(key, cost)
-            acquire()
-            try:
-                now = now_fn()
-                idx = floor(now / period)
-                if w[0] != idx:
-                    w[2] = w[1] if w[0] == idx - 1 else {}
-                    w[1] = {}
-                    w[0] = idx
-                counts = w[1]
-                cur = counts.get(key, 0)
-                if cur or len(counts) < max_keys:
-                    prev = w[2].get(key, 0) if w[2] else 0
-                    elapsed = now - idx * period
-                    weight = 1.0 - (elapsed + time_eps) / period
-                    used = (prev * weight if weight > 0.0 else 0.0) + cur + cost
-                    if used <= bound:
-                        counts[key] = cur + cost
-                        allowed()
-                        left = int(limit - used + eps)
-                        return new(
-                            Decision,
-                            (True, limit, left if left > 0 else 0, 2 * period - elapsed, 0.0,
-                             name, period),
-                        )  # fmt: skip
-                    denied()
-                    _, remaining, reset, retry, _ = sliding(prev, cur, now, limit, period, cost)
-                    return new(Decision, (False, limit, remaining, reset, retry, name, period))
-            finally:
-                release()
-            return slow(key, cost)
-
-        return hit
+        return _fast.hit_function(
+            self.algorithm,
+            slow,
+            lock=self._lock,
+            now=self._now,
+            window=self._windows[0],
+            generations=self._gens[0],
+            max_keys=self.max_keys,
+            allowed=self._allowed,
+            denied=self._denied,
+            rate=self._rates[0],
+            name=self._name,
+            epoch=self._epoch,
+        )

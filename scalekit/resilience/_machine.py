@@ -8,6 +8,13 @@ the transitions collected in :attr:`BreakerMachine.transitions`.
 Tickets: a call admitted while closed carries the machine's ``epoch`` (bumped at
 every transition), so the outcome of a call that started before a transition is
 ignored; a probe carries a token that is valid only while that probe is pending.
+
+The driver's fast path (a closed, untimed, local breaker) relies on two facts of
+this machine and skips the calls they make no-ops: a CLOSED machine admits every
+call with ``(ADMIT, epoch)`` and changes nothing, and :meth:`BreakerMachine.record`
+of a success with no failure run (``consecutive == 0``) and no window changes
+nothing. tests/contract/test_fast_path_breaker.py runs the decorated functions
+next to this machine, call by call, to keep it so.
 """
 
 from __future__ import annotations
