@@ -422,8 +422,9 @@ def breakdown(n: int) -> list[tuple[str, float]]:
             next(hits)
 
     def t_read() -> None:
+        read = cache._reader(opts)
         for _ in rep(None, n):
-            cache._lookup(key, opts)
+            read(key)
 
     def t_get_or_load() -> None:
         for _ in rep(None, n):
@@ -445,7 +446,7 @@ def breakdown(n: int) -> list[tuple[str, float]]:
         ("for reference: uncontended `with threading.Lock()`", t_lock),
         ("classify_unchecked(meta, now, beta, draw) (no draw far from expiry)", t_classify),
         ("next(hit counter)", t_count),
-        ("Cache._lookup (backend.get + monotonic + classify_unchecked)", t_read),
+        ("Cache._reader(opts)(key): the hit path's read (get + now + classify)", t_read),
         ("Cache.get_or_load(key, loader) hit, key and loader prebuilt", t_get_or_load),
         ("@cached wrapper f(k) hit (everything)", t_wrapper),
     ]

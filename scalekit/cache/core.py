@@ -1,287 +1,98 @@
-"""The cache driver: :class:`Cache`, shared by ``@cached`` and direct use.
+"""The cache: :class:`Cache`, shared by ``@cached`` and direct use.
 
-All freshness maths is :mod:`scalekit.cache.freshness` (pure); this module only
-locks, runs loaders, starts background refreshes and talks to a backend
-(:class:`CacheBackend`; today :class:`~scalekit.cache.memory.MemoryCacheBackend`).
+All freshness maths is :mod:`scalekit.cache.freshness` (pure); the steps of every
+operation are flows of the fill engine (:mod:`scalekit.cache._engine`: a
+generator of steps run by a sync and an async driver); this module decides, in
+those flows, what a read means, when to load, what to store, and keeps the
+single-flight of one process. Every backend (memory, Redis, tiered) implements the
+same protocol (:class:`~scalekit.cache.backend.FencedCacheBackend`: reads, writes,
+invalidations and the fenced fill), so one engine serves them all.
 
-Reads
------
-``get_or_load`` / ``aget_or_load`` read the entry and call
-:func:`~scalekit.cache.freshness.classify` with ``rand = 1.0 - rng.random()``:
+Reads (``get_or_load`` / ``aget_or_load``) classify the entry with
+``rand = 1.0 - rng.random()``: ``FRESH`` is served (a *hit*); ``FRESH_EARLY_REFRESH``
+(XFetch chose this read) is served and starts one background refresh;
+``STALE_REVALIDATE`` serves the stale value (*stale_served*) and starts one
+background refresh; anything else is a *miss*, loaded in the foreground (and if
+that load fails while :func:`~scalekit.cache.freshness.plan_after_load_failure`
+allows it, the stale value is served instead). The recompute time of every load is
+stored as ``EntryMeta.delta``, which scales XFetch.
 
-- ``FRESH``: serve (a *hit*).
-- ``FRESH_EARLY_REFRESH`` (XFetch chose this read): serve (a hit) and start one
-  background refresh.
-- ``STALE_REVALIDATE``: serve the stale value (*stale_served*) and start one
-  background refresh.
-- ``STALE_IF_ERROR_ONLY`` / ``EXPIRED`` / no entry: a *miss*; load in the
-  foreground. If the load fails and
-  :func:`~scalekit.cache.freshness.plan_after_load_failure` allows it (measured at
-  the time of the failure), the stale value is served instead (*stale_served*) and
-  the error is counted in *load_errors* only.
+A background refresh reloads unless the entry was replaced since the read that
+started it (by another refresh, in this process or another): it asks the backend
+for a value fresh beyond the one it saw, else takes the key's lease, so the fleet
+refreshes each entry once. Single-flight, lock timeouts, fences and negative
+caching: see ``docs/explanation/cache.md``.
 
-The recompute time of every load is measured on the cache clock and stored as
-``EntryMeta.delta``, which scales XFetch.
-
-Single-flight (stampede protection)
------------------------------------
-Inside one process, concurrent callers of one key share one load, for threads and
-for asyncio tasks (per event loop). Background refreshes use the same flights, so
-a foreground caller that arrives during a refresh waits for it rather than
-starting a second load.
-
-- Async: the load runs as its own task; every caller (the one that started it
-  included) awaits it through :func:`asyncio.shield`. Cancelling a caller cancels
-  only that caller's wait: the load goes on, stores its value and answers the
-  other waiters. (Chosen over "retry by the next waiter": no work is thrown away,
-  and nothing depends on who happened to arrive first.) A load all of whose
-  callers were cancelled still completes and fills the cache.
-- Sync: the first thread runs the loader itself; the others wait on an
-  :class:`threading.Event`. If the leading thread dies with a ``BaseException``
-  (``KeyboardInterrupt``, ``SystemExit``), waiters are released and retry.
-- Waiters wait at most ``lock_timeout`` seconds of *real* time (a bound against a
-  hung loader, not a scheduling decision, so it does not read ``clock=``); then
-  each loads by itself, without single-flight, and its value is stored as usual.
-  ``lock_timeout=None`` waits for ever.
-- A loader's exception is shared by all the callers of that flight (the same
-  exception instance is raised in each of them).
-- Before a foreground load runs, the entry is read once more: a caller whose
-  read missed just before another flight stored its value then uses that value
-  instead of loading again (double-checked, so "one load per cold key" holds
-  even for threads preempted between their read and joining the flight).
-
-Background refresh
-------------------
-- Async: a task on the running loop (strong references are kept until it ends).
-- Sync: a daemon thread per refresh; single-flight bounds it to one per key. (A
-  small executor would bound the total, but its workers are joined at interpreter
-  exit, and a stuck loader would then block shutdown.)
-- A failed background refresh is counted (*load_errors*) and logged at DEBUG; the
-  entry is left alone, so the stale value keeps being served until its windows
-  run out. :meth:`Cache.drain` / :meth:`Cache.adrain` wait for refreshes to end
-  (shutdown, tests).
-
-Invalidation
-------------
-``delete(key)``, ``invalidate_tags(tags)``, ``invalidate_namespace(ns, version)``
-and ``clear()``. Every load registers a *fill* (the key, its tags and a
-generation counter); each invalidation, under the cache lock, removes the matching
-entries and bumps the generation of every matching fill in progress. A fill stores
-its value only if its generation is unchanged, checked under the same lock, so a
-load that began before an invalidation never stores its (possibly old) value after
-the invalidation returned. A direct ``set`` invalidates fills of its key the same
-way (a write is newer than any load in progress), and a load that stores voids
-the loads of the same key that started before it (a waiter past ``lock_timeout``
-that loaded by itself is not overwritten by the slower, older load). Only fills in progress are
-tracked, so the bookkeeping is bounded by concurrency, not by the key space.
-``EntryMeta.generation`` receives a per-cache write counter.
-
-Namespace / version: ``@cached`` keys are ``<prefix>:<namespace>:v<version>:{…}``
-(:class:`~scalekit.cache.keys.KeyBuilder`), so bumping ``version=`` abandons every
-old key, and :meth:`Cache.invalidate_namespace` drops them explicitly.
-
-Negative caching
-----------------
-Off by default. ``cache_none=True`` stores ``None`` results and
-``cache_exceptions=(NotFound, …)`` stores those exceptions, both for
-``negative_ttl`` seconds (default: ``ttl``) without stale windows; a cached
-exception is re-raised (the same instance) on later reads. A failure never
-replaces a value that :func:`plan_after_load_failure` still allows serving:
-the stale value wins.
-
-Metrics
--------
-:meth:`Cache.stats` returns :class:`CacheStats`: hits (fresh values served,
-early-refresh reads included), misses (foreground loads needed), stale_served,
-loads (loader runs, background refreshes included), load_errors, load_time_total
-(seconds on the cache clock), evictions (from the backend's bound),
-decode_errors, backend_errors, coalesced (callers that waited for another
-caller's load) and invalidations. Each counter but evictions is a native counter
-of :mod:`scalekit.observability` (``scalekit_cache_<what>_total``, labelled
-``cache``: see :mod:`scalekit.cache._metrics`); ``stats()`` reads them.
+The internal API that ``@cached`` and :class:`~scalekit.cache.refresh.RefreshAhead`
+use is the block of underscore members marked as such below; nothing outside this
+module reaches further into a :class:`Cache`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Iterable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Any, Literal, TypeAlias, TypeVar, cast
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal, TypeVar, cast
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit.backends import memory_bound, parse_backend_url
-from scalekit.backends._guard import BackendGuard
-from scalekit.cache._metrics import CacheCounters
-from scalekit.cache.backend import (
-    AsyncCacheBackend,
-    CacheBackend,
-    CachedError,
-    Entry,
-    FencedCacheBackend,
-    FillTicket,
-    RemoteError,
+from scalekit.cache._deferred import CacheGuard, DeferredInvalidations
+from scalekit.cache._engine import (
+    DOWN,
+    FAR,
+    JSON_PLAIN,
+    MISSING,
+    MSGPACK_PLAIN,
+    NOTHING,
+    POLL_FIRST,
+    POLL_MAX,
+    Fill,
+    Flow,
+    Outcome,
+    arun,
+    classified,
+    fresh_outcome,
+    fresh_until,
+    is_plain,
+    materialize,
+    no_entry,
+    run,
+    unwrap,
 )
+from scalekit.cache._metrics import CacheCounters
+from scalekit.cache._open import backend_from
+from scalekit.cache._options import (
+    CacheOptions,
+    CacheStats,
+    check_key,
+    check_margin,
+    check_tags,
+)
+from scalekit.cache.backend import CachedError, Entry, FencedCacheBackend, FillTicket, RemoteError
 from scalekit.cache.freshness import (
     EntryMeta,
     Freshness,
-    _duration,
     classify,
     classify_unchecked,
     plan_after_load_failure,
     remaining_ttl,
 )
 from scalekit.cache.keys import head as _key_head
-from scalekit.cache.memory import MemoryCacheBackend
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.observability._metrics import Counter
 from scalekit.ratelimit._startup import aping, ping
 from scalekit.serde import JsonSerializer, MsgpackSerializer, Serializer
 
-__all__ = [
-    "Cache",
-    "CacheBackend",
-    "CacheOptions",
-    "CacheStats",
-    "default_cache",
-]
+__all__ = ["Cache", "CacheOptions", "CacheStats", "default_cache"]
 
 log = logging.getLogger("scalekit.cache")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-#: a flow of the fill engine: yields ``(step, argument)``, receives the step's
-#: ``(result, exception)``, returns its outcome (see ``Cache._run``)
-_Flow: TypeAlias = Generator[tuple[str, Any], Any, R]
-
-
-def _seconds(value: float | timedelta | None, what: str) -> float:
-    """:func:`~scalekit.cache.freshness._duration` (``None`` is refused there)."""
-    return _duration(cast("float | timedelta", value), what)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class CacheOptions:
-    """How values are cached; validated at construction (durations accept ``timedelta``).
-
-    - ``ttl``: seconds a value is fresh (``>= 0``).
-    - ``stale_while_revalidate`` / ``stale_if_error``: RFC 5861 windows after expiry.
-    - ``beta``: XFetch early-refresh factor (``0`` disables early refresh).
-    - ``cache_none``: store ``None`` results (for ``negative_ttl``).
-    - ``cache_exceptions``: exception types (subclasses of ``Exception``) to store and
-      re-raise for ``negative_ttl``; ``()`` stores none.
-    - ``negative_ttl``: lifetime of negative entries; ``None`` means ``ttl``.
-    - ``lock_timeout``: the longest a caller waits for another caller's load (real
-      seconds, ``> 0``) before loading itself; ``None`` waits for ever.
-    """
-
-    ttl: float | timedelta = 300.0
-    stale_while_revalidate: float | timedelta = 0.0
-    stale_if_error: float | timedelta = 0.0
-    beta: float = 1.0
-    cache_none: bool = False
-    cache_exceptions: tuple[type[Exception], ...] = ()
-    negative_ttl: float | timedelta | None = None
-    lock_timeout: float | timedelta | None = 10.0
-    # normalised seconds, filled by __post_init__
-    _ttl: float = field(init=False, repr=False, compare=False, default=0.0)
-    _swr: float = field(init=False, repr=False, compare=False, default=0.0)
-    _sie: float = field(init=False, repr=False, compare=False, default=0.0)
-    _neg: float = field(init=False, repr=False, compare=False, default=0.0)
-    _wait: float | None = field(init=False, repr=False, compare=False, default=None)
-
-    def __post_init__(self) -> None:
-        s = object.__setattr__
-        s(self, "_ttl", _seconds(self.ttl, "ttl"))
-        s(self, "_swr", _seconds(self.stale_while_revalidate, "stale_while_revalidate"))
-        s(self, "_sie", _seconds(self.stale_if_error, "stale_if_error"))
-        neg = self.negative_ttl
-        s(self, "_neg", self._ttl if neg is None else _seconds(neg, "negative_ttl"))
-        beta = self.beta
-        if isinstance(beta, bool) or not isinstance(beta, int | float) or not 0 <= beta < math.inf:
-            raise ConfigurationError(f"beta must be a finite number >= 0, got {beta!r}")
-        if not isinstance(self.cache_none, bool):
-            raise ConfigurationError(f"cache_none must be a bool, got {self.cache_none!r}")
-        excs = self.cache_exceptions
-        if isinstance(excs, type):
-            excs = (excs,)
-            s(self, "cache_exceptions", excs)
-        if not isinstance(excs, tuple) or not all(
-            isinstance(t, type) and issubclass(t, Exception) for t in excs
-        ):
-            raise ConfigurationError(
-                f"cache_exceptions must be a tuple of Exception subclasses "
-                f"(e.g. (NotFound,)), got {self.cache_exceptions!r}"
-            )
-        wait = self.lock_timeout
-        if wait is None:
-            s(self, "_wait", None)
-        else:
-            w = _seconds(wait, "lock_timeout")
-            if w <= 0:
-                raise ConfigurationError(
-                    f"lock_timeout must be > 0 seconds or None (wait for ever), got {wait!r}"
-                )
-            s(self, "_wait", w)
-
-
-@dataclass(frozen=True, slots=True)
-class CacheStats:
-    """Counters of one :class:`Cache` (see the :mod:`scalekit.cache.core` docstring)."""
-
-    name: str
-    hits: int
-    misses: int
-    stale_served: int
-    loads: int
-    load_errors: int
-    load_time_total: float
-    evictions: int
-    #: entries that could not be decoded (served as misses); remote backends only
-    decode_errors: int = 0
-    #: backend calls that failed (the cache loaded or skipped storing instead)
-    backend_errors: int = 0
-    #: callers that waited for a load another caller of the same key ran
-    coalesced: int = 0
-    #: invalidations applied (delete, tags, namespace, clear)
-    invalidations: int = 0
-    #: invalidations queued while the backend failed (``on_invalidation_error="defer"``)
-    invalidations_deferred: int = 0
-
-
-class _Fill:
-    """A load in progress; invalidations bump ``generation``. ``heads``: the
-    namespace heads of a ``@cached`` key; ``hint``: the type values decode to."""
-
-    __slots__ = ("delta", "generation", "heads", "hint", "key", "seq", "tags")
-
-    def __init__(
-        self, key: str, tags: frozenset[str], seq: int, heads: tuple[str, ...], hint: Any
-    ) -> None:
-        self.key = key
-        self.tags = tags
-        self.seq = seq
-        self.heads = heads
-        self.hint = hint
-        self.generation = 0
-        self.delta = 0.0  # the load's duration, once it finished
-
-
-class _Outcome:
-    __slots__ = ("error", "tb", "value")
-
-    def __init__(self, value: object = None, error: BaseException | None = None) -> None:
-        self.value = value
-        self.error = error
-        self.tb = None if error is None else error.__traceback__
 
 
 class _SyncFlight:
@@ -289,55 +100,8 @@ class _SyncFlight:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.outcome: _Outcome | None = None
+        self.outcome: Outcome | None = None
         self.abandoned = False
-
-
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
-
-
-def _backend_from(
-    backend: str | CacheBackend,
-    clock: Clock,
-    max_entries: int | None,
-    serializer: str | Serializer,
-    clock_given: bool,
-) -> CacheBackend:
-    if not isinstance(backend, str):
-        if not isinstance(backend, CacheBackend) or not isinstance(backend, AsyncCacheBackend):
-            raise ConfigurationError(
-                f"backend must be a URL ('memory://', 'redis://...') or a cache backend "
-                f"object (get/set/delete/delete_tags/delete_prefix/clear and their "
-                f"a-prefixed async twins), got {backend!r}"
-            )
-        return backend
-    parts = urlsplit(backend)
-    scheme = parts.scheme
-    tiered = scheme.startswith("tiered+")
-    if scheme.removeprefix("tiered+") in _REDIS_SCHEMES:
-        from scalekit.cache.redis import RedisCacheBackend
-
-        l2 = RedisCacheBackend(
-            backend.removeprefix("tiered+"),
-            serializer=serializer,
-            clock=clock if clock_given else None,
-        )
-        if not tiered:
-            return l2
-        from scalekit.cache.tiered import TieredCacheBackend
-
-        return TieredCacheBackend(l2)
-    if parts.scheme != "memory":
-        raise ConfigurationError(
-            f"cache backend URL {backend!r}: scheme {parts.scheme!r} is not supported; "
-            f"supported: 'memory://' (optionally 'memory://?max_entries=N'), "
-            f"'redis://', 'rediss://', 'unix://', 'redis+cluster://', 'rediss+cluster://' "
-            f"(each with a 'tiered+' prefix for a memory L1 in front of Redis)"
-        )
-    # the one URL grammar: unknown or misspelt options are refused
-    _, parsed = parse_backend_url(backend)
-    n = memory_bound(parsed).get("max_keys", max_entries)
-    return MemoryCacheBackend(max_entries=10_000 if n is None else n, clock=clock)
 
 
 class Cache:
@@ -347,17 +111,18 @@ class Cache:
         :mod:`scalekit.config`), else ``"memory://"``. Or ``"memory://"`` (optionally
         ``"memory://?max_entries=N"``), a
         Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: a
-        :class:`~scalekit.cache.redis.RedisCacheBackend`) or a backend object
-        (:class:`~scalekit.cache.backend.CacheBackend`); ``"tiered+redis://..."``
-        puts a :class:`~scalekit.cache.tiered.TieredCacheBackend` (memory L1) in front.
+        :class:`~scalekit.cache.RedisCacheBackend`) or a backend object
+        (:class:`~scalekit.cache.backend.FencedCacheBackend`); ``"tiered+redis://..."``
+        puts a :class:`~scalekit.cache.TieredCacheBackend` (memory L1) in front.
     :param name: names the cache in :meth:`stats` and logs.
-    :param clock: time source (monotonic by default). A remote backend brings the
-        clock its fleet agrees on, which the cache then uses; ``clock=`` given with
-        a Redis URL is passed to that backend (tests).
+    :param clock: time source (monotonic by default) of a backend built from a URL.
+        The cache reads the time of its backend (a Redis one brings the clock its
+        fleet agrees on); a backend object with another clock than ``clock=`` is
+        refused.
     :param rng: random source for XFetch (``random.Random`` by default).
     :param max_entries: the bound of a ``memory://`` backend (default 10,000).
     :param prefix: the key prefix used by ``@cached`` (see
-        :class:`~scalekit.cache.keys.KeyBuilder`).
+        :class:`~scalekit.cache.KeyBuilder`).
     :param options: defaults for :meth:`get_or_load`, :meth:`aget_or_load`, :meth:`set`.
     :param serializer: how a Redis URL's backend serializes values (``"json"``,
         ``"msgpack"``, ``"pickle"`` by name only, or a :class:`~scalekit.serde.Serializer`).
@@ -378,7 +143,7 @@ class Cache:
 
     def __init__(
         self,
-        backend: str | CacheBackend | None = None,
+        backend: str | FencedCacheBackend | None = None,
         *,
         name: str = "cache",
         clock: Clock | Callable[[], float] | None = None,
@@ -398,58 +163,75 @@ class Cache:
         self.name = name
         self.prefix = prefix
         self.options = options or CacheOptions()
-        backend_cooldown = _validate.duration(backend_cooldown, "backend_cooldown")
+        cooldown = float(_validate.duration(backend_cooldown, "backend_cooldown"))
         if on_invalidation_error not in ("raise", "defer"):
             raise ConfigurationError(
                 f"on_invalidation_error must be 'raise' or 'defer', got {on_invalidation_error!r}"
             )
         self._defer = on_invalidation_error == "defer"
-        self._max_deferred = _validate.count(max_deferred, "max_deferred")
-        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
-        self._deferred_done = threading.Condition(threading.Lock())
-        self._retrier: threading.Thread | None = None
-        #: first pause before a deferred invalidation is tried again (doubles, capped)
-        self._retry_first = min(0.05, float(backend_cooldown) or 0.05)
-        self._retry_max = max(float(backend_cooldown), self._retry_first)
-        self._clock = as_clock(clock)
         self._rng = rng or random.Random()
         if backend is None:  # a cache in each process's memory is a fine default
             from scalekit.config import default_backend_url
 
             backend = default_backend_url(fallback="memory://")
-        self.backend = _backend_from(
-            backend, self._clock, max_entries, serializer, clock_given=clock is not None
+        given = as_clock(clock)
+        self.backend = backend_from(
+            backend, given, max_entries, serializer, clock_given=clock is not None
         )
-        #: True for an in-process backend (no I/O: called under the lock, from async
-        #: code directly); False for a fleet-shared one (fenced fills, async twins)
-        self._local: bool = bool(getattr(self.backend, "local", True))
-        if not self._local:
-            self._clock = cast(FencedCacheBackend, self.backend).clock
+        if (
+            isinstance(clock, Clock)
+            and not isinstance(backend, str)
+            and self.backend.clock is not clock
+        ):
+            raise ConfigurationError(
+                f"clock= was given with a backend object on another clock; the cache "
+                f"reads its backend's time: build {backend!r} with clock= instead"
+            )
+        self._clock: Clock = self.backend.clock
         self._m = m = CacheCounters(self, name)
-        self._guard = _CacheGuard(
-            name, float(backend_cooldown), self._clock.now, kind="cache", logger=log
-        )
+        self._guard = CacheGuard(name, cooldown, self._clock.now, kind="cache", logger=log)
         self._guard.counter = m.backend_errors
-        self._guard.deferred = self._deferred
+        self._deferred = DeferredInvalidations(
+            name,
+            self.backend,
+            self._guard,
+            bound=_validate.count(max_deferred, "max_deferred"),
+            applied=m.invalidations,
+            deferred=m.deferred,
+            pause=min(0.05, cooldown or 0.05),
+            longest=cooldown,
+        )
         # a remote backend counts the entries it cannot decode on this cache's counter
         previous = getattr(self.backend, "decode_counter", None)
         if isinstance(previous, Counter):
             if previous.value:
                 m.decode_errors.add(previous.value)
             cast(Any, self.backend).decode_counter = m.decode_errors
+        # values stored without a type must read back as themselves (JSON / msgpack)
+        ser = getattr(getattr(self.backend, "l2", self.backend), "serializer", None)
+        self._plain: tuple[type, ...] | None = (
+            MSGPACK_PLAIN
+            if isinstance(ser, MsgpackSerializer)
+            else JSON_PLAIN
+            if isinstance(ser, JsonSerializer)
+            else None
+        )
         self._lock = threading.Lock()
-        self._fills: set[_Fill] = set()
+        self._fills: set[Fill] = set()
         self._fill_seq = 0
         self._writes = 0
         self._sync_flights: dict[str, _SyncFlight] = {}
-        self._async_flights: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[_Outcome]]
+        self._async_flights: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Outcome]]
         self._async_flights = {}
-        self._tasks: set[asyncio.Task[_Outcome]] = set()
+        self._tasks: set[asyncio.Task[Outcome]] = set()
         self._threads: set[threading.Thread] = set()
-        # hits are counted without the lock: next() of Counter.tick (an
-        # itertools.count) is one C call, atomic under the GIL
-        self._hit_count = m.hits.tick
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
+        #: internal API: True if the backend keeps Python objects in this process
+        #: (no I/O): its reads need no guard and no await, its values no type
+        self._in_process = bool(getattr(self.backend, "local", False))
+        #: internal API: counts one hit (``next(cache._hit_count)``; one C call,
+        #: atomic under the GIL, so hits are counted without the lock)
+        self._hit_count = m.hits.tick
 
     def __repr__(self) -> str:
         return f"Cache(name={self.name!r}, backend={self.backend!r})"
@@ -463,19 +245,16 @@ class Cache:
         ``stale_while_revalidate``), else ``default``. Counts a hit or a miss; never
         loads or refreshes. A negative entry for an exception counts as a miss.
         ``type_hint``: the type a remote backend decodes the value to."""
-        return self._run(self._get_flow(_key(key), default, type_hint))
+        return self._run(self._get_flow(check_key(key), default, type_hint))
 
     async def aget(
         self, key: str, default: T | None = None, *, type_hint: Any = None
     ) -> object | T | None:
         """:meth:`get` for async code (a remote backend is awaited)."""
-        return await self._arun(self._get_flow(_key(key), default, type_hint))
+        return await self._arun(self._get_flow(check_key(key), default, type_hint))
 
-    def _get_flow(self, key: str, default: T | None, hint: Any) -> _Flow[object]:
+    def _get_flow(self, key: str, default: T | None, hint: Any) -> Flow[object]:
         entry = yield from self._read(key, hint)
-        return self._get_result(entry, default)
-
-    def _get_result(self, entry: tuple[object, EntryMeta] | None, default: T | None) -> object:
         if entry is not None and not isinstance(entry[0], CachedError | RemoteError):
             state = classify(entry[1], self._clock.now())
             if state.servable:
@@ -511,10 +290,10 @@ class Cache:
 
     def _set_flow(
         self, key: str, value: object, tags: Iterable[str], options: CacheOptions | None
-    ) -> _Flow[object]:
-        key = _key(key)
+    ) -> Flow[object]:
+        key = check_key(key)
         opts = options or self.options
-        tagset = _check_tags(tags)
+        tagset = check_tags(tags)
         with self._lock:
             self._invalidate_fills(lambda f: f.key == key)
             meta = self._meta(opts, delta=0.0, negative=False)
@@ -529,8 +308,8 @@ class Cache:
         """:meth:`delete` for async code."""
         return bool(await self._arun(self._delete_flow(key)))
 
-    def _delete_flow(self, key: str) -> _Flow[Any]:
-        key = _key(key)
+    def _delete_flow(self, key: str) -> Flow[Any]:
+        key = check_key(key)
         return self._invalidate(lambda f: f.key == key, "delete", key)
 
     def invalidate_tags(self, *tags: str) -> int:
@@ -542,14 +321,9 @@ class Cache:
         """:meth:`invalidate_tags` for async code."""
         return int(await self._arun(self._tags_flow(tags)))
 
-    def _tags_flow(self, tags: Iterable[str]) -> _Flow[Any]:
-        tagset = _check_tags(tags)
+    def _tags_flow(self, tags: Iterable[str]) -> Flow[Any]:
+        tagset = check_tags(tags)
         return self._invalidate(lambda f: not f.tags.isdisjoint(tagset), "delete_tags", tagset)
-
-    def _head(self, namespace: str, version: int | str | None) -> str:
-        if not isinstance(namespace, str) or not namespace:
-            raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
-        return _key_head(self.prefix, namespace, version)
 
     def invalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
         """Drop every ``@cached`` entry of ``namespace`` (of one ``version`` if given)."""
@@ -557,11 +331,12 @@ class Cache:
 
     async def ainvalidate_namespace(self, namespace: str, version: int | str | None = None) -> int:
         """:meth:`invalidate_namespace` for async code."""
-        flow = self._namespace_flow(namespace, version)
-        return int(await self._arun(flow))
+        return int(await self._arun(self._namespace_flow(namespace, version)))
 
-    def _namespace_flow(self, namespace: str, version: int | str | None) -> _Flow[Any]:
-        head = self._head(namespace, version)
+    def _namespace_flow(self, namespace: str, version: int | str | None) -> Flow[Any]:
+        if not isinstance(namespace, str) or not namespace:
+            raise ConfigurationError(f"namespace must be a non-empty str, got {namespace!r}")
+        head = _key_head(self.prefix, namespace, version)
         return self._invalidate(lambda f: f.key.startswith(head), "delete_prefix", head)
 
     def clear(self) -> None:
@@ -572,9 +347,9 @@ class Cache:
         """:meth:`clear` for async code."""
         await self._arun(self._invalidate(_every, "clear"))
 
-    def _invalidate(self, match: Callable[[_Fill], bool], op: str, *args: Any) -> _Flow[Any]:
+    def _invalidate(self, match: Callable[[Fill], bool], op: str, *args: Any) -> Flow[Any]:
         """An invalidation: void the matching loads in progress, then ``op`` on the
-        backend (which, on a remote backend, moves the fences it covers)."""
+        backend (which moves the fences it covers, for loads of other processes)."""
         with self._lock:
             self._invalidate_fills(match)
         result, exc = yield op, args
@@ -584,80 +359,10 @@ class Cache:
             return result
         if isinstance(exc, BackendError):
             self._guard.failure(exc)
-            if self._defer and not self._local:
-                self._defer_invalidation(op, args, exc)
+            if self._defer:
+                self._deferred.add(op, args, exc)
                 return None if op == "clear" else 0
         raise exc
-
-    # --- deferred invalidations (on_invalidation_error="defer") -------------------------
-
-    def _defer_invalidation(self, op: str, args: tuple[Any, ...], exc: BackendError) -> None:
-        """Queue an invalidation the backend refused; start the retrier if needed."""
-        self._m.deferred.inc()
-        with self._deferred_done:
-            queue = self._deferred
-            first = not queue
-            if queue and queue[0][0] == "clear":
-                pass  # a clear is queued: it covers this one
-            elif len(queue) >= self._max_deferred or op == "clear":
-                queue[:] = [("clear", ())]
-            else:
-                queue.append((op, args))
-            start = self._retrier is None
-            if start:
-                self._retrier = threading.Thread(
-                    target=self._retry_deferred,
-                    name=f"scalekit-cache-invalidations[{self.name}]",
-                    daemon=True,
-                )
-        if first:
-            log.warning(
-                "cache %r: the backend failed (%s); invalidations are queued (at most %d) "
-                "and applied when it answers; reads skip it until then",
-                self.name,
-                exc,
-                self._max_deferred,
-            )
-        if start:
-            cast(threading.Thread, self._retrier).start()
-
-    def _retry_deferred(self) -> None:
-        """The retrier: applies the queue in order, backing off while the backend fails."""
-        pause = self._retry_first
-        applied = 0
-        while True:
-            with self._deferred_done:
-                if not self._deferred:
-                    self._retrier = None
-                    self._guard.success()
-                    self._deferred_done.notify_all()
-                    break
-                op, args = self._deferred[0]
-            try:
-                getattr(self.backend, op)(*args)
-            except BackendDataError:
-                pass  # about one key's data: that key's problem, dropped
-            except BackendError:
-                self._guard.counter.inc()
-                self._deferred_done.acquire()
-                try:
-                    self._deferred_done.wait(pause)
-                finally:
-                    self._deferred_done.release()
-                pause = min(pause * 2, self._retry_max)
-                continue
-            except Exception:  # never expected: do not spin on it
-                log.exception("cache %r: a deferred %s failed; dropped", self.name, op)
-            else:
-                self._m.invalidations.inc()
-                applied += 1
-            pause = self._retry_first
-            with self._deferred_done:
-                if self._deferred and self._deferred[0] == (op, args):
-                    del self._deferred[0]
-        log.warning(
-            "cache %r: the backend answers; %d deferred invalidations applied", self.name, applied
-        )
 
     @property
     def pending_invalidations(self) -> int:
@@ -666,8 +371,7 @@ class Cache:
 
     def drain_invalidations(self, timeout: float | None = None) -> bool:
         """Wait until the deferred invalidations are applied; True if none is left."""
-        with self._deferred_done:
-            return self._deferred_done.wait_for(lambda: not self._deferred, timeout)
+        return self._deferred.drain(timeout)
 
     def ping(self) -> None:
         """A startup check: raise :class:`~scalekit.errors.BackendError` (naming the
@@ -681,7 +385,7 @@ class Cache:
         await aping("cache " + repr(self.name), self._redis())
 
     def _redis(self) -> object:
-        """The :class:`~scalekit.backends.redis.RedisBackend` under the backend, if any
+        """The :class:`~scalekit.backends.RedisBackend` under the backend, if any
         (a tiered backend's is its L2's)."""
         backend: object = self.backend
         backend = getattr(backend, "l2", backend)
@@ -699,116 +403,12 @@ class Cache:
             load_errors=int(m.load_errors.value),
             load_time_total=float(m.load_seconds.value),
             evictions=self.backend.evictions,
-            decode_errors=int(getattr(self.backend, "decode_errors", 0)),
+            decode_errors=int(self.backend.decode_errors),
             backend_errors=int(m.backend_errors.value),
             coalesced=int(m.coalesced.value),
             invalidations=int(m.invalidations.value),
             invalidations_deferred=int(m.deferred.value),
         )
-
-    # --- the engine's backend steps and the two drivers ------------------------------
-    #
-    # A flow is a generator: it yields steps, ``("load", None)`` (run the loader),
-    # ``("sleep", seconds)`` or ``(method, args)`` (call the backend's ``method``,
-    # or its ``a``-prefixed twin in async code), receives ``(result, exception)``
-    # (None for a sleep), and returns the outcome. Everything else (freshness,
-    # fences, counting, the guard) is decided in the flow, without I/O; the drivers
-    # only run the steps (tenacity's ``iter()``, httpx's ``auth_flow``;
-    # ``sampling/pipeline.py``'s ``_walk`` in this library).
-
-    def _run(self, flow: _Flow[R], loader: Callable[[], object] | None = None) -> R:
-        """The sync driver: blocking backend calls, ``time.sleep``, ``loader()``."""
-        backend = self.backend
-        reply: Any = None
-        try:
-            while True:
-                op, arg = flow.send(reply)
-                if op == "load":
-                    try:
-                        reply = cast("Callable[[], object]", loader)(), None
-                    except Exception as exc:
-                        reply = None, exc
-                elif op == "sleep":
-                    time.sleep(arg)
-                    reply = None
-                else:
-                    try:
-                        reply = getattr(backend, op)(*arg), None
-                    except Exception as exc:
-                        reply = None, exc
-        except StopIteration as stop:
-            return cast(R, stop.value)
-        finally:
-            flow.close()
-
-    async def _arun(
-        self, flow: _Flow[R], loader: Callable[[], Awaitable[object]] | None = None
-    ) -> R:
-        """The async driver: awaited backend twins, ``asyncio.sleep``, ``await loader()``."""
-        backend = self.backend
-        reply: Any = None
-        try:
-            while True:
-                op, arg = flow.send(reply)
-                if op == "load":
-                    try:
-                        reply = await cast("Callable[[], Awaitable[object]]", loader)(), None
-                    except Exception as exc:
-                        reply = None, exc
-                elif op == "sleep":
-                    await asyncio.sleep(arg)
-                    reply = None
-                else:
-                    try:
-                        reply = await getattr(backend, "a" + op)(*arg), None
-                    except Exception as exc:
-                        reply = None, exc
-        except StopIteration as stop:
-            return cast(R, stop.value)
-        finally:
-            flow.close()
-
-    def _call(self, op: str, *args: Any) -> _Flow[Any]:
-        """A backend call that degrades (reads and fills): ``_DOWN`` if the backend is
-        cooling down, fails (counted by the guard) or answers a data error about this
-        key (the backend is healthy: load without storing); else its answer.
-        Writes and invalidations use :meth:`_write_call`, which raises."""
-        guard = self._guard
-        if guard.skip():
-            return _DOWN
-        result, exc = yield op, args
-        if exc is None:
-            guard.success()
-            return result
-        if isinstance(exc, BackendError):
-            guard.failure(exc)
-            return _DOWN
-        if isinstance(exc, BackendDataError):
-            guard.success()
-            return _DOWN
-        raise exc
-
-    def _write_call(self, op: str, *args: Any) -> _Flow[Any]:
-        """A write or an invalidation: a backend failure is counted and raised."""
-        result, exc = yield op, args
-        if exc is None:
-            self._guard.success()
-            return result
-        if isinstance(exc, BackendError):
-            self._guard.failure(exc)
-        raise exc
-
-    def _read(self, key: str, hint: Any) -> _Flow[Entry | None]:
-        """A read that degrades: a failing or cooling-down backend is a miss."""
-        entry = yield from self._call("get", key, hint)
-        return None if entry is _DOWN else cast("Entry | None", entry)
-
-    def _peek(self, key: str, hint: Any = None) -> Entry | None:
-        """The stored entry, not counted (refresh scheduling)."""
-        return self._run(self._read(key, hint))
-
-    async def _apeek(self, key: str, hint: Any = None) -> Entry | None:
-        return await self._arun(self._read(key, hint))
 
     # --- loading -------------------------------------------------------------------
 
@@ -824,9 +424,9 @@ class Cache:
         """The cached value of ``key``, loading it with ``loader`` (single-flight) when
         needed; see the module docstring for freshness, errors and waiting.
         ``type_hint``: the type a remote backend decodes the value to."""
-        key = _key(key)
+        key = check_key(key)
         opts = options or self.options
-        tagset = _check_tags(tags)
+        tagset = check_tags(tags)
         entry, state = self._run(self._lookup_flow(key, opts, type_hint))
         return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
 
@@ -841,11 +441,149 @@ class Cache:
     ) -> T:
         """The async :meth:`get_or_load`: ``loader`` returns an awaitable, which runs
         as a task shared by every caller of ``key`` on this event loop."""
-        key = _key(key)
+        key = check_key(key)
         opts = options or self.options
-        tagset = _check_tags(tags)
+        tagset = check_tags(tags)
         entry, state = await self._arun(self._lookup_flow(key, opts, type_hint))
         return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
+
+    def refresh(
+        self,
+        key: str,
+        loader: Callable[[], object],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+        type_hint: Any = None,
+        margin: float | None = None,
+    ) -> bool:
+        """Load ``key`` now and store it, for values computed ahead of readers.
+
+        With ``margin`` (seconds), nothing happens while the stored value stays fresh
+        for more than ``margin`` seconds; nothing happens either while another load
+        of the key (in any process, on a remote backend) holds its lease, so a fleet
+        refreshes once. Returns True if ``loader`` ran. Its exception propagates
+        (nothing is stored). A remote backend that is down or cooling down: False
+        (nothing ran). See :class:`~scalekit.cache.RefreshAhead` for the scheduled job.
+        """
+        return self._run(self._refresh_flow(key, tags, options, type_hint, margin), loader)
+
+    async def arefresh(
+        self,
+        key: str,
+        loader: Callable[[], Awaitable[object]],
+        *,
+        tags: Iterable[str] = (),
+        options: CacheOptions | None = None,
+        type_hint: Any = None,
+        margin: float | None = None,
+    ) -> bool:
+        """:meth:`refresh` for async code (``loader`` returns an awaitable)."""
+        flow = self._refresh_flow(key, tags, options, type_hint, margin)
+        return await self._arun(flow, loader)
+
+    def _refresh_flow(
+        self,
+        key: str,
+        tags: Iterable[str],
+        options: CacheOptions | None,
+        hint: Any,
+        margin: float | None,
+    ) -> Flow[bool]:
+        key = check_key(key)
+        opts = options or self.options
+        tagset = check_tags(tags)
+        gap = min(check_margin(margin), FAR)
+        with self._lock:
+            fill = self._new_fill(key, tagset, (), hint)
+        try:
+            now = self._clock.now()
+            begun = yield from self._call("begin_fill", key, tagset, (), now, hint, gap)
+            if begun is DOWN or begun.state != "acquired":
+                return False  # down, fresh enough, or another load holds the lease
+            ticket = cast(FillTicket, begun)
+            started = self._clock.now()
+            value, exc = yield from self._load(ticket)
+            if exc is not None:
+                _, store = self._failed(fill, exc, opts, started, background=True)
+                yield from self._finish(fill, ticket, store, opts)  # a negative entry, if asked
+                raise exc
+            _, store = self._loaded(fill, value, opts, started)
+            yield from self._finish(fill, ticket, store, opts)
+            return True
+        finally:
+            with self._lock:
+                self._fills.discard(fill)
+
+    # --- the internal API of @cached and RefreshAhead ----------------------------------
+    #
+    # ``_run`` / ``_arun`` (run a flow), ``_read`` (the flow of an uncounted read),
+    # ``_reader`` / ``_areader`` (the hit path's read), ``_hit_count``,
+    # ``_serve_or_load`` / ``_aserve_or_load`` (what follows a read), ``_clock`` (the
+    # backend's time) and ``_in_process``. Nothing outside this module uses more.
+
+    def _run(self, flow: Flow[R], loader: Callable[[], object] | None = None) -> R:
+        """Run ``flow`` with the sync driver (blocking calls, ``loader()``)."""
+        return run(flow, self.backend, loader)
+
+    def _arun(
+        self, flow: Flow[R], loader: Callable[[], Awaitable[object]] | None = None
+    ) -> Awaitable[R]:
+        """Run ``flow`` with the async driver (awaited twins, ``await loader()``)."""
+        return arun(flow, self.backend, loader)
+
+    def _read(self, key: str, hint: Any = None) -> Flow[Entry | None]:
+        """A read, not counted, that degrades: a failing or cooling-down backend, or a
+        data error about this key, is a miss."""
+        entry = yield from self._call("get", key, hint)
+        return None if entry is DOWN else cast("Entry | None", entry)
+
+    def _reader(
+        self, opts: CacheOptions, hint: Any = None
+    ) -> Callable[[str], tuple[Entry | None, Freshness | None]]:
+        """The hit path's read for one set of options: the entry and its state
+        (nothing counted: count a plain hit with ``_hit_count``, pass anything else
+        to :meth:`_serve_or_load`). A closure over prebound locals, with no flow and
+        no driver: an in-process backend's read is a call and a classification (it
+        cannot fail), a remote one is one guarded call."""
+        now, draw, beta, excs = self._clock.now, self._draw, opts.beta, opts.cache_exceptions
+        get = self.backend.get
+        if self._in_process:
+
+            def read(key: str) -> tuple[Entry | None, Freshness | None]:
+                entry = get(key)
+                if entry is None:
+                    return MISSING
+                return entry, classify_unchecked(entry[1], now(), beta, draw)
+
+            return read
+        call = self._guard.call
+
+        def read_remote(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = call(lambda: get(key, hint), no_entry)
+            except BackendDataError:  # about this key only: a miss
+                return MISSING
+            return MISSING if entry is None else classified(entry, excs, beta, now(), draw)
+
+        return read_remote
+
+    def _areader(
+        self, opts: CacheOptions, hint: Any = None
+    ) -> Callable[[str], Awaitable[tuple[Entry | None, Freshness | None]]]:
+        """:meth:`_reader` for async code: the backend's read awaited (an in-process
+        backend's hit path uses :meth:`_reader`: nothing to await)."""
+        now, draw, beta, excs = self._clock.now, self._draw, opts.beta, opts.cache_exceptions
+        acall, aget = self._guard.acall, self.backend.aget
+
+        async def aread(key: str) -> tuple[Entry | None, Freshness | None]:
+            try:
+                entry = await acall(lambda: aget(key, hint), no_entry)
+            except BackendDataError:
+                return MISSING
+            return MISSING if entry is None else classified(entry, excs, beta, now(), draw)
+
+        return aread
 
     # single-flight: threads wait on an Event, tasks share one task per loop; both
     # run the one fill flow (_fill_flow) with their driver
@@ -861,12 +599,14 @@ class Cache:
         heads: tuple[str, ...] = (),
         hint: Any = None,
     ) -> T:
-        """:meth:`get_or_load` after its read (``entry``, ``state`` from :meth:`_lookup`)."""
+        """What follows a read (``entry``, ``state`` from :meth:`_reader`): serve a
+        servable entry (starting a background refresh if it needs one), else load
+        ``key`` with ``loader``, one load per key in this process (threads wait)."""
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._spawn_thread(key, loader, tagset, opts, heads, hint)
-            return cast(T, _unwrap(entry[0]))
+                self._spawn_thread(key, loader, tagset, opts, heads, hint, entry[1])
+            return cast(T, unwrap(entry[0]))
         self._m.misses.inc()
         waited = False
         while True:
@@ -877,7 +617,7 @@ class Cache:
                     flight = self._sync_flights[key] = _SyncFlight()
                     fill = self._new_fill(key, tagset, heads, hint)
             if leader:
-                outcome = self._lead_sync(flight, key, fill, loader, opts, background=False)
+                outcome = self._lead_sync(flight, key, self._fill_flow(fill, opts), loader)
                 return cast(T, self._resolve(outcome, entry))
             if not waited:
                 waited = True
@@ -885,24 +625,17 @@ class Cache:
             if not flight.done.wait(opts._wait):
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
-                flow = self._fill_flow(fill, opts, background=False, lease=False)
+                flow = self._fill_flow(fill, opts, lease=False)
                 return cast(T, self._resolve(self._run(flow, loader), entry))
             if flight.abandoned or flight.outcome is None:
                 continue
             return cast(T, self._resolve(flight.outcome, entry))
 
     def _lead_sync(
-        self,
-        flight: _SyncFlight,
-        key: str,
-        fill: _Fill,
-        loader: Callable[[], object],
-        opts: CacheOptions,
-        *,
-        background: bool,
-    ) -> _Outcome:
+        self, flight: _SyncFlight, key: str, flow: Flow[Outcome], loader: Callable[[], object]
+    ) -> Outcome:
         try:
-            outcome = self._run(self._fill_flow(fill, opts, background=background), loader)
+            outcome = self._run(flow, loader)
         except BaseException:
             flight.abandoned = True
             raise
@@ -921,18 +654,20 @@ class Cache:
         loader: Callable[[], object],
         tags: frozenset[str],
         opts: CacheOptions,
-        heads: tuple[str, ...] = (),
-        hint: Any = None,
+        heads: tuple[str, ...],
+        hint: Any,
+        seen: EntryMeta,
     ) -> None:
         with self._lock:
             if key in self._sync_flights:
                 return  # a load of this key is already running: that is the refresh
             flight = self._sync_flights[key] = _SyncFlight()
             fill = self._new_fill(key, tags, heads, hint)
+        flow = self._fill_flow(fill, opts, seen=seen)
 
         def refresh() -> None:
             try:
-                self._lead_sync(flight, key, fill, loader, opts, background=True)
+                self._lead_sync(flight, key, flow, loader)
             finally:
                 with self._lock:
                     self._threads.discard(thread)
@@ -963,14 +698,15 @@ class Cache:
         heads: tuple[str, ...] = (),
         hint: Any = None,
     ) -> T:
-        """:meth:`aget_or_load` after its read (``entry``, ``state`` from :meth:`_areader`)."""
+        """:meth:`_serve_or_load` for async code: one load task per key and event
+        loop, awaited shielded by every caller (a cancelled caller stops waiting only)."""
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._async_flight(key, loader, tagset, opts, heads, hint, background=True)
-            return cast(T, _unwrap(entry[0]))
+                self._async_flight(key, loader, tagset, opts, heads, hint, entry[1])
+            return cast(T, unwrap(entry[0]))
         self._m.misses.inc()
-        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, background=False)
+        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, None)
         if leader:
             outcome = await asyncio.shield(task)
         else:
@@ -983,8 +719,7 @@ class Cache:
             except TimeoutError:
                 with self._lock:
                     fill = self._new_fill(key, tagset, heads, hint)
-                flow = self._fill_flow(fill, opts, background=False, lease=False)
-                outcome = await self._arun(flow, loader)
+                outcome = await self._arun(self._fill_flow(fill, opts, lease=False), loader)
         return cast(T, self._resolve(outcome, entry))
 
     def _async_flight(
@@ -995,9 +730,10 @@ class Cache:
         opts: CacheOptions,
         heads: tuple[str, ...],
         hint: Any,
-        *,
-        background: bool,
-    ) -> tuple[asyncio.Task[_Outcome], bool]:
+        seen: EntryMeta | None,
+    ) -> tuple[asyncio.Task[Outcome], bool]:
+        """The load task of ``key`` on this loop, started if none runs (a background
+        refresh of the entry ``seen``, or a foreground load); True if started."""
         loop = asyncio.get_running_loop()
         fkey = (loop, key)
         with self._lock:
@@ -1005,12 +741,12 @@ class Cache:
             if task is not None:
                 return task, False
             fill = self._new_fill(key, tags, heads, hint)
-            flow = self._fill_flow(fill, opts, background=background)
-            task = loop.create_task(self._arun(flow, loader))
+            flow = self._fill_flow(fill, opts, seen=seen)
+            task = loop.create_task(arun(flow, self.backend, loader))
             self._async_flights[fkey] = task
             self._tasks.add(task)
 
-        def done(t: asyncio.Task[_Outcome]) -> None:
+        def done(t: asyncio.Task[Outcome]) -> None:
             with self._lock:
                 if self._async_flights.get(fkey) is t:
                     del self._async_flights[fkey]
@@ -1032,182 +768,79 @@ class Cache:
     # --- the fill flow ------------------------------------------------------------------
 
     def _fill_flow(
-        self, fill: _Fill, opts: CacheOptions, *, background: bool, lease: bool = True
-    ) -> _Flow[_Outcome]:
-        """One load of ``fill.key``: begin (the fresh value another caller stored, or
+        self, fill: Fill, opts: CacheOptions, *, lease: bool = True, seen: EntryMeta | None = None
+    ) -> Flow[Outcome]:
+        """One load of ``fill.key``: begin (the fresh value another load stored, or
         this caller's lease), load, commit (fenced) or release; returns the outcome.
-        An in-process backend needs no lease: a foreground load reads once more
-        instead, and the value is stored under the cache lock."""
-        started = self._clock.now()
-        ticket: FillTicket | None = None
+        A background refresh of the entry ``seen`` loads unless a value fresh beyond
+        ``seen`` was stored since (then that value is its outcome)."""
         try:
-            if self._local:
-                if not background and (ready := self._recheck(fill.key)) is not None:
-                    return ready
-            else:
-                ticket, ready = yield from self._begin(fill, opts, lease=lease)
-                if ready is not None:
-                    return ready
-                started = self._clock.now()
-            value, exc = yield "load", None
+            margin = 0.0 if seen is None else max(0.0, fresh_until(seen) - self._clock.now())
+            ticket, ready = yield from self._begin(fill, opts, lease=lease, margin=margin)
+            if ready is not None:
+                return ready
+            started = self._clock.now()
+            value, exc = yield from self._load(ticket)
             if exc is None:
                 outcome, store = self._loaded(fill, value, opts, started)
             else:
-                outcome, store = self._failed(fill, exc, opts, started, background=background)
+                outcome, store = self._failed(fill, exc, opts, started, background=seen is not None)
             yield from self._finish(fill, ticket, store, opts)
             return outcome
         finally:
             with self._lock:
                 self._fills.discard(fill)
 
-    # --- refresh ahead -----------------------------------------------------------------
-
-    def refresh(
-        self,
-        key: str,
-        loader: Callable[[], object],
-        *,
-        tags: Iterable[str] = (),
-        options: CacheOptions | None = None,
-        type_hint: Any = None,
-        margin: float | None = None,
-    ) -> bool:
-        """Load ``key`` now and store it, for values computed ahead of readers.
-
-        With ``margin`` (seconds), nothing happens while the stored value stays fresh
-        for more than ``margin`` seconds; on a remote backend nothing happens either
-        while another process holds the key's lease, so a fleet refreshes once.
-        Returns True if ``loader`` ran. Its exception propagates (nothing is stored).
-        A remote backend that is down or cooling down: False (nothing ran).
-        See :class:`~scalekit.cache.refresh.RefreshAhead` for the scheduled job.
-        """
-        return self._run(self._refresh_flow(key, tags, options, type_hint, margin), loader)
-
-    async def arefresh(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        *,
-        tags: Iterable[str] = (),
-        options: CacheOptions | None = None,
-        type_hint: Any = None,
-        margin: float | None = None,
-    ) -> bool:
-        """:meth:`refresh` for async code (``loader`` returns an awaitable)."""
-        flow = self._refresh_flow(key, tags, options, type_hint, margin)
-        return await self._arun(flow, loader)
-
-    def _refresh_flow(
-        self,
-        key: str,
-        tags: Iterable[str],
-        options: CacheOptions | None,
-        hint: Any,
-        margin: float | None,
-    ) -> _Flow[bool]:
-        key = _key(key)
-        opts = options or self.options
-        tagset = _check_tags(tags)
-        gap = _margin(margin)
-        with self._lock:
-            fill = self._new_fill(key, tagset, (), hint)
-        ticket: FillTicket | None = None
+    def _load(self, ticket: FillTicket | None) -> Flow[tuple[object, Exception | None]]:
+        """The load step; if it is aborted (a ``BaseException``: an interrupt, a
+        cancelled task), the lease is given back before the abort propagates."""
         try:
-            if self._local:
-                if gap != math.inf and self._fresh_for(self.backend.get(key), gap):
-                    return False
-            else:
-                begun = yield from self._call(
-                    "begin_fill", key, tagset, (), self._clock.now(), hint, min(gap, _FAR)
-                )
-                ticket = _acquired(begun)
-                if ticket is None:
-                    return False
-            started = self._clock.now()
-            value, exc = yield "load", None
-            if exc is not None:
-                _, store = self._failed(fill, exc, opts, started, background=True)
-                yield from self._finish(fill, ticket, store, opts)  # a negative entry, if asked
-                raise exc
-            _, store = self._loaded(fill, value, opts, started)
-            yield from self._finish(fill, ticket, store, opts)
-            return True
-        finally:
-            with self._lock:
-                self._fills.discard(fill)
+            reply: tuple[object, Exception | None] = yield "load", None
+        except BaseException:
+            if ticket is not None:
+                yield "release", (ticket,)
+            raise
+        return reply
 
-    def _fresh_for(self, entry: tuple[object, EntryMeta] | None, gap: float) -> bool:
-        """Whether ``entry`` stays fresh for more than ``gap`` seconds from now."""
-        if entry is None:
-            return False
-        meta = entry[1]
-        return self._clock.now() + gap < meta.stored_at + meta.ttl
+    def _call(self, op: str, *args: Any) -> Flow[Any]:
+        """A backend call that degrades (reads and fills): ``DOWN`` if the backend is
+        cooling down, fails (counted by the guard) or answers a data error about this
+        key (the backend is healthy: load without storing); else its answer.
+        Writes and invalidations use :meth:`_write_call`, which raises."""
+        guard = self._guard
+        if guard.skip():
+            return DOWN
+        result, exc = yield op, args
+        if exc is None:
+            guard.success()
+            return result
+        if isinstance(exc, BackendError):
+            guard.failure(exc)
+            return DOWN
+        if isinstance(exc, BackendDataError):
+            guard.success()
+            return DOWN
+        raise exc
 
-    # --- reads ---------------------------------------------------------------------
+    def _write_call(self, op: str, *args: Any) -> Flow[Any]:
+        """A write or an invalidation: a backend failure is counted and raised."""
+        result, exc = yield op, args
+        if exc is None:
+            self._guard.success()
+            return result
+        if isinstance(exc, BackendError):
+            self._guard.failure(exc)
+        raise exc
 
     def _lookup_flow(
         self, key: str, opts: CacheOptions, hint: Any = None
-    ) -> _Flow[tuple[Entry | None, Freshness | None]]:
-        """Read ``key`` and classify it (nothing counted: the caller counts a
-        servable state with :meth:`_count_served`, or a hit with ``_hit_count``).
-        A random number for XFetch is drawn only when early refresh is enabled."""
+    ) -> Flow[tuple[Entry | None, Freshness | None]]:
+        """Read ``key`` and classify it (nothing counted). A random number for XFetch
+        is drawn only when early refresh is enabled."""
         entry = yield from self._read(key, hint)
         if entry is None:
-            return _MISSING
-        return _classified(entry, opts, self._clock.now(), self._draw)
-
-    def _lookup(
-        self, key: str, opts: CacheOptions, hint: Any = None
-    ) -> tuple[Entry | None, Freshness | None]:
-        """:meth:`_lookup_flow`, run by the sync driver."""
-        return self._run(self._lookup_flow(key, opts, hint))
-
-    def _reader(
-        self, opts: CacheOptions, hint: Any = None
-    ) -> Callable[[str], tuple[Entry | None, Freshness | None]]:
-        """The ``@cached`` hit path's read: :meth:`_lookup` for one set of options,
-        as a closure over prebound locals, with no flow and no driver (an in-process
-        backend's read costs no method lookups; a remote one is one guarded call)."""
-        now = self._clock.now
-        beta = opts.beta
-        draw = self._draw
-        if self._local:
-            get = self.backend.get
-
-            def read(key: str) -> tuple[Entry | None, Freshness | None]:
-                entry = get(key)
-                if entry is None:
-                    return _MISSING
-                return entry, classify_unchecked(entry[1], now(), beta, draw)
-
-            return read
-
-        call, rget = self._guard.call, self.backend.get
-
-        def read_remote(key: str) -> tuple[Entry | None, Freshness | None]:
-            try:
-                entry = call(lambda: rget(key, hint), _no_entry)
-            except BackendDataError:  # about this key only: a miss
-                return _MISSING
-            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
-
-        return read_remote
-
-    def _areader(
-        self, opts: CacheOptions, hint: Any = None
-    ) -> Callable[[str], Awaitable[tuple[Entry | None, Freshness | None]]]:
-        """:meth:`_reader` for async code: the backend's read awaited."""
-        now, draw = self._clock.now, self._draw
-        acall, aget = self._guard.acall, cast(AsyncCacheBackend, self.backend).aget
-
-        async def aread(key: str) -> tuple[Entry | None, Freshness | None]:
-            try:
-                entry = await acall(lambda: aget(key, hint), _no_entry)
-            except BackendDataError:
-                return _MISSING
-            return _MISSING if entry is None else _classified(entry, opts, now(), draw)
-
-        return aread
+            return MISSING
+        return classified(entry, opts.cache_exceptions, opts.beta, self._clock.now(), self._draw)
 
     def _draw(self) -> float:
         """XFetch's ``rand``, uniform in ``(0, 1]``."""
@@ -1219,133 +852,61 @@ class Cache:
         else:
             next(self._hit_count)
 
-    def _recheck(self, key: str) -> _Outcome | None:
-        """Before a foreground load: the outcome if a fresh entry appeared since the
-        caller's read (a flight ended between that read and joining it)."""
-        entry = self.backend.get(key)
-        if entry is None:
-            return None
-        return self._fresh_outcome(entry)
-
-    def _fresh_outcome(self, entry: tuple[object, EntryMeta]) -> _Outcome | None:
-        # beta 0: no early refresh, as classify() with its default rand=1.0
-        if classify_unchecked(entry[1], self._clock.now(), 0.0, _no_draw) is not Freshness.FRESH:
-            return None
-        value = entry[0]
-        if isinstance(value, CachedError):
-            outcome = _Outcome(error=value.error)
-            outcome.tb = value.tb
-            return outcome
-        return _Outcome(value)
-
-    # --- fills on a remote backend ---------------------------------------------------
-
-    def _ticket_outcome(
-        self, ticket: FillTicket, opts: CacheOptions
-    ) -> tuple[FillTicket | None, _Outcome | None]:
-        """What a ``fresh`` ticket means: its value (or, if it cannot be used, a
-        load that will not store)."""
-        entry = ticket.entry
-        if entry is not None and type(entry[0]) is RemoteError:
-            entry = _materialize(entry, opts)
-        ready = None if entry is None else self._fresh_outcome(entry)
-        return None, ready
-
-    def _begin_step(
-        self,
-        ticket: Any,
-        opts: CacheOptions,
-        *,
-        lease: bool,
-        deadline: float | None,
-        forced: bool,
-    ) -> tuple[FillTicket | None, _Outcome | None] | float | None:
-        """What one ``begin_fill`` answer means, for the sync and async loops: the
-        final ``(ticket, ready)`` pair, or how long at most to wait before asking
-        again (another process holds the lease and ``lock_timeout`` has not passed),
-        or None: the "fresh" entry cannot be used by this reader (a cached exception
-        of a class it does not list): ask again at once, past any fresh value, to
-        load and overwrite it. ``(None, None)``: the backend is down; load without
-        storing."""
-        if ticket is _DOWN:
-            return None, None
-        if ticket.state == "fresh":
-            done = self._ticket_outcome(ticket, opts)
-            return None if done[1] is None and not forced else done
-        if ticket.state == "acquired" or not lease:
-            return ticket, None
-        left = math.inf if deadline is None else deadline - time.monotonic()
-        return (ticket, None) if left <= 0 else left
-
     def _begin(
-        self, fill: _Fill, opts: CacheOptions, *, lease: bool
-    ) -> _Flow[tuple[FillTicket | None, _Outcome | None]]:
-        """Before a load on a remote backend: the fresh value if another process
-        stored it, else a ticket (this caller's lease, or none after waiting
-        ``lock_timeout`` for another process' load); see :meth:`_begin_step`."""
+        self, fill: Fill, opts: CacheOptions, *, lease: bool, margin: float
+    ) -> Flow[tuple[FillTicket | None, Outcome | None]]:
+        """Before a load: ``(None, outcome)`` if a value fresh beyond ``now + margin``
+        is stored; else ``(ticket, None)``: this caller's lease, or none after
+        waiting ``lock_timeout`` for another caller's load (polling), or when
+        ``lease`` is False; ``(None, None)``: the backend is down (load, store
+        nothing). A "fresh" value this reader cannot use (a cached exception of a
+        class it does not list) is asked past at once, to load and overwrite it."""
         deadline = None if opts._wait is None else time.monotonic() + opts._wait
-        delay = _POLL_FIRST
-        margin = 0.0
+        delay, forced = POLL_FIRST, False
         while True:
-            ticket = yield from self._call(
-                "begin_fill",
-                fill.key,
-                fill.tags,
-                fill.heads,
-                self._clock.now(),
-                fill.hint,
-                margin,
-            )
-            step = self._begin_step(
-                ticket, opts, lease=lease, deadline=deadline, forced=margin != 0.0
-            )
-            if step is None:
-                margin = _FAR
+            args = (fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint, margin)
+            ticket = yield from self._call("begin_fill", *args)
+            if ticket is DOWN:
+                return None, None
+            if ticket.state == "fresh":
+                entry = ticket.entry
+                if entry is not None and type(entry[0]) is RemoteError:
+                    entry = materialize(entry, opts.cache_exceptions)
+                ready = None if entry is None else fresh_outcome(entry, self._clock.now())
+                if ready is not None or forced:
+                    return None, ready
+                margin, forced = FAR, True
                 continue
-            if not isinstance(step, float):
-                return step
-            yield "sleep", min(delay, step)
-            delay = min(delay * 2, _POLL_MAX)
-
-    def _commit_plan(
-        self,
-        fill: _Fill,
-        store: object,
-        opts: CacheOptions,
-        current: tuple[object, EntryMeta] | None,
-    ) -> tuple[object, EntryMeta, float] | None:
-        """(value, meta, storage ttl) to commit for a finished load, or None. A
-        negative entry never replaces a value that ``current`` (read after the
-        failure) still allows serving stale."""
-        if store is _NOTHING:
-            return None
-        if (
-            isinstance(store, CachedError)
-            and current is not None
-            and plan_after_load_failure(current[1], self._clock.now())
-        ):
-            return None
-        negative = store is None or isinstance(store, CachedError)
-        with self._lock:
-            if fill.generation != 0:
-                return None
-            meta = self._meta(opts, delta=fill.delta, negative=negative)
-        return store, meta, remaining_ttl(meta, meta.stored_at)
+            if ticket.state == "acquired" or not lease:
+                return ticket, None
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                return ticket, None
+            yield "sleep", min(delay, left)
+            delay = min(delay * 2, POLL_MAX)
 
     def _finish(
-        self, fill: _Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
-    ) -> _Flow[None]:
-        """After a load on a remote backend: commit (fenced) or release the lease."""
+        self, fill: Fill, ticket: FillTicket | None, store: object, opts: CacheOptions
+    ) -> Flow[None]:
+        """After a load: commit (fenced) or release the ticket. A negative entry
+        never replaces a value that may still be served stale (read first)."""
         if ticket is None:
             return
-        current = None
-        if isinstance(store, CachedError):
-            current = yield from self._read(fill.key, fill.hint)
-        plan = self._commit_plan(fill, store, opts, current)
+        plan = None
+        if store is not NOTHING:
+            current = None
+            if isinstance(store, CachedError):
+                current = yield from self._read(fill.key, fill.hint)
+            if current is None or not plan_after_load_failure(current[1], self._clock.now()):
+                with self._lock:
+                    if fill.generation == 0:
+                        negative = store is None or isinstance(store, CachedError)
+                        plan = self._meta(opts, delta=fill.delta, negative=negative)
         if plan is None:
             _, exc = yield "release", (ticket,)
         else:
-            _, exc = yield "commit_fill", (ticket, *plan)
+            ttl = remaining_ttl(plan, plan.stored_at)
+            _, exc = yield "commit_fill", (ticket, store, plan, ttl)
         if exc is None or isinstance(exc, BackendDataError):
             return  # a data error is about this key: not stored, the next read loads
         if isinstance(exc, BackendError):
@@ -1356,7 +917,7 @@ class Cache:
         else:
             raise exc
 
-    def _store_failed(self, fill: _Fill, exc: SerializationError) -> None:
+    def _store_failed(self, fill: Fill, exc: SerializationError) -> None:
         self._m.load_errors.inc()
         with self._lock:
             first = not self._warned
@@ -1372,14 +933,14 @@ class Cache:
 
     def _new_fill(
         self, key: str, tags: frozenset[str], heads: tuple[str, ...] = (), hint: Any = None
-    ) -> _Fill:
+    ) -> Fill:
         """Register a load in progress (call with the lock held)."""
         self._fill_seq += 1
-        fill = _Fill(key, tags, self._fill_seq, heads, hint)
+        fill = Fill(key, tags, self._fill_seq, heads, hint)
         self._fills.add(fill)
         return fill
 
-    def _invalidate_fills(self, match: Callable[[_Fill], bool]) -> None:
+    def _invalidate_fills(self, match: Callable[[Fill], bool]) -> None:
         """Void matching loads in progress (call with the lock held)."""
         for fill in self._fills:
             if match(fill):
@@ -1400,102 +961,52 @@ class Cache:
             generation=self._writes,
         )
 
-    def _write(
-        self,
-        key: str,
-        value: object,
-        tags: frozenset[str],
-        opts: CacheOptions,
-        *,
-        delta: float,
-        negative: bool,
-    ) -> None:
-        """Store an entry in a local backend (call with the lock held)."""
-        meta = self._meta(opts, delta=delta, negative=negative)
-        self.backend.set(key, value, meta, remaining_ttl(meta, meta.stored_at), tags)
-
     def _loaded(
-        self, fill: _Fill, value: object, opts: CacheOptions, started: float
-    ) -> tuple[_Outcome, object]:
-        """Count a load; on a local backend store it. Returns the outcome and what a
-        remote backend must store (``_NOTHING``: nothing)."""
+        self, fill: Fill, value: object, opts: CacheOptions, started: float
+    ) -> tuple[Outcome, object]:
+        """Count a load; returns the outcome and what to store (``NOTHING``: nothing).
+        A value stored without a type (no annotation, no ``type_hint=``) must read
+        back as itself on a JSON/msgpack backend; else it is served, not stored
+        (logged once), never a ``dict`` on the next hit."""
         elapsed = max(0.0, self._clock.now() - started)
-        store: object = _NOTHING
+        store: object = NOTHING
         m = self._m
         m.loads.inc()
         if elapsed:
             m.load_seconds.add(elapsed)
-        storable = self._local or fill.hint is not None or self._untyped_ok(fill, value)
+        storable = fill.hint is not None or self._plain is None or is_plain(value, self._plain)
+        if not storable:
+            self._store_failed(
+                fill,
+                SerializationError(
+                    f"a {type(value).__name__} stored without a type would read back as "
+                    f"plain data; annotate the function's return type or pass type_hint="
+                ),
+            )
         with self._lock:
             if storable and fill.generation == 0 and (value is not None or opts.cache_none):
-                if self._local:
-                    self._write(
-                        fill.key, value, fill.tags, opts, delta=elapsed, negative=value is None
-                    )
-                else:
-                    store = value
-                    fill.delta = elapsed
+                store = value
+                fill.delta = elapsed
                 self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
-        return _Outcome(value), store
-
-    def _untyped_ok(self, fill: _Fill, value: object) -> bool:
-        """A value loaded without a type (no annotation, no ``type_hint=``) is stored
-        on a remote backend only if it reads back as itself; else it is served but
-        not stored (logged once), never a ``dict`` on the next hit."""
-        serializer = getattr(getattr(self.backend, "l2", self.backend), "serializer", None)
-        plain = _MSGPACK_PLAIN if isinstance(serializer, MsgpackSerializer) else _JSON_PLAIN
-        if not isinstance(serializer, JsonSerializer | MsgpackSerializer) or _is_plain(
-            value, plain
-        ):
-            return True
-        self._store_failed(
-            fill,
-            SerializationError(
-                f"a {type(value).__name__} stored without a type would read back as plain "
-                f"data; annotate the function's return type or pass type_hint="
-            ),
-        )
-        return False
+        return Outcome(value), store
 
     def _failed(
-        self,
-        fill: _Fill,
-        exc: Exception,
-        opts: CacheOptions,
-        started: float,
-        *,
-        background: bool,
-    ) -> tuple[_Outcome, object]:
+        self, fill: Fill, exc: Exception, opts: CacheOptions, started: float, *, background: bool
+    ) -> tuple[Outcome, object]:
+        """Count a failed load; returns the outcome and the negative entry to store
+        (``cache_exceptions``), if any."""
         elapsed = max(0.0, self._clock.now() - started)
-        store: object = _NOTHING
-        negative = (
-            bool(opts.cache_exceptions)
-            and isinstance(exc, opts.cache_exceptions)
-            and fill.generation == 0
-        )
-        if negative and not self._local:
-            # stored by _finish / _afinish, which first check (with a read of the
-            # right kind: awaited in async code) that no value that may still be
-            # served stale would be replaced
-            store = CachedError(exc)
-            negative = False
+        negative = bool(opts.cache_exceptions) and isinstance(exc, opts.cache_exceptions)
         m = self._m
         m.loads.inc()
         m.load_errors.inc()
         if elapsed:
             m.load_seconds.add(elapsed)
-        with self._lock:
-            if negative:
-                current = self.backend.get(fill.key)
-                if current is None or not plan_after_load_failure(current[1], self._clock.now()):
-                    self._write(
-                        fill.key, CachedError(exc), fill.tags, opts, delta=0.0, negative=True
-                    )
         if background:
             log.debug("cache %r: background refresh of %r failed: %r", self.name, fill.key, exc)
-        return _Outcome(error=exc), store
+        return Outcome(error=exc), CachedError(exc) if negative else NOTHING
 
-    def _resolve(self, outcome: _Outcome, stale: tuple[object, EntryMeta] | None) -> object:
+    def _resolve(self, outcome: Outcome, stale: Entry | None) -> object:
         """The caller's answer: the loaded value, else the stale one if allowed."""
         error = outcome.error
         if error is None:
@@ -1510,145 +1021,8 @@ class Cache:
         raise error.with_traceback(outcome.tb)
 
 
-#: a read that found nothing (one shared tuple, not a new one per miss)
-_MISSING: tuple[None, None] = (None, None)
-
-#: a remote backend that failed or is cooling down (see Cache._degrade)
-_DOWN = object()
-
-
-def _acquired(ticket: Any) -> FillTicket | None:
-    """A refresh's ticket if this caller holds the lease, else None (down, fresh
-    enough, or another process is loading)."""
-    if ticket is _DOWN or ticket.state != "acquired":
-        return None
-    return cast(FillTicket, ticket)
-
-
-#: "nothing to store" (a load that must not be cached, or was voided)
-_NOTHING = object()
-_JSON_PLAIN = (str, int, float, bool, type(None))
-_MSGPACK_PLAIN = (*_JSON_PLAIN, bytes)
-
-
-def _is_plain(value: object, plain: tuple[type, ...]) -> bool:
-    """True if ``value`` is made of ``plain`` scalars, lists and str-keyed dicts
-    only (what a JSON or msgpack round trip gives back as it was)."""
-    stack = [value]
-    while stack:
-        v = stack.pop()
-        t = type(v)
-        if t in plain:
-            continue
-        if t is list:
-            stack.extend(cast("list[object]", v))
-        elif t is dict:
-            d = cast("dict[object, object]", v)
-            if any(type(k) is not str for k in d):
-                return False
-            stack.extend(d.values())
-        else:
-            return False
+def _every(fill: Fill) -> bool:
     return True
-
-
-#: polling a lease another process holds: first and longest pause (seconds)
-_POLL_FIRST = 0.001
-_POLL_MAX = 0.05
-
-
-#: a margin no stored value outlives (a refresh without ``margin`` always loads)
-_FAR = 1e12
-
-
-def _margin(margin: float | None) -> float:
-    if margin is None:
-        return math.inf
-    if isinstance(margin, bool) or not isinstance(margin, int | float) or not margin >= 0:
-        raise ConfigurationError(f"margin must be a number of seconds >= 0 or None, got {margin!r}")
-    return float(margin)
-
-
-def _materialize(
-    entry: tuple[object, EntryMeta], opts: CacheOptions
-) -> tuple[object, EntryMeta] | None:
-    """A negative entry read from a remote backend, as an exception of one of
-    ``opts.cache_exceptions`` (matched by module and qualified name; nothing is
-    imported), or None (a miss) if none matches or it cannot be rebuilt."""
-    remote = cast(RemoteError, entry[0])
-    for cls in opts.cache_exceptions:
-        if cls.__module__ == remote.module and cls.__qualname__ == remote.qualname:
-            try:
-                return CachedError(cls(*remote.args)), entry[1]
-            except Exception:
-                return None
-    return None
-
-
-def _classified(
-    entry: Entry, opts: CacheOptions, now: float, draw: Callable[[], float]
-) -> tuple[Entry | None, Freshness | None]:
-    """A read entry and its state (a remote negative entry rebuilt as one of
-    ``opts.cache_exceptions``, or a miss if none matches)."""
-    if type(entry[0]) is RemoteError:
-        rebuilt = _materialize(entry, opts)
-        if rebuilt is None:
-            return _MISSING
-        entry = rebuilt
-    return entry, classify_unchecked(entry[1], now, opts.beta, draw)
-
-
-def _no_entry(exc: BackendError | None) -> None:
-    """A read on a failing or cooling-down backend: a miss."""
-    return None
-
-
-class _CacheGuard(BackendGuard):
-    """The backend guard, each failure also counted on the cache's counter; reads
-    skip the backend while invalidations are deferred (nothing they cover is served)."""
-
-    __slots__ = ("counter", "deferred")
-
-    counter: Counter
-    deferred: list[tuple[str, tuple[Any, ...]]]
-
-    def skip(self) -> bool:
-        return bool(self.deferred) or BackendGuard.skip(self)
-
-    def success(self) -> None:
-        if not self.deferred:  # recovered once the deferred invalidations are applied
-            BackendGuard.success(self)
-
-    def failure(self, exc: BaseException) -> None:
-        self.counter.inc()
-        super().failure(exc)
-
-
-def _no_draw() -> float:  # pragma: no cover - never called with beta 0
-    return 1.0
-
-
-def _every(fill: _Fill) -> bool:
-    return True
-
-
-def _unwrap(value: object) -> object:
-    if isinstance(value, CachedError):
-        value.reraise()
-    return value
-
-
-_key = _validate.key
-
-
-def _check_tags(tags: Iterable[str]) -> frozenset[str]:
-    if isinstance(tags, str):
-        raise ConfigurationError(f"tags must be a collection of str, e.g. ({tags!r},)")
-    tagset = frozenset(tags)
-    for tag in tagset:
-        if not isinstance(tag, str) or not tag:
-            raise ConfigurationError(f"every tag must be a non-empty str, got {tag!r}")
-    return tagset
 
 
 _default: Cache | None = None

@@ -32,13 +32,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit.cache._options import check_tags as _check_tags
 from scalekit.cache.backend import CachedError
-from scalekit.cache.core import (
-    Cache,
-    CacheOptions,
-    _check_tags,
-    default_cache,
-)
+from scalekit.cache.core import Cache, CacheOptions, default_cache
 from scalekit.cache.freshness import EntryMeta, Freshness
 from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
@@ -130,7 +126,7 @@ def cached(
         heads = builder.heads
         # an in-process backend keeps the objects themselves: only a remote one
         # decodes, and needs the type (a forward reference: resolved at first call)
-        hint: Any = type_hint if type_hint is not None or c._local else _return_hint(fn)
+        hint: Any = type_hint if type_hint is not None or c._in_process else _return_hint(fn)
         pending = hint is _PENDING
         if pending:
             hint = None
@@ -139,7 +135,7 @@ def cached(
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
-        aread = None if c._local else c._areader(opts, hint)
+        aread = None if c._in_process else c._areader(opts, hint)
         hits = c._hit_count
 
         def resolve() -> None:
@@ -171,7 +167,7 @@ def cached(
                     hint,
                 )
 
-            if c._local:  # the read is a plain call: nothing to await on a hit
+            if c._in_process:  # the read is a plain call: nothing to await on a hit
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

@@ -181,11 +181,11 @@ class RefreshAhead:
         return max(due, 0.0)
 
     def _next_in(self) -> float:
-        entry = self.cache._peek(self.key, self.type_hint)
+        entry = self.cache._run(self.cache._read(self.key, self.type_hint))
         return self._wait_for(None if entry is None else entry[1].stored_at + entry[1].ttl)
 
     async def _anext_in(self) -> float:
-        entry = await self.cache._apeek(self.key, self.type_hint)
+        entry = await self.cache._arun(self.cache._read(self.key, self.type_hint))
         return self._wait_for(None if entry is None else entry[1].stored_at + entry[1].ttl)
 
     # --- loops ---------------------------------------------------------------------------
