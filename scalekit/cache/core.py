@@ -30,7 +30,7 @@ module reaches further into a :class:`Cache`.
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import random
 import threading
@@ -63,6 +63,7 @@ from scalekit.cache._engine import (
     run,
     unwrap,
 )
+from scalekit.cache._flights import SingleFlight
 from scalekit.cache._metrics import CacheCounters
 from scalekit.cache._open import backend_from
 from scalekit.cache._options import (
@@ -93,15 +94,6 @@ log = logging.getLogger("scalekit.cache")
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class _SyncFlight:
-    __slots__ = ("abandoned", "done", "outcome")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.outcome: Outcome | None = None
-        self.abandoned = False
 
 
 class Cache:
@@ -220,11 +212,7 @@ class Cache:
         self._fills: set[Fill] = set()
         self._fill_seq = 0
         self._writes = 0
-        self._sync_flights: dict[str, _SyncFlight] = {}
-        self._async_flights: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Outcome]]
-        self._async_flights = {}
-        self._tasks: set[asyncio.Task[Outcome]] = set()
-        self._threads: set[threading.Thread] = set()
+        self._flights = SingleFlight(name, self.backend, m.coalesced)
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
         #: internal API: True if the backend keeps Python objects in this process
         #: (no I/O): its reads need no guard and no await, its values no type
@@ -585,9 +573,6 @@ class Cache:
 
         return aread
 
-    # single-flight: threads wait on an Event, tasks share one task per loop; both
-    # run the one fill flow (_fill_flow) with their driver
-
     def _serve_or_load(
         self,
         key: str,
@@ -605,87 +590,14 @@ class Cache:
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._spawn_thread(key, loader, tagset, opts, heads, hint, entry[1])
+                seen = entry[1]
+                refresh = self._fill_flow(key, tagset, heads, hint, opts, seen=seen)
+                self._flights.spawn(key, lambda _: refresh, loader)
             return cast(T, unwrap(entry[0]))
         self._m.misses.inc()
-        waited = False
-        while True:
-            with self._lock:
-                flight = self._sync_flights.get(key)
-                leader = flight is None
-                if flight is None:
-                    flight = self._sync_flights[key] = _SyncFlight()
-                    fill = self._new_fill(key, tagset, heads, hint)
-            if leader:
-                outcome = self._lead_sync(flight, key, self._fill_flow(fill, opts), loader)
-                return cast(T, self._resolve(outcome, entry))
-            if not waited:
-                waited = True
-                self._m.coalesced.inc()
-            if not flight.done.wait(opts._wait):
-                with self._lock:
-                    fill = self._new_fill(key, tagset, heads, hint)
-                flow = self._fill_flow(fill, opts, lease=False)
-                return cast(T, self._resolve(self._run(flow, loader), entry))
-            if flight.abandoned or flight.outcome is None:
-                continue
-            return cast(T, self._resolve(flight.outcome, entry))
-
-    def _lead_sync(
-        self, flight: _SyncFlight, key: str, flow: Flow[Outcome], loader: Callable[[], object]
-    ) -> Outcome:
-        try:
-            outcome = self._run(flow, loader)
-        except BaseException:
-            flight.abandoned = True
-            raise
-        else:
-            flight.outcome = outcome
-            return outcome
-        finally:
-            with self._lock:
-                if self._sync_flights.get(key) is flight:
-                    del self._sync_flights[key]
-            flight.done.set()
-
-    def _spawn_thread(
-        self,
-        key: str,
-        loader: Callable[[], object],
-        tags: frozenset[str],
-        opts: CacheOptions,
-        heads: tuple[str, ...],
-        hint: Any,
-        seen: EntryMeta,
-    ) -> None:
-        with self._lock:
-            if key in self._sync_flights:
-                return  # a load of this key is already running: that is the refresh
-            flight = self._sync_flights[key] = _SyncFlight()
-            fill = self._new_fill(key, tags, heads, hint)
-        flow = self._fill_flow(fill, opts, seen=seen)
-
-        def refresh() -> None:
-            try:
-                self._lead_sync(flight, key, flow, loader)
-            finally:
-                with self._lock:
-                    self._threads.discard(thread)
-
-        thread = threading.Thread(
-            target=refresh, name=f"scalekit-cache-refresh[{self.name}]", daemon=True
-        )
-        with self._lock:
-            self._threads.add(thread)
-        thread.start()
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait for the background refresh threads started so far; True if all ended."""
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(timeout)
-        return not any(t.is_alive() for t in threads)
+        start = functools.partial(self._fill_flow, key, tagset, heads, hint, opts)
+        outcome = self._flights.load(key, start, loader, opts._wait)
+        return cast(T, self._resolve(outcome, entry))
 
     async def _aserve_or_load(
         self,
@@ -703,77 +615,42 @@ class Cache:
         if entry is not None and state is not None and state.servable:
             self._count_served(state)
             if state.needs_refresh:
-                self._async_flight(key, loader, tagset, opts, heads, hint, entry[1])
+                seen = entry[1]
+                refresh = self._fill_flow(key, tagset, heads, hint, opts, seen=seen)
+                self._flights.task(key, lambda _: refresh, loader)
             return cast(T, unwrap(entry[0]))
         self._m.misses.inc()
-        task, leader = self._async_flight(key, loader, tagset, opts, heads, hint, None)
-        if leader:
-            outcome = await asyncio.shield(task)
-        else:
-            self._m.coalesced.inc()
-            try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
-                # this caller's cancellation when the load ends at the same moment
-                async with asyncio.timeout(opts._wait):
-                    outcome = await asyncio.shield(task)
-            except TimeoutError:
-                with self._lock:
-                    fill = self._new_fill(key, tagset, heads, hint)
-                outcome = await self._arun(self._fill_flow(fill, opts, lease=False), loader)
+        start = functools.partial(self._fill_flow, key, tagset, heads, hint, opts)
+        outcome = await self._flights.aload(key, start, loader, opts._wait)
         return cast(T, self._resolve(outcome, entry))
 
-    def _async_flight(
-        self,
-        key: str,
-        loader: Callable[[], Awaitable[object]],
-        tags: frozenset[str],
-        opts: CacheOptions,
-        heads: tuple[str, ...],
-        hint: Any,
-        seen: EntryMeta | None,
-    ) -> tuple[asyncio.Task[Outcome], bool]:
-        """The load task of ``key`` on this loop, started if none runs (a background
-        refresh of the entry ``seen``, or a foreground load); True if started."""
-        loop = asyncio.get_running_loop()
-        fkey = (loop, key)
-        with self._lock:
-            task = self._async_flights.get(fkey)
-            if task is not None:
-                return task, False
-            fill = self._new_fill(key, tags, heads, hint)
-            flow = self._fill_flow(fill, opts, seen=seen)
-            task = loop.create_task(arun(flow, self.backend, loader))
-            self._async_flights[fkey] = task
-            self._tasks.add(task)
-
-        def done(t: asyncio.Task[Outcome]) -> None:
-            with self._lock:
-                if self._async_flights.get(fkey) is t:
-                    del self._async_flights[fkey]
-                self._tasks.discard(t)
-            if not t.cancelled():
-                t.exception()  # retrieved: no "never retrieved" warning
-
-        task.add_done_callback(done)
-        return task, True
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for the background refresh threads started so far; True if all ended."""
+        return self._flights.drain(timeout)
 
     async def adrain(self) -> None:
         """Wait for the background refresh tasks of the running loop started so far."""
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            tasks = [t for t in self._tasks if t.get_loop() is loop]
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._flights.adrain()
 
     # --- the fill flow ------------------------------------------------------------------
 
     def _fill_flow(
-        self, fill: Fill, opts: CacheOptions, *, lease: bool = True, seen: EntryMeta | None = None
+        self,
+        key: str,
+        tags: frozenset[str],
+        heads: tuple[str, ...],
+        hint: Any,
+        opts: CacheOptions,
+        lease: bool = True,
+        *,
+        seen: EntryMeta | None = None,
     ) -> Flow[Outcome]:
-        """One load of ``fill.key``: begin (the fresh value another load stored, or
-        this caller's lease), load, commit (fenced) or release; returns the outcome.
-        A background refresh of the entry ``seen`` loads unless a value fresh beyond
+        """One load of ``key``: begin (the fresh value another load stored, or this
+        caller's lease), load, commit (fenced) or release; returns the outcome. A
+        background refresh of the entry ``seen`` loads unless a value fresh beyond
         ``seen`` was stored since (then that value is its outcome)."""
+        with self._lock:
+            fill = self._new_fill(key, tags, heads, hint)
         try:
             margin = 0.0 if seen is None else max(0.0, fresh_until(seen) - self._clock.now())
             ticket, ready = yield from self._begin(fill, opts, lease=lease, margin=margin)

@@ -810,7 +810,7 @@ async def test_a_cancelled_load_gives_its_lease_back(cache_backend: Any, clock: 
 
     reader = asyncio.create_task(a.aget_or_load("k", hang))
     await started.wait()
-    (load,) = a._tasks
+    (load,) = a._flights.tasks
     load.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
