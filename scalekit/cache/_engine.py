@@ -14,12 +14,17 @@ helpers that read entries.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeAlias, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
+from scalekit._clock import Clock
 from scalekit.cache.backend import CachedError, Entry, RemoteError
 from scalekit.cache.freshness import EntryMeta, Freshness, classify_unchecked
+
+if TYPE_CHECKING:
+    from scalekit.cache._options import CacheOptions
 
 __all__ = ["Flow", "arun", "run"]
 
@@ -114,6 +119,75 @@ class Fill:
         self.hint = hint
         self.generation = 0
         self.delta = 0.0  # the load's duration, once it finished
+
+
+class Fills:
+    """The loads in progress of one cache: its in-process fence. Every invalidation
+    of the cache voids the matching loads (bumps their ``generation``) under one
+    lock; a load stores only if its generation is unchanged, checked under the
+    same lock. A load that stores voids the older loads of its key (a waiter past
+    ``lock_timeout`` that loaded by itself is not overwritten by the slower, older
+    load). Only loads in progress are kept: bounded by concurrency."""
+
+    __slots__ = ("clock", "lock", "running", "seq", "writes")
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.running: set[Fill] = set()
+        self.seq = 0
+        self.writes = 0  # EntryMeta.generation: a per-cache write counter
+
+    def open(self, key: str, tags: frozenset[str], heads: tuple[str, ...], hint: Any) -> Fill:
+        """Register a load in progress."""
+        with self.lock:
+            self.seq += 1
+            fill = Fill(key, tags, self.seq, heads, hint)
+            self.running.add(fill)
+            return fill
+
+    def close(self, fill: Fill) -> None:
+        with self.lock:
+            self.running.discard(fill)
+
+    def void(self, match: Callable[[Fill], bool]) -> None:
+        """Void the matching loads in progress (an invalidation, a direct write)."""
+        with self.lock:
+            for fill in self.running:
+                if match(fill):
+                    fill.generation += 1
+
+    def keep(self, fill: Fill, delta: float) -> bool:
+        """A load finished: True if it may store (not voided); older loads of its
+        key are voided."""
+        with self.lock:
+            if fill.generation:
+                return False
+            fill.delta = delta
+            for other in self.running:
+                if other.key == fill.key and other.seq < fill.seq:
+                    other.generation += 1
+            return True
+
+    def meta(
+        self, opts: CacheOptions, *, delta: float, negative: bool, fill: Fill | None = None
+    ) -> EntryMeta | None:
+        """The metadata of an entry written now (None if ``fill`` was voided)."""
+        with self.lock:
+            if fill is not None and fill.generation:
+                return None
+            now = self.clock.now()
+            self.writes += 1
+            if negative:
+                return EntryMeta(stored_at=now, ttl=opts._neg, generation=self.writes)
+            return EntryMeta(
+                stored_at=now,
+                ttl=opts._ttl,
+                stale_while_revalidate=opts._swr,
+                stale_if_error=opts._sie,
+                delta=delta,
+                generation=self.writes,
+            )
 
 
 class Outcome:

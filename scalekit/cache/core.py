@@ -40,7 +40,6 @@ from typing import Any, Literal, TypeVar, cast
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit.cache._deferred import CacheGuard, DeferredInvalidations
 from scalekit.cache._engine import (
     DOWN,
     FAR,
@@ -51,6 +50,7 @@ from scalekit.cache._engine import (
     POLL_FIRST,
     POLL_MAX,
     Fill,
+    Fills,
     Flow,
     Outcome,
     arun,
@@ -64,6 +64,7 @@ from scalekit.cache._engine import (
     unwrap,
 )
 from scalekit.cache._flights import SingleFlight
+from scalekit.cache._guard import CacheGuard, DeferredInvalidations, degrading, raising
 from scalekit.cache._metrics import CacheCounters
 from scalekit.cache._open import backend_from
 from scalekit.cache._options import (
@@ -208,10 +209,7 @@ class Cache:
             if isinstance(ser, JsonSerializer)
             else None
         )
-        self._lock = threading.Lock()
-        self._fills: set[Fill] = set()
-        self._fill_seq = 0
-        self._writes = 0
+        self._fills = Fills(self._clock)
         self._flights = SingleFlight(name, self.backend, m.coalesced)
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
         #: internal API: True if the backend keeps Python objects in this process
@@ -282,11 +280,10 @@ class Cache:
         key = check_key(key)
         opts = options or self.options
         tagset = check_tags(tags)
-        with self._lock:
-            self._invalidate_fills(lambda f: f.key == key)
-            meta = self._meta(opts, delta=0.0, negative=False)
+        self._fills.void(lambda f: f.key == key)
+        meta = cast(EntryMeta, self._fills.meta(opts, delta=0.0, negative=False))
         ttl = remaining_ttl(meta, meta.stored_at)
-        return (yield from self._write_call("set", key, value, meta, ttl, tagset))
+        return (yield from raising(self._guard, "set", key, value, meta, ttl, tagset))
 
     def delete(self, key: str) -> bool:
         """Drop ``key``; loads of it in progress will not store. True if it existed."""
@@ -338,8 +335,7 @@ class Cache:
     def _invalidate(self, match: Callable[[Fill], bool], op: str, *args: Any) -> Flow[Any]:
         """An invalidation: void the matching loads in progress, then ``op`` on the
         backend (which moves the fences it covers, for loads of other processes)."""
-        with self._lock:
-            self._invalidate_fills(match)
+        self._fills.void(match)
         result, exc = yield op, args
         if exc is None:
             self._guard.success()
@@ -482,11 +478,10 @@ class Cache:
         opts = options or self.options
         tagset = check_tags(tags)
         gap = min(check_margin(margin), FAR)
-        with self._lock:
-            fill = self._new_fill(key, tagset, (), hint)
+        fill = self._fills.open(key, tagset, (), hint)
         try:
             now = self._clock.now()
-            begun = yield from self._call("begin_fill", key, tagset, (), now, hint, gap)
+            begun = yield from degrading(self._guard, "begin_fill", key, tagset, (), now, hint, gap)
             if begun is DOWN or begun.state != "acquired":
                 return False  # down, fresh enough, or another load holds the lease
             ticket = cast(FillTicket, begun)
@@ -500,8 +495,7 @@ class Cache:
             yield from self._finish(fill, ticket, store, opts)
             return True
         finally:
-            with self._lock:
-                self._fills.discard(fill)
+            self._fills.close(fill)
 
     # --- the internal API of @cached and RefreshAhead ----------------------------------
     #
@@ -523,7 +517,7 @@ class Cache:
     def _read(self, key: str, hint: Any = None) -> Flow[Entry | None]:
         """A read, not counted, that degrades: a failing or cooling-down backend, or a
         data error about this key, is a miss."""
-        entry = yield from self._call("get", key, hint)
+        entry = yield from degrading(self._guard, "get", key, hint)
         return None if entry is DOWN else cast("Entry | None", entry)
 
     def _reader(
@@ -649,8 +643,7 @@ class Cache:
         caller's lease), load, commit (fenced) or release; returns the outcome. A
         background refresh of the entry ``seen`` loads unless a value fresh beyond
         ``seen`` was stored since (then that value is its outcome)."""
-        with self._lock:
-            fill = self._new_fill(key, tags, heads, hint)
+        fill = self._fills.open(key, tags, heads, hint)
         try:
             margin = 0.0 if seen is None else max(0.0, fresh_until(seen) - self._clock.now())
             ticket, ready = yield from self._begin(fill, opts, lease=lease, margin=margin)
@@ -665,8 +658,7 @@ class Cache:
             yield from self._finish(fill, ticket, store, opts)
             return outcome
         finally:
-            with self._lock:
-                self._fills.discard(fill)
+            self._fills.close(fill)
 
     def _load(self, ticket: FillTicket | None) -> Flow[tuple[object, Exception | None]]:
         """The load step; if it is aborted (a ``BaseException``: an interrupt, a
@@ -678,36 +670,6 @@ class Cache:
                 yield "release", (ticket,)
             raise
         return reply
-
-    def _call(self, op: str, *args: Any) -> Flow[Any]:
-        """A backend call that degrades (reads and fills): ``DOWN`` if the backend is
-        cooling down, fails (counted by the guard) or answers a data error about this
-        key (the backend is healthy: load without storing); else its answer.
-        Writes and invalidations use :meth:`_write_call`, which raises."""
-        guard = self._guard
-        if guard.skip():
-            return DOWN
-        result, exc = yield op, args
-        if exc is None:
-            guard.success()
-            return result
-        if isinstance(exc, BackendError):
-            guard.failure(exc)
-            return DOWN
-        if isinstance(exc, BackendDataError):
-            guard.success()
-            return DOWN
-        raise exc
-
-    def _write_call(self, op: str, *args: Any) -> Flow[Any]:
-        """A write or an invalidation: a backend failure is counted and raised."""
-        result, exc = yield op, args
-        if exc is None:
-            self._guard.success()
-            return result
-        if isinstance(exc, BackendError):
-            self._guard.failure(exc)
-        raise exc
 
     def _lookup_flow(
         self, key: str, opts: CacheOptions, hint: Any = None
@@ -742,7 +704,7 @@ class Cache:
         delay, forced = POLL_FIRST, False
         while True:
             args = (fill.key, fill.tags, fill.heads, self._clock.now(), fill.hint, margin)
-            ticket = yield from self._call("begin_fill", *args)
+            ticket = yield from degrading(self._guard, "begin_fill", *args)
             if ticket is DOWN:
                 return None, None
             if ticket.state == "fresh":
@@ -775,10 +737,8 @@ class Cache:
             if isinstance(store, CachedError):
                 current = yield from self._read(fill.key, fill.hint)
             if current is None or not plan_after_load_failure(current[1], self._clock.now()):
-                with self._lock:
-                    if fill.generation == 0:
-                        negative = store is None or isinstance(store, CachedError)
-                        plan = self._meta(opts, delta=fill.delta, negative=negative)
+                negative = store is None or isinstance(store, CachedError)
+                plan = self._fills.meta(opts, delta=fill.delta, negative=negative, fill=fill)
         if plan is None:
             _, exc = yield "release", (ticket,)
         else:
@@ -790,52 +750,18 @@ class Cache:
             self._guard.failure(exc)
         elif isinstance(exc, SerializationError):
             self._store_failed(fill, exc)
-            yield from self._call("release", ticket)
+            yield from degrading(self._guard, "release", ticket)
         else:
             raise exc
 
     def _store_failed(self, fill: Fill, exc: SerializationError) -> None:
         self._m.load_errors.inc()
-        with self._lock:
-            first = not self._warned
-            self._warned = True
+        first, self._warned = not self._warned, True
         (log.warning if first else log.debug)(
             "cache %r: the value of %r cannot be stored (%s); it is served but not cached",
             self.name,
             fill.key,
             exc,
-        )
-
-    # --- bookkeeping ------------------------------------------------------------------
-
-    def _new_fill(
-        self, key: str, tags: frozenset[str], heads: tuple[str, ...] = (), hint: Any = None
-    ) -> Fill:
-        """Register a load in progress (call with the lock held)."""
-        self._fill_seq += 1
-        fill = Fill(key, tags, self._fill_seq, heads, hint)
-        self._fills.add(fill)
-        return fill
-
-    def _invalidate_fills(self, match: Callable[[Fill], bool]) -> None:
-        """Void matching loads in progress (call with the lock held)."""
-        for fill in self._fills:
-            if match(fill):
-                fill.generation += 1
-
-    def _meta(self, opts: CacheOptions, *, delta: float, negative: bool) -> EntryMeta:
-        """The metadata of an entry written now (call with the lock held)."""
-        now = self._clock.now()
-        self._writes += 1
-        if negative:
-            return EntryMeta(stored_at=now, ttl=opts._neg, generation=self._writes)
-        return EntryMeta(
-            stored_at=now,
-            ttl=opts._ttl,
-            stale_while_revalidate=opts._swr,
-            stale_if_error=opts._sie,
-            delta=delta,
-            generation=self._writes,
         )
 
     def _loaded(
@@ -860,11 +786,8 @@ class Cache:
                     f"plain data; annotate the function's return type or pass type_hint="
                 ),
             )
-        with self._lock:
-            if storable and fill.generation == 0 and (value is not None or opts.cache_none):
-                store = value
-                fill.delta = elapsed
-                self._invalidate_fills(lambda f: f.key == fill.key and f.seq < fill.seq)
+        if storable and (value is not None or opts.cache_none) and self._fills.keep(fill, elapsed):
+            store = value
         return Outcome(value), store
 
     def _failed(

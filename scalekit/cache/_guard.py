@@ -1,7 +1,11 @@
-"""The cache's backend guard and its queue of deferred invalidations.
+"""The cache's backend guard: what a failing call means in a flow, and the queue
+of deferred invalidations.
 
 :class:`CacheGuard` is the one :class:`~scalekit.backends._guard.BackendGuard` of a
-cache, each failure also counted on the cache's ``backend_errors``. With
+cache, each failure also counted on the cache's ``backend_errors``. In the fill
+engine's flows, reads and fills go through :func:`degrading` (a failing backend is
+a miss: load, store nothing) and writes and invalidations through :func:`raising`
+(a failure is counted and raised). With
 ``on_invalidation_error="defer"``, an invalidation the backend refused is queued
 in a :class:`DeferredInvalidations`: a daemon thread applies the queue in order as
 soon as the backend answers (retried with backoff), and until then the guard makes
@@ -17,10 +21,11 @@ import threading
 from typing import Any
 
 from scalekit.backends._guard import BackendGuard
+from scalekit.cache._engine import DOWN, Flow
 from scalekit.errors import BackendDataError, BackendError
 from scalekit.observability._metrics import Counter
 
-__all__ = ["CacheGuard", "DeferredInvalidations"]
+__all__ = ["CacheGuard", "DeferredInvalidations", "degrading", "raising"]
 
 log = logging.getLogger("scalekit.cache")
 
@@ -44,6 +49,36 @@ class CacheGuard(BackendGuard):
     def failure(self, exc: BaseException) -> None:
         self.counter.inc()
         super().failure(exc)
+
+
+def degrading(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
+    """A backend call that degrades (reads and fills): ``DOWN`` if the backend is
+    cooling down, fails (counted by the guard) or answers a data error about this
+    key (the backend is healthy: load without storing); else its answer."""
+    if guard.skip():
+        return DOWN
+    result, exc = yield op, args
+    if exc is None:
+        guard.success()
+        return result
+    if isinstance(exc, BackendError):
+        guard.failure(exc)
+        return DOWN
+    if isinstance(exc, BackendDataError):
+        guard.success()
+        return DOWN
+    raise exc
+
+
+def raising(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
+    """A write or an invalidation: a backend failure is counted and raised."""
+    result, exc = yield op, args
+    if exc is None:
+        guard.success()
+        return result
+    if isinstance(exc, BackendError):
+        guard.failure(exc)
+    raise exc
 
 
 class DeferredInvalidations:
