@@ -365,8 +365,8 @@ def _best_ns(fn: Callable[[], Any], n: int, rounds: int = 5) -> float:
 def breakdown(n: int) -> list[tuple[str, float]]:
     """Time the pieces of scalekit's sync hit path alone (best of 5, wall, one key)."""
     from scalekit.cache import Cache, CacheOptions, cache_key, cached
-    from scalekit.cache.freshness import classify_unchecked
-    from scalekit.cache.keys import KeyBuilder
+    from scalekit.cache._freshness import classify_unchecked
+    from scalekit.cache._keys import KeyBuilder
 
     cache = Cache("memory://", name="breakdown")
     c = Counter(n)

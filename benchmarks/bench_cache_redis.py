@@ -84,7 +84,7 @@ def loop() -> asyncio.AbstractEventLoop:
 def sync_cases(url: str) -> list[Case]:
 
     from scalekit.cache import Cache, cached
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache._redis import RedisCacheBackend
 
     def bare() -> Callable[[int], None]:
         backend = RedisCacheBackend(url)
@@ -157,7 +157,7 @@ def sync_cases(url: str) -> list[Case]:
 def async_cases(url: str) -> list[Case]:
 
     from scalekit.cache import Cache, cached
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache._redis import RedisCacheBackend
 
     lp = loop()
 
@@ -224,7 +224,7 @@ DICT = {f"field{i}": {"id": i, "name": f"item {i}"} for i in range(10)}
 def direct_cases(url: str) -> list[Case]:
     """``Cache.aget`` of a 10-item dict vs a bare GET + json.loads on the same client."""
     from scalekit.cache import Cache
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache._redis import RedisCacheBackend
 
     lp = loop()
 
@@ -308,7 +308,7 @@ def storm(url: str, repeats: int) -> tuple[str, dict[str, Any]]:
     import redis as redis_py
 
     from scalekit.cache import Cache
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache._redis import RedisCacheBackend
 
     raw = redis_py.Redis.from_url(url)
     lp = loop()

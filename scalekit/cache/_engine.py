@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 from scalekit._clock import Clock
-from scalekit.cache.backend import CachedError, Entry, RemoteError
-from scalekit.cache.freshness import EntryMeta, Freshness, classify_unchecked
+from scalekit.cache._backend import CachedError, Entry, RemoteError
+from scalekit.cache._freshness import EntryMeta, Freshness, classify_unchecked
 
 if TYPE_CHECKING:
     from scalekit.cache._options import CacheOptions

@@ -1,6 +1,6 @@
 """The cache's metrics: native counters in :mod:`scalekit.observability`'s registry.
 
-Every :class:`~scalekit.cache.core.Cache` owns one counter of each family below
+Every :class:`~scalekit.cache._core.Cache` owns one counter of each family below
 (``Family.attach``), labelled ``cache`` (the cache's ``name``): bounded by
 configuration, never a user key. :meth:`Cache.stats` reads the cache's own
 counters, so two caches named alike keep their own counts while the exported

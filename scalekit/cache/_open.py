@@ -6,8 +6,8 @@ from urllib.parse import urlsplit
 
 from scalekit._clock import Clock
 from scalekit.backends import memory_bound, parse_backend_url
-from scalekit.cache.backend import AsyncCacheBackend, FencedCacheBackend
-from scalekit.cache.memory import MemoryCacheBackend
+from scalekit.cache._backend import AsyncCacheBackend, FencedCacheBackend
+from scalekit.cache._memory import MemoryCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.serde import Serializer
 
@@ -41,7 +41,7 @@ def backend_from(
     scheme = parts.scheme
     tiered = scheme.startswith("tiered+")
     if scheme.removeprefix("tiered+") in _REDIS_SCHEMES:
-        from scalekit.cache.redis import RedisCacheBackend
+        from scalekit.cache._redis import RedisCacheBackend
 
         l2 = RedisCacheBackend(
             backend.removeprefix("tiered+"),
@@ -50,7 +50,7 @@ def backend_from(
         )
         if not tiered:
             return l2
-        from scalekit.cache.tiered import TieredCacheBackend
+        from scalekit.cache._tiered import TieredCacheBackend
 
         return TieredCacheBackend(l2)
     if parts.scheme != "memory":

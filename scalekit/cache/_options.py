@@ -9,14 +9,14 @@ from datetime import timedelta
 from typing import cast
 
 from scalekit import _validate
-from scalekit.cache.freshness import _duration
+from scalekit.cache._freshness import _duration
 from scalekit.errors import ConfigurationError
 
 __all__ = ["CacheOptions", "CacheStats"]
 
 
 def _seconds(value: float | timedelta | None, what: str) -> float:
-    """:func:`~scalekit.cache.freshness._duration` (``None`` is refused there)."""
+    """:func:`~scalekit.cache._freshness._duration` (``None`` is refused there)."""
     return _duration(cast("float | timedelta", value), what)
 
 

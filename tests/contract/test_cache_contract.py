@@ -24,11 +24,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scalekit._keys import escape
-from scalekit.cache.core import Cache, CacheOptions, default_cache
-from scalekit.cache.decorator import cache_key, cache_of, cached, invalidate
-from scalekit.cache.freshness import EntryMeta, classify, classify_unchecked
-from scalekit.cache.keys import KeyBuilder, encode_args
-from scalekit.cache.memory import MemoryCacheBackend
+from scalekit.cache._core import Cache, CacheOptions, default_cache
+from scalekit.cache._decorator import cache_key, cache_of, cached, invalidate
+from scalekit.cache._freshness import EntryMeta, classify, classify_unchecked
+from scalekit.cache._keys import KeyBuilder, encode_args
+from scalekit.cache._memory import MemoryCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 
@@ -699,7 +699,7 @@ def test_unsupported_backend_url() -> None:
 
 
 _TYPING_SNIPPET = """
-from scalekit.cache.decorator import cached
+from scalekit.cache._decorator import cached
 
 @cached(ttl=1)
 def f(a: int, b: str = "x") -> list[int]:

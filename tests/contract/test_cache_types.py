@@ -12,9 +12,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from scalekit.cache.core import Cache
-from scalekit.cache.decorator import cached
-from scalekit.cache.refresh import RefreshAhead
+from scalekit.cache._core import Cache
+from scalekit.cache._decorator import cached
+from scalekit.cache._refresh import RefreshAhead
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 

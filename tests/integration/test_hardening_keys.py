@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scalekit.cache import Cache
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
 
 pytestmark = pytest.mark.redis
 

@@ -1,7 +1,7 @@
 """The in-process cache backend: bounded, TTL + LRU, with a tag index.
 
 :class:`MemoryCacheBackend` implements the whole backend protocol that
-:class:`~scalekit.cache.Cache` drives (:class:`~scalekit.cache.backend.FencedCacheBackend`),
+:class:`~scalekit.cache.Cache` drives (:class:`~scalekit.cache._backend.FencedCacheBackend`),
 the same as the Redis backend::
 
     get(key)                          -> (value, EntryMeta) | None
@@ -15,12 +15,12 @@ the same as the Redis backend::
     evictions                         LRU evictions so far
 
 and the ``a``-prefixed async twins of the calls
-(:class:`~scalekit.cache.backend.AsyncCacheBackend`),
+(:class:`~scalekit.cache._backend.AsyncCacheBackend`),
 which run the same code: nothing here does I/O.
 
 Fills
 -----
-The same protocol as Redis' (:mod:`scalekit.cache.backend`), kept in this process:
+The same protocol as Redis' (:mod:`scalekit.cache._backend`), kept in this process:
 ``begin_fill`` answers a value fresh beyond ``now + margin``, else registers the
 fill on the key's *fence* (an object in a dict, created by the first fill in
 progress of the key, holding the tags of its fills) and tries the key's *lease*
@@ -40,9 +40,9 @@ Decisions
   the key to the end, an insert beyond ``max_entries`` pops the least recently
   used one and counts an eviction). ``cachetools`` is not a dependency.
 - The storage TTL (``ttl`` of :meth:`set`) is when the entry may be dropped: the
-  cache passes :func:`~scalekit.cache.freshness.remaining_ttl`, which covers both
+  cache passes :func:`~scalekit.cache._freshness.remaining_ttl`, which covers both
   stale windows. Freshness itself is decided by the cache from the
-  :class:`~scalekit.cache.freshness.EntryMeta`, never here. An entry past its
+  :class:`~scalekit.cache._freshness.EntryMeta`, never here. An entry past its
   storage TTL is dropped on read (lazily) and is not counted as an eviction.
 - Time comes from ``clock=`` (monotonic by default); a :class:`Cache` built from
   ``"memory://"`` passes its own clock, so both read the same time.
@@ -62,8 +62,8 @@ from typing import Any
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
-from scalekit.cache.backend import FillTicket
-from scalekit.cache.freshness import EntryMeta
+from scalekit.cache._backend import FillTicket
+from scalekit.cache._freshness import EntryMeta
 from scalekit.errors import ConfigurationError
 
 __all__ = ["MemoryCacheBackend"]

@@ -1,18 +1,18 @@
 """``@cached``: one decorator for sync and async functions and methods.
 
 The function is inspected once, at decoration time (``inspect.iscoroutinefunction``)
-and gets a sync or an async wrapper; both call one :class:`~scalekit.cache.core.Cache`
+and gets a sync or an async wrapper; both call one :class:`~scalekit.cache._core.Cache`
 (``get_or_load`` / ``aget_or_load``). ``ParamSpec`` keeps the signature, so
 ``mypy --strict`` sees the original parameter and return types.
 
-Keys come from :class:`~scalekit.cache.keys.KeyBuilder` (defaults applied, so
+Keys come from :class:`~scalekit.cache._keys.KeyBuilder` (defaults applied, so
 ``f(1)`` and ``f(a=1)`` share an entry; ``self`` of methods left out, ``cls``
 kept). ``key=`` replaces the argument part with your own string, still under the
 function's ``<prefix>:<namespace>:v<version>:`` head, so namespace/version
 invalidation covers it. ``tags=`` is a collection of tags or a callable receiving
 the function's arguments and returning them.
 
-Without ``cache=``, the process-wide :func:`~scalekit.cache.core.default_cache`
+Without ``cache=``, the process-wide :func:`~scalekit.cache._core.default_cache`
 (bounded, in memory) is used, chosen at decoration time.
 
 Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
@@ -32,11 +32,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit.cache._backend import CachedError
+from scalekit.cache._core import Cache, CacheOptions, default_cache
+from scalekit.cache._freshness import EntryMeta, Freshness
+from scalekit.cache._keys import KeyBuilder
 from scalekit.cache._options import check_tags as _check_tags
-from scalekit.cache.backend import CachedError
-from scalekit.cache.core import Cache, CacheOptions, default_cache
-from scalekit.cache.freshness import EntryMeta, Freshness
-from scalekit.cache.keys import KeyBuilder
 from scalekit.errors import ConfigurationError
 
 __all__ = ["ainvalidate", "cache_key", "cache_of", "cached", "invalidate"]

@@ -1,11 +1,11 @@
 """The cache: :class:`Cache`, shared by ``@cached`` and direct use.
 
-All freshness maths is :mod:`scalekit.cache.freshness` (pure); the steps of every
+All freshness maths is :mod:`scalekit.cache._freshness` (pure); the steps of every
 operation are flows of the fill engine (:mod:`scalekit.cache._engine`: a
 generator of steps run by a sync and an async driver); this module decides, in
 those flows, what a read means, when to load, what to store, and keeps the
 single-flight of one process. Every backend (memory, Redis, tiered) implements the
-same protocol (:class:`~scalekit.cache.backend.FencedCacheBackend`: reads, writes,
+same protocol (:class:`~scalekit.cache._backend.FencedCacheBackend`: reads, writes,
 invalidations and the fenced fill), so one engine serves them all.
 
 Reads (``get_or_load`` / ``aget_or_load``) classify the entry with
@@ -13,7 +13,7 @@ Reads (``get_or_load`` / ``aget_or_load``) classify the entry with
 (XFetch chose this read) is served and starts one background refresh;
 ``STALE_REVALIDATE`` serves the stale value (*stale_served*) and starts one
 background refresh; anything else is a *miss*, loaded in the foreground (and if
-that load fails while :func:`~scalekit.cache.freshness.plan_after_load_failure`
+that load fails while :func:`~scalekit.cache._freshness.plan_after_load_failure`
 allows it, the stale value is served instead). The recompute time of every load is
 stored as ``EntryMeta.delta``, which scales XFetch.
 
@@ -23,7 +23,7 @@ for a value fresh beyond the one it saw, else takes the key's lease, so the flee
 refreshes each entry once. Single-flight, lock timeouts, fences and negative
 caching: see ``docs/explanation/cache.md``.
 
-The internal API that ``@cached`` and :class:`~scalekit.cache.refresh.RefreshAhead`
+The internal API that ``@cached`` and :class:`~scalekit.cache._refresh.RefreshAhead`
 use is the block of underscore members marked as such below; nothing outside this
 module reaches further into a :class:`Cache`.
 """
@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from scalekit import _validate
 from scalekit._clock import Clock, as_clock
+from scalekit.cache._backend import CachedError, Entry, FencedCacheBackend, FillTicket, RemoteError
 from scalekit.cache._engine import (
     DOWN,
     FAR,
@@ -64,7 +65,16 @@ from scalekit.cache._engine import (
     unwrap,
 )
 from scalekit.cache._flights import SingleFlight
+from scalekit.cache._freshness import (
+    EntryMeta,
+    Freshness,
+    classify,
+    classify_unchecked,
+    plan_after_load_failure,
+    remaining_ttl,
+)
 from scalekit.cache._guard import CacheGuard, DeferredInvalidations, degrading, raising
+from scalekit.cache._keys import head as _key_head
 from scalekit.cache._metrics import CacheCounters
 from scalekit.cache._open import backend_from
 from scalekit.cache._options import (
@@ -74,16 +84,6 @@ from scalekit.cache._options import (
     check_margin,
     check_tags,
 )
-from scalekit.cache.backend import CachedError, Entry, FencedCacheBackend, FillTicket, RemoteError
-from scalekit.cache.freshness import (
-    EntryMeta,
-    Freshness,
-    classify,
-    classify_unchecked,
-    plan_after_load_failure,
-    remaining_ttl,
-)
-from scalekit.cache.keys import head as _key_head
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.observability._metrics import Counter
 from scalekit.ratelimit._startup import aping, ping
@@ -105,7 +105,7 @@ class Cache:
         ``"memory://?max_entries=N"``), a
         Redis URL (``redis://``, ``rediss://``, ``unix://``, ``redis+cluster://``: a
         :class:`~scalekit.cache.RedisCacheBackend`) or a backend object
-        (:class:`~scalekit.cache.backend.FencedCacheBackend`); ``"tiered+redis://..."``
+        (:class:`~scalekit.cache._backend.FencedCacheBackend`); ``"tiered+redis://..."``
         puts a :class:`~scalekit.cache.TieredCacheBackend` (memory L1) in front.
     :param name: names the cache in :meth:`stats` and logs.
     :param clock: time source (monotonic by default) of a backend built from a URL.

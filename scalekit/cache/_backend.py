@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from scalekit._clock import Clock
-from scalekit.cache.freshness import EntryMeta
+from scalekit.cache._freshness import EntryMeta
 
 __all__ = [
     "AsyncCacheBackend",
