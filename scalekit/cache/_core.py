@@ -39,14 +39,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Literal, TypeVar, cast
 
 from scalekit import _validate
-from scalekit._clock import Clock, as_clock
+from scalekit._clock import Clock
 from scalekit.cache._backend import CachedError, Entry, FencedCacheBackend, FillTicket, RemoteError
 from scalekit.cache._engine import (
     DOWN,
     FAR,
-    JSON_PLAIN,
     MISSING,
-    MSGPACK_PLAIN,
     NOTHING,
     POLL_FIRST,
     POLL_MAX,
@@ -76,7 +74,7 @@ from scalekit.cache._freshness import (
 from scalekit.cache._guard import CacheGuard, DeferredInvalidations, degrading, raising
 from scalekit.cache._keys import head as _key_head
 from scalekit.cache._metrics import CacheCounters
-from scalekit.cache._open import backend_from
+from scalekit.cache._open import backend_from, plain_types, share_decode_counter
 from scalekit.cache._options import (
     CacheOptions,
     CacheStats,
@@ -85,9 +83,8 @@ from scalekit.cache._options import (
     check_tags,
 )
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
-from scalekit.observability._metrics import Counter
 from scalekit.ratelimit._startup import aping, ping
-from scalekit.serde import JsonSerializer, MsgpackSerializer, Serializer
+from scalekit.serde import Serializer
 
 __all__ = ["Cache", "CacheOptions", "CacheStats", "default_cache"]
 
@@ -167,19 +164,7 @@ class Cache:
             from scalekit.config import default_backend_url
 
             backend = default_backend_url(fallback="memory://")
-        given = as_clock(clock)
-        self.backend = backend_from(
-            backend, given, max_entries, serializer, clock_given=clock is not None
-        )
-        if (
-            isinstance(clock, Clock)
-            and not isinstance(backend, str)
-            and self.backend.clock is not clock
-        ):
-            raise ConfigurationError(
-                f"clock= was given with a backend object on another clock; the cache "
-                f"reads its backend's time: build {backend!r} with clock= instead"
-            )
+        self.backend = backend_from(backend, clock, max_entries, serializer)
         self._clock: Clock = self.backend.clock
         self._m = m = CacheCounters(self, name)
         self._guard = CacheGuard(name, cooldown, self._clock.now, kind="cache", logger=log)
@@ -194,21 +179,9 @@ class Cache:
             pause=min(0.05, cooldown or 0.05),
             longest=cooldown,
         )
-        # a remote backend counts the entries it cannot decode on this cache's counter
-        previous = getattr(self.backend, "decode_counter", None)
-        if isinstance(previous, Counter):
-            if previous.value:
-                m.decode_errors.add(previous.value)
-            cast(Any, self.backend).decode_counter = m.decode_errors
-        # values stored without a type must read back as themselves (JSON / msgpack)
-        ser = getattr(getattr(self.backend, "l2", self.backend), "serializer", None)
-        self._plain: tuple[type, ...] | None = (
-            MSGPACK_PLAIN
-            if isinstance(ser, MsgpackSerializer)
-            else JSON_PLAIN
-            if isinstance(ser, JsonSerializer)
-            else None
-        )
+        share_decode_counter(self.backend, m.decode_errors)
+        #: values stored without a type must read back as themselves (JSON / msgpack)
+        self._plain = plain_types(self.backend)
         self._fills = Fills(self._clock)
         self._flights = SingleFlight(name, self.backend, m.coalesced)
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
