@@ -1,9 +1,12 @@
 """TTL query cache: ``@cached``, ``Cache``, and the memory, Redis and tiered backends.
 
-See :mod:`scalekit.cache._core` for the semantics (freshness, single-flight,
-invalidation, negative caching, metrics), :mod:`scalekit.cache._redis` for the
-fleet-shared backend (leases, fences, serialization, time) and
-:mod:`scalekit.cache._tiered` for the in-process L1 in front of it.
+``__all__`` below is the public surface; the modules are private. Where to read:
+``_core.py`` (the cache: what a read means, when to load, what to store),
+``_engine.py`` (the fill engine's two drivers), ``_flights.py`` (single-flight),
+``_guard.py`` (failing backends, deferred invalidations), ``_backend.py`` (the one
+backend protocol), ``_memory.py`` / ``_redis.py`` / ``_tiered.py`` (the backends),
+``_decorator.py`` (``@cached``), ``_refresh.py`` (``RefreshAhead``), ``_keys.py``
+and ``_freshness.py`` (pure key building and freshness maths).
 """
 
 from __future__ import annotations

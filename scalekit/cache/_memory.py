@@ -54,7 +54,6 @@ Decisions
 from __future__ import annotations
 
 import itertools
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
@@ -95,6 +94,7 @@ class _Fence:
 
 
 _fence_names = itertools.count(1)
+_tokens = itertools.count(1)
 
 
 class MemoryCacheBackend:
@@ -287,7 +287,7 @@ class MemoryCacheBackend:
             fence.fills += 1
             fence.tags |= tags
             fence.until = t + self.fence_ttl
-            token = secrets.token_hex(8)
+            token = str(next(_tokens))  # unique in this process: all a lease needs
             lease = self._leases.get(key)
             acquired = lease is None or lease[1] <= t
             if acquired:
