@@ -30,7 +30,6 @@ module reaches further into a :class:`Cache`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import random
 import threading
@@ -554,15 +553,11 @@ class Cache:
         """What follows a read (``entry``, ``state`` from :meth:`_reader`): serve a
         servable entry (starting a background refresh if it needs one), else load
         ``key`` with ``loader``, one load per key in this process (threads wait)."""
-        if entry is not None and state is not None and state.servable:
-            self._count_served(state)
-            if state.needs_refresh:
-                seen = entry[1]
-                refresh = self._fill_flow(key, tagset, heads, hint, opts, seen=seen)
-                self._flights.spawn(key, lambda _: refresh, loader)
-            return cast(T, unwrap(entry[0]))
-        self._m.misses.inc()
-        start = functools.partial(self._fill_flow, key, tagset, heads, hint, opts)
+        if self._served(entry, state):
+            if state is not None and state.needs_refresh:
+                self._flights.spawn(key, self._start(key, tagset, heads, hint, opts, entry), loader)
+            return cast(T, unwrap(cast(Entry, entry)[0]))
+        start = self._start(key, tagset, heads, hint, opts)
         outcome = self._flights.load(key, start, loader, opts._wait)
         return cast(T, self._resolve(outcome, entry))
 
@@ -579,17 +574,35 @@ class Cache:
     ) -> T:
         """:meth:`_serve_or_load` for async code: one load task per key and event
         loop, awaited shielded by every caller (a cancelled caller stops waiting only)."""
-        if entry is not None and state is not None and state.servable:
-            self._count_served(state)
-            if state.needs_refresh:
-                seen = entry[1]
-                refresh = self._fill_flow(key, tagset, heads, hint, opts, seen=seen)
-                self._flights.task(key, lambda _: refresh, loader)
-            return cast(T, unwrap(entry[0]))
-        self._m.misses.inc()
-        start = functools.partial(self._fill_flow, key, tagset, heads, hint, opts)
+        if self._served(entry, state):
+            if state is not None and state.needs_refresh:
+                self._flights.task(key, self._start(key, tagset, heads, hint, opts, entry), loader)
+            return cast(T, unwrap(cast(Entry, entry)[0]))
+        start = self._start(key, tagset, heads, hint, opts)
         outcome = await self._flights.aload(key, start, loader, opts._wait)
         return cast(T, self._resolve(outcome, entry))
+
+    def _start(
+        self,
+        key: str,
+        tags: frozenset[str],
+        heads: tuple[str, ...],
+        hint: Any,
+        opts: CacheOptions,
+        served: Entry | None = None,
+    ) -> Callable[[bool], Flow[Outcome]]:
+        """How single-flight starts a load of ``key`` (with the lease or not); with
+        ``served``: a background refresh of that entry (see :meth:`_fill_flow`)."""
+        seen = None if served is None else served[1]
+        return lambda lease: self._fill_flow(key, tags, heads, hint, opts, lease, seen=seen)
+
+    def _served(self, entry: Entry | None, state: Freshness | None) -> bool:
+        """Count a read: True if ``entry`` is served (a hit, or stale), else a miss."""
+        if entry is not None and state is not None and state.servable:
+            self._count_served(state)
+            return True
+        self._m.misses.inc()
+        return False
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for the background refresh threads started so far; True if all ended."""

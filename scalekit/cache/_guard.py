@@ -51,25 +51,6 @@ class CacheGuard(BackendGuard):
         super().failure(exc)
 
 
-def degrading(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
-    """A backend call that degrades (reads and fills): ``DOWN`` if the backend is
-    cooling down, fails (counted by the guard) or answers a data error about this
-    key (the backend is healthy: load without storing); else its answer."""
-    if guard.skip():
-        return DOWN
-    result, exc = yield op, args
-    if exc is None:
-        guard.success()
-        return result
-    if isinstance(exc, BackendError):
-        guard.failure(exc)
-        return DOWN
-    if isinstance(exc, BackendDataError):
-        guard.success()
-        return DOWN
-    raise exc
-
-
 def raising(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
     """A write or an invalidation: a backend failure is counted and raised."""
     result, exc = yield op, args
@@ -79,6 +60,21 @@ def raising(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
     if isinstance(exc, BackendError):
         guard.failure(exc)
     raise exc
+
+
+def degrading(guard: CacheGuard, op: str, *args: Any) -> Flow[Any]:
+    """A backend call that degrades (reads and fills): ``DOWN`` if the backend is
+    cooling down, fails (counted by the guard) or answers a data error about this
+    key (the backend is healthy: load without storing); else its answer."""
+    if guard.skip():
+        return DOWN
+    try:
+        return (yield from raising(guard, op, *args))
+    except BackendError:  # counted by raising()
+        return DOWN
+    except BackendDataError:
+        guard.success()
+        return DOWN
 
 
 class DeferredInvalidations:

@@ -344,16 +344,9 @@ class MemoryCacheBackend:
             del self._leases[key]
         self._prune_at = max(64, 2 * len(self._fences))
 
-    async def abegin_fill(
-        self,
-        key: str,
-        tags: frozenset[str],
-        heads: Sequence[str],
-        now: float,
-        hint: Any = None,
-        margin: float = 0.0,
-    ) -> FillTicket:
-        return self.begin_fill(key, tags, heads, now, hint, margin)
+    async def abegin_fill(self, *args: Any, **kwargs: Any) -> FillTicket:
+        """:meth:`begin_fill` (same arguments; nothing to await)."""
+        return self.begin_fill(*args, **kwargs)
 
     async def acommit_fill(
         self, ticket: FillTicket, value: object, meta: EntryMeta, ttl: float
