@@ -140,7 +140,7 @@ def cmd_test(args: list[str]) -> None:
     ensure_redis7()
     run(tool("ruff"), "check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
     run(tool("ruff"), "format", "--check", "scalekit", "tests", "benchmarks", "examples", "dev.py")
-    run(tool("mypy"), "--strict", "scalekit")
+    run(tool("mypy"), "--strict", "scalekit", "examples")
     run(tool("mkdocs"), "build", "--strict", "--quiet", "--site-dir", str(VENV / "site"))
     env = dict(os.environ)
     env.setdefault("PYTHONDONTWRITEBYTECODE", "1")

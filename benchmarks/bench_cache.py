@@ -417,7 +417,7 @@ def breakdown(n: int) -> list[tuple[str, float]]:
                 pass
 
     def t_count() -> None:
-        hits = cache._hit_count
+        hits = cache._metrics.direct.hits.tick
         for _ in rep(None, n):
             next(hits)
 

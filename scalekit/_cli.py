@@ -324,7 +324,7 @@ def _limits_reset(args: argparse.Namespace) -> int:
 # -- breaker --------------------------------------------------------------------------------
 def _breaker(args: argparse.Namespace) -> Any:
     from scalekit.resilience import CircuitBreaker
-    from scalekit.resilience.shared import SharedState
+    from scalekit.resilience._shared import SharedState
 
     shared = SharedState(_redis(args), prefix=args.prefix)
     return CircuitBreaker(args.name, record=Exception, shared=shared), shared

@@ -41,7 +41,7 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scalekit.ratelimit.decision import Decision
+    from scalekit.ratelimit._decision import Decision
 
 __all__ = [
     "BackendDataError",

@@ -129,7 +129,7 @@ async def check_change_feed(
     import random
 
     from scalekit.pagination._sql import quote_ident
-    from scalekit.pools.postgres import _import_asyncpg
+    from scalekit.pools._postgres import _import_asyncpg
     from scalekit.sync import ChangeFeed, Replica, install_change_tracking
 
     if method not in ("xid8", "naive"):

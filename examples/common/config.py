@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from scalekit import Clock
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServiceConfig:
@@ -14,15 +16,16 @@ class ServiceConfig:
     ``redis_url``: where limits, caches and budgets live; ``None`` keeps them in
     process (``memory://``). ``primitives``: ``False`` builds the same service with
     every scalekit primitive switched off, the baseline the demo measures against.
-    ``clock``: a monotonic clock for the time-based primitives (a
-    :class:`scalekit.testing.FakeClock` in tests). ``cursor_secret``: signs pagination
-    cursors (every process serving the same pages needs the same one).
+    ``clock``: the time-based primitives' clock (a :class:`scalekit.Clock` such as
+    :class:`scalekit.testing.FakeClock` in tests, or a function returning seconds).
+    ``cursor_secret``: signs pagination cursors (every process serving the same pages
+    needs the same one).
     """
 
     database_url: str
     redis_url: str | None = None
     primitives: bool = True
-    clock: Callable[[], float] | None = None
+    clock: Clock | Callable[[], float] | None = None
     cursor_secret: str = "example-secret-change-me-0123456789abcdef"
     pool_size: int = 10
 

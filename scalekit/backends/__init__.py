@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, urlsplit
 
-from scalekit.backends.memory import MemoryBackend
-from scalekit.backends.redis import URL_PARSERS as _REDIS_URL_PARSERS
-from scalekit.backends.redis import RedisBackend, RedisStats  # redis-py only when built
+from scalekit._urls import redact as _redact
+from scalekit.backends._memory import MemoryBackend
+from scalekit.backends._redis import URL_PARSERS as _REDIS_URL_PARSERS
+from scalekit.backends._redis import RedisBackend, RedisStats  # redis-py only when built
 from scalekit.errors import ConfigurationError
 
 __all__ = [
@@ -62,10 +63,10 @@ class _Scheme:
 
 
 def _build_memory(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
-    return MemoryBackend(**{**memory_bound(parsed), **options})
+    return MemoryBackend(**{**_memory_bound(parsed), **options})
 
 
-def memory_bound(parsed: dict[str, Any]) -> dict[str, Any]:
+def _memory_bound(parsed: dict[str, Any]) -> dict[str, Any]:
     """``memory://`` options with the bound under one name: ``max_entries`` (the
     cache's word) is ``max_keys``; giving both is refused."""
     if "max_entries" not in parsed:
@@ -118,8 +119,6 @@ def parse_backend_url(url: str) -> tuple[str, dict[str, Any]]:
     scheme = parts.scheme
     spec = _SCHEMES.get(scheme)
     if spec is None:
-        from scalekit.backends.redis import _redact
-
         expected = ", ".join(f"{s}://" for s in _SCHEMES)
         raise ConfigurationError(
             f"unsupported backend URL {scheme + '://' if scheme else _redact(url)!r}; "

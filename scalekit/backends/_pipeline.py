@@ -7,7 +7,7 @@ hands each to the future of the caller that sent it (ioredis' and node-redis'
 technique, built here on redis-py's ``Connection`` so that TLS, unix sockets, AUTH,
 SELECT and the RESP parser stay redis-py's).
 
-Connections come from the backend's bounded pool (:mod:`scalekit.pools.redis`) and
+Connections come from the backend's bounded pool (:mod:`scalekit.pools._redis`) and
 go back to it once idle for half a second (at once if others wait for one). A batch goes to a free
 connection, else to one still being opened, else to a new one while the pool has
 room, else behind the shortest queue of replies: a burst of any size needs one

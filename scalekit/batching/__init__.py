@@ -8,9 +8,9 @@
 - :class:`BatchScopeMiddleware`: an ASGI middleware opening a scope per request.
 """
 
-from scalekit.batching.asgi import BatchScopeMiddleware
-from scalekit.batching.loader import BatchFn, DataLoader, LoaderStats, request_scope
-from scalekit.batching.postgres import group_loader, group_rows, index_rows, row_loader
+from scalekit.batching._asgi import BatchScopeMiddleware
+from scalekit.batching._loader import BatchFn, DataLoader, LoaderStats, request_scope
+from scalekit.batching._postgres import group_loader, group_rows, index_rows, row_loader
 
 __all__ = [
     "BatchFn",

@@ -5,8 +5,9 @@
 ``_engine.py`` (the fill engine's two drivers), ``_flights.py`` (single-flight),
 ``_guard.py`` (failing backends, deferred invalidations), ``_backend.py`` (the one
 backend protocol), ``_memory.py`` / ``_redis.py`` / ``_tiered.py`` (the backends),
-``_decorator.py`` (``@cached``), ``_refresh.py`` (``RefreshAhead``), ``_keys.py``
-and ``_freshness.py`` (pure key building and freshness maths).
+``_decorator.py`` (``@cached``), ``_refresh.py`` (``RefreshAhead``), ``_metrics.py``
+(the counters, per namespace), ``_keys.py`` and ``_freshness.py`` (pure key
+building and freshness maths).
 """
 
 from __future__ import annotations

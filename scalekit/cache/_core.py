@@ -72,9 +72,10 @@ from scalekit.cache._freshness import (
 )
 from scalekit.cache._guard import CacheGuard, DeferredInvalidations, degrading, raising
 from scalekit.cache._keys import head as _key_head
-from scalekit.cache._metrics import CacheCounters
+from scalekit.cache._metrics import CacheCounters, CacheMetrics
 from scalekit.cache._open import backend_from, plain_types, share_decode_counter
 from scalekit.cache._options import (
+    SUMMED,
     CacheOptions,
     CacheStats,
     check_key,
@@ -165,7 +166,11 @@ class Cache:
             backend = default_backend_url(fallback="memory://")
         self.backend = backend_from(backend, clock, max_entries, serializer)
         self._clock: Clock = self.backend.clock
-        self._m = m = CacheCounters(self, name)
+        #: internal API: one counter set per namespace (``_metrics.of(namespace)``,
+        #: resolved by ``@cached`` at decoration); ``_m``: direct calls' and the
+        #: cache-wide ones (see :mod:`scalekit.cache._metrics`)
+        self._metrics = CacheMetrics(self, name, prefix)
+        self._m = m = self._metrics.direct
         self._guard = CacheGuard(name, cooldown, self._clock.now, kind="cache", logger=log)
         self._guard.counter = m.backend_errors
         self._deferred = DeferredInvalidations(
@@ -173,8 +178,7 @@ class Cache:
             self.backend,
             self._guard,
             bound=_validate.count(max_deferred, "max_deferred"),
-            applied=m.invalidations,
-            deferred=m.deferred,
+            counters=self._metrics.covering,
             pause=min(0.05, cooldown or 0.05),
             longest=cooldown,
         )
@@ -182,14 +186,11 @@ class Cache:
         #: values stored without a type must read back as themselves (JSON / msgpack)
         self._plain = plain_types(self.backend)
         self._fills = Fills(self._clock)
-        self._flights = SingleFlight(name, self.backend, m.coalesced)
+        self._flights = SingleFlight(name, self.backend)
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
         #: internal API: True if the backend keeps Python objects in this process
         #: (no I/O): its reads need no guard and no await, its values no type
         self._in_process = bool(getattr(self.backend, "local", False))
-        #: internal API: counts one hit (``next(cache._hit_count)``; one C call,
-        #: atomic under the GIL, so hits are counted without the lock)
-        self._hit_count = m.hits.tick
 
     def __repr__(self) -> str:
         return f"Cache(name={self.name!r}, backend={self.backend!r})"
@@ -216,7 +217,7 @@ class Cache:
         if entry is not None and not isinstance(entry[0], CachedError | RemoteError):
             state = classify(entry[1], self._clock.now())
             if state.servable:
-                self._count_served(state)
+                self._count_served(state, self._m)
                 return entry[0]
         self._m.misses.inc()
         return default
@@ -311,7 +312,7 @@ class Cache:
         result, exc = yield op, args
         if exc is None:
             self._guard.success()
-            self._m.invalidations.inc()
+            self._metrics.covering(op, args).invalidations.inc()
             return result
         if isinstance(exc, BackendError):
             self._guard.failure(exc)
@@ -348,8 +349,14 @@ class Cache:
         return getattr(backend, "redis", None)
 
     def stats(self) -> CacheStats:
-        """A snapshot of the counters."""
-        m = self._m
+        """A snapshot of the counters: the cache's totals, and the same counters per
+        namespace in ``namespaces`` (see :mod:`scalekit.cache._metrics`)."""
+        parts = {c.namespace: self._stats_of(c) for c in self._metrics.sets()}
+        total: dict[str, Any] = {f: sum(getattr(p, f) for p in parts.values()) for f in SUMMED}
+        return CacheStats(name=self.name, **total, namespaces=parts)
+
+    def _stats_of(self, m: CacheCounters) -> CacheStats:
+        direct = m is self._m  # the cache-wide figures are counted there
         return CacheStats(
             name=self.name,
             hits=int(m.hits.value),
@@ -358,9 +365,9 @@ class Cache:
             loads=int(m.loads.value),
             load_errors=int(m.load_errors.value),
             load_time_total=float(m.load_seconds.value),
-            evictions=self.backend.evictions,
-            decode_errors=int(self.backend.decode_errors),
-            backend_errors=int(m.backend_errors.value),
+            evictions=self.backend.evictions if direct else 0,
+            decode_errors=int(self.backend.decode_errors) if direct else 0,
+            backend_errors=int(m.backend_errors.value) if direct else 0,
             coalesced=int(m.coalesced.value),
             invalidations=int(m.invalidations.value),
             invalidations_deferred=int(m.deferred.value),
@@ -384,7 +391,7 @@ class Cache:
         opts = options or self.options
         tagset = check_tags(tags)
         entry, state = self._run(self._lookup_flow(key, opts, type_hint))
-        return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
+        return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint, self._m)
 
     async def aget_or_load(
         self,
@@ -401,7 +408,9 @@ class Cache:
         opts = options or self.options
         tagset = check_tags(tags)
         entry, state = await self._arun(self._lookup_flow(key, opts, type_hint))
-        return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
+        return await self._aserve_or_load(
+            key, loader, tagset, opts, entry, state, (), type_hint, self._m
+        )
 
     def refresh(
         self,
@@ -450,7 +459,7 @@ class Cache:
         opts = options or self.options
         tagset = check_tags(tags)
         gap = min(check_margin(margin), FAR)
-        fill = self._fills.open(key, tagset, (), hint)
+        fill = self._fills.open(key, tagset, (), hint, self._m)
         try:
             now = self._clock.now()
             begun = yield from degrading(self._guard, "begin_fill", key, tagset, (), now, hint, gap)
@@ -472,7 +481,8 @@ class Cache:
     # --- the internal API of @cached and RefreshAhead ----------------------------------
     #
     # ``_run`` / ``_arun`` (run a flow), ``_read`` (the flow of an uncounted read),
-    # ``_reader`` / ``_areader`` (the hit path's read), ``_hit_count``,
+    # ``_reader`` / ``_areader`` (the hit path's read), ``_metrics`` (the counter
+    # set of a namespace: ``_metrics.of(namespace).hits.tick`` counts a hit),
     # ``_serve_or_load`` / ``_aserve_or_load`` (what follows a read), ``_clock`` (the
     # backend's time) and ``_in_process``. Nothing outside this module uses more.
 
@@ -496,7 +506,7 @@ class Cache:
         self, opts: CacheOptions, hint: Any = None
     ) -> Callable[[str], tuple[Entry | None, Freshness | None]]:
         """The hit path's read for one set of options: the entry and its state
-        (nothing counted: count a plain hit with ``_hit_count``, pass anything else
+        (nothing counted: count a plain hit on ``_metrics``, pass anything else
         to :meth:`_serve_or_load`). A closure over prebound locals, with no flow and
         no driver: an in-process backend's read is a call and a classification (it
         cannot fail), a remote one is one guarded call."""
@@ -549,17 +559,23 @@ class Cache:
         state: Freshness | None,
         heads: tuple[str, ...] = (),
         hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> T:
         """What follows a read (``entry``, ``state`` from :meth:`_reader`): serve a
         servable entry (starting a background refresh if it needs one), else load
-        ``key`` with ``loader``, one load per key in this process (threads wait)."""
-        if self._served(entry, state):
+        ``key`` with ``loader``, one load per key in this process (threads wait).
+        Counted on ``m``: the counters of the caller's namespace (default: direct
+        calls')."""
+        if m is None:
+            m = self._m
+        if self._served(entry, state, m):
             if state is not None and state.needs_refresh:
-                self._flights.spawn(key, self._start(key, tagset, heads, hint, opts, entry), loader)
+                start = self._start(key, tagset, heads, hint, opts, m, entry)
+                self._flights.spawn(key, start, loader)
             return cast(T, unwrap(cast(Entry, entry)[0]))
-        start = self._start(key, tagset, heads, hint, opts)
-        outcome = self._flights.load(key, start, loader, opts._wait)
-        return cast(T, self._resolve(outcome, entry))
+        start = self._start(key, tagset, heads, hint, opts, m)
+        outcome = self._flights.load(key, start, loader, opts._wait, m.coalesced)
+        return cast(T, self._resolve(outcome, entry, m))
 
     async def _aserve_or_load(
         self,
@@ -571,16 +587,20 @@ class Cache:
         state: Freshness | None,
         heads: tuple[str, ...] = (),
         hint: Any = None,
+        m: CacheCounters | None = None,
     ) -> T:
         """:meth:`_serve_or_load` for async code: one load task per key and event
         loop, awaited shielded by every caller (a cancelled caller stops waiting only)."""
-        if self._served(entry, state):
+        if m is None:
+            m = self._m
+        if self._served(entry, state, m):
             if state is not None and state.needs_refresh:
-                self._flights.task(key, self._start(key, tagset, heads, hint, opts, entry), loader)
+                start = self._start(key, tagset, heads, hint, opts, m, entry)
+                self._flights.task(key, start, loader)
             return cast(T, unwrap(cast(Entry, entry)[0]))
-        start = self._start(key, tagset, heads, hint, opts)
-        outcome = await self._flights.aload(key, start, loader, opts._wait)
-        return cast(T, self._resolve(outcome, entry))
+        start = self._start(key, tagset, heads, hint, opts, m)
+        outcome = await self._flights.aload(key, start, loader, opts._wait, m.coalesced)
+        return cast(T, self._resolve(outcome, entry, m))
 
     def _start(
         self,
@@ -589,19 +609,22 @@ class Cache:
         heads: tuple[str, ...],
         hint: Any,
         opts: CacheOptions,
+        m: CacheCounters,
         served: Entry | None = None,
     ) -> Callable[[bool], Flow[Outcome]]:
-        """How single-flight starts a load of ``key`` (with the lease or not); with
-        ``served``: a background refresh of that entry (see :meth:`_fill_flow`)."""
+        """How single-flight starts a load of ``key`` (with the lease or not), counted
+        on ``m``; with ``served``: a background refresh of that entry (see
+        :meth:`_fill_flow`)."""
         seen = None if served is None else served[1]
-        return lambda lease: self._fill_flow(key, tags, heads, hint, opts, lease, seen=seen)
+        return lambda lease: self._fill_flow(key, tags, heads, hint, opts, m, lease, seen=seen)
 
-    def _served(self, entry: Entry | None, state: Freshness | None) -> bool:
-        """Count a read: True if ``entry`` is served (a hit, or stale), else a miss."""
+    def _served(self, entry: Entry | None, state: Freshness | None, m: CacheCounters) -> bool:
+        """Count a read on ``m``: True if ``entry`` is served (a hit, or stale), else
+        a miss."""
         if entry is not None and state is not None and state.servable:
-            self._count_served(state)
+            self._count_served(state, m)
             return True
-        self._m.misses.inc()
+        m.misses.inc()
         return False
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -621,6 +644,7 @@ class Cache:
         heads: tuple[str, ...],
         hint: Any,
         opts: CacheOptions,
+        m: CacheCounters,
         lease: bool = True,
         *,
         seen: EntryMeta | None = None,
@@ -628,8 +652,8 @@ class Cache:
         """One load of ``key``: begin (the fresh value another load stored, or this
         caller's lease), load, commit (fenced) or release; returns the outcome. A
         background refresh of the entry ``seen`` loads unless a value fresh beyond
-        ``seen`` was stored since (then that value is its outcome)."""
-        fill = self._fills.open(key, tags, heads, hint)
+        ``seen`` was stored since (then that value is its outcome). Counted on ``m``."""
+        fill = self._fills.open(key, tags, heads, hint, m)
         try:
             margin = 0.0 if seen is None else max(0.0, fresh_until(seen) - self._clock.now())
             ticket, ready = yield from self._begin(fill, opts, lease=lease, margin=margin)
@@ -671,11 +695,11 @@ class Cache:
         """XFetch's ``rand``, uniform in ``(0, 1]``."""
         return 1.0 - self._rng.random()
 
-    def _count_served(self, state: Freshness) -> None:
+    def _count_served(self, state: Freshness, m: CacheCounters) -> None:
         if state is Freshness.STALE_REVALIDATE:
-            self._m.stale.inc()
+            m.stale.inc()
         else:
-            next(self._hit_count)
+            next(m.hits.tick)
 
     def _begin(
         self, fill: Fill, opts: CacheOptions, *, lease: bool, margin: float
@@ -741,7 +765,7 @@ class Cache:
             raise exc
 
     def _store_failed(self, fill: Fill, exc: SerializationError) -> None:
-        self._m.load_errors.inc()
+        fill.m.load_errors.inc()
         first, self._warned = not self._warned, True
         (log.warning if first else log.debug)(
             "cache %r: the value of %r cannot be stored (%s); it is served but not cached",
@@ -759,7 +783,7 @@ class Cache:
         (logged once), never a ``dict`` on the next hit."""
         elapsed = max(0.0, self._clock.now() - started)
         store: object = NOTHING
-        m = self._m
+        m = fill.m
         m.loads.inc()
         if elapsed:
             m.load_seconds.add(elapsed)
@@ -783,7 +807,7 @@ class Cache:
         (``cache_exceptions``), if any."""
         elapsed = max(0.0, self._clock.now() - started)
         negative = bool(opts.cache_exceptions) and isinstance(exc, opts.cache_exceptions)
-        m = self._m
+        m = fill.m
         m.loads.inc()
         m.load_errors.inc()
         if elapsed:
@@ -792,8 +816,9 @@ class Cache:
             log.debug("cache %r: background refresh of %r failed: %r", self.name, fill.key, exc)
         return Outcome(error=exc), CachedError(exc) if negative else NOTHING
 
-    def _resolve(self, outcome: Outcome, stale: Entry | None) -> object:
-        """The caller's answer: the loaded value, else the stale one if allowed."""
+    def _resolve(self, outcome: Outcome, stale: Entry | None, m: CacheCounters) -> object:
+        """The caller's answer: the loaded value, else the stale one if allowed
+        (counted on ``m``, the caller's namespace)."""
         error = outcome.error
         if error is None:
             return outcome.value
@@ -802,7 +827,7 @@ class Cache:
             and not isinstance(stale[0], CachedError)
             and plan_after_load_failure(stale[1], self._clock.now())
         ):
-            self._m.stale.inc()
+            m.stale.inc()
             return stale[0]
         raise error.with_traceback(outcome.tb)
 

@@ -17,7 +17,8 @@ Without ``cache=``, the process-wide :func:`~scalekit.cache._core.default_cache`
 
 Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
 <invalidate>` (:func:`ainvalidate` in async code); its key: :func:`cache_key`;
-the cache: :func:`cache_of`. These are
+the cache: ``scalekit.primitive_of(fn, Cache)``, the one accessor of every
+decorator (:func:`cache_of` is its deprecated older name). These are
 functions rather than attributes of the wrapper so that the wrapper's type stays
 exactly ``Callable[P, R]`` (a callable protocol with extra attributes would not
 bind as a method under mypy).
@@ -28,10 +29,12 @@ from __future__ import annotations
 import functools
 import inspect
 import typing
+import warnings
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
+from scalekit._decorated import attach
 from scalekit.cache._backend import CachedError
 from scalekit.cache._core import Cache, CacheOptions, default_cache
 from scalekit.cache._freshness import EntryMeta, Freshness
@@ -136,7 +139,10 @@ def cached(
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
         aread = None if c._in_process else c._areader(opts, hint)
-        hits = c._hit_count
+        # this function's namespace's counters, resolved once: the hit path counts on
+        # them with one next(), no lookup (see scalekit.cache._metrics)
+        counters = c._metrics.of(builder.namespace)
+        hits = counters.hits.tick
 
         def resolve() -> None:
             """The first call's resolution of a forward-referenced return type."""
@@ -165,6 +171,7 @@ def cached(
                     state,
                     heads,
                     hint,
+                    counters,
                 )
 
             if c._in_process:  # the read is a plain call: nothing to await on a hit
@@ -199,6 +206,7 @@ def cached(
                     return await amiss(k, args, kwargs, entry, state)
 
             setattr(async_wrapper, _ATTR, _Binding(c, make_key))
+            attach(async_wrapper, c)
             return cast(Callable[P, R], async_wrapper)
 
         @functools.wraps(fn)
@@ -222,9 +230,11 @@ def cached(
                 state,
                 heads,
                 hint,
+                counters,
             )
 
         setattr(sync_wrapper, _ATTR, _Binding(c, make_key))
+        attach(sync_wrapper, c)
         return sync_wrapper
 
     return decorate
@@ -260,7 +270,13 @@ def _binding(fn: Callable[..., object]) -> _Binding:
 
 
 def cache_of(fn: Callable[..., object]) -> Cache:
-    """The :class:`Cache` a ``@cached`` function uses."""
+    """Deprecated: ``scalekit.primitive_of(fn, Cache)``, the one accessor of every
+    decorator. The :class:`Cache` a ``@cached`` function uses."""
+    warnings.warn(
+        "cache_of(fn) is deprecated; use scalekit.primitive_of(fn, Cache)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return _binding(fn).cache
 
 

@@ -24,6 +24,7 @@ from scalekit.cache._backend import CachedError, Entry, RemoteError
 from scalekit.cache._freshness import EntryMeta, Freshness, classify_unchecked
 
 if TYPE_CHECKING:
+    from scalekit.cache._metrics import CacheCounters
     from scalekit.cache._options import CacheOptions
 
 __all__ = ["Flow", "arun", "run"]
@@ -105,13 +106,21 @@ async def arun(
 class Fill:
     """A load in progress; the cache's own invalidations bump ``generation``.
     ``heads``: the namespace heads of a ``@cached`` key; ``hint``: the type values
-    decode to."""
+    decode to; ``m``: the counters of the caller's namespace (its load is counted
+    there)."""
 
-    __slots__ = ("delta", "generation", "heads", "hint", "key", "seq", "tags")
+    __slots__ = ("delta", "generation", "heads", "hint", "key", "m", "seq", "tags")
 
     def __init__(
-        self, key: str, tags: frozenset[str], seq: int, heads: tuple[str, ...], hint: Any
+        self,
+        key: str,
+        tags: frozenset[str],
+        seq: int,
+        heads: tuple[str, ...],
+        hint: Any,
+        m: CacheCounters,
     ) -> None:
+        self.m = m
         self.key = key
         self.tags = tags
         self.seq = seq
@@ -138,11 +147,13 @@ class Fills:
         self.seq = 0
         self.writes = 0  # EntryMeta.generation: a per-cache write counter
 
-    def open(self, key: str, tags: frozenset[str], heads: tuple[str, ...], hint: Any) -> Fill:
-        """Register a load in progress."""
+    def open(
+        self, key: str, tags: frozenset[str], heads: tuple[str, ...], hint: Any, m: CacheCounters
+    ) -> Fill:
+        """Register a load in progress, counted on ``m``."""
         with self.lock:
             self.seq += 1
-            fill = Fill(key, tags, self.seq, heads, hint)
+            fill = Fill(key, tags, self.seq, heads, hint, m)
             self.running.add(fill)
             return fill
 

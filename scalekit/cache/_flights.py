@@ -43,13 +43,14 @@ class SingleFlight:
     """The loads in progress of one cache, per key (see the module docstring).
 
     :param backend: what the flows' steps call (with :func:`run` / :func:`arun`).
-    :param coalesced: counted once per caller that waited for another's load.
+
+    ``load`` / ``aload`` take the counter of the caller's namespace (``coalesced``),
+    counted once per caller that waited for another's load.
     """
 
-    def __init__(self, name: str, backend: object, coalesced: Counter) -> None:
+    def __init__(self, name: str, backend: object) -> None:
         self.name = name
         self.backend = backend
-        self.coalesced = coalesced
         self.lock = threading.Lock()
         self.flights: dict[str, _SyncFlight] = {}
         self.by_loop: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[Outcome]] = {}
@@ -59,7 +60,12 @@ class SingleFlight:
     # --- threads ---------------------------------------------------------------------
 
     def load(
-        self, key: str, start: Start, loader: Callable[[], object], wait: float | None
+        self,
+        key: str,
+        start: Start,
+        loader: Callable[[], object],
+        wait: float | None,
+        coalesced: Counter,
     ) -> Outcome:
         """The outcome of this process' load of ``key``: led here, or waited for."""
         waited = False
@@ -73,7 +79,7 @@ class SingleFlight:
                 return self._lead(flight, key, start(True), loader)
             if not waited:
                 waited = True
-                self.coalesced.inc()
+                coalesced.inc()
             if not flight.done.wait(wait):
                 return run(start(False), self.backend, loader)
             if flight.abandoned or flight.outcome is None:
@@ -129,13 +135,18 @@ class SingleFlight:
     # --- tasks -------------------------------------------------------------------------
 
     async def aload(
-        self, key: str, start: Start, loader: Callable[[], Awaitable[object]], wait: float | None
+        self,
+        key: str,
+        start: Start,
+        loader: Callable[[], Awaitable[object]],
+        wait: float | None,
+        coalesced: Counter,
     ) -> Outcome:
         """The outcome of this loop's load task of ``key``: started here, or joined."""
         task, leader = self.task(key, start, loader)
         if leader:
             return await asyncio.shield(task)
-        self.coalesced.inc()
+        coalesced.inc()
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow
             # this caller's cancellation when the load ends at the same moment

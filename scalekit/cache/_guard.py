@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from scalekit.backends._guard import BackendGuard
 from scalekit.cache._engine import DOWN, Flow
+from scalekit.cache._metrics import CacheCounters
 from scalekit.errors import BackendDataError, BackendError
 from scalekit.observability._metrics import Counter
 
@@ -82,7 +84,8 @@ class DeferredInvalidations:
 
     :param backend: the cache's backend (``op`` names one of its sync methods).
     :param guard: the cache's guard (told of the recovery; counts retries' failures).
-    :param applied: counted once per invalidation applied; ``deferred``: per one queued.
+    :param counters: the counter set an invalidation ``(op, args)`` counts on (its
+        ``invalidations`` once applied, its ``deferred`` once queued).
     :param pause: the first pause between two tries (doubles up to ``longest``).
     """
 
@@ -93,8 +96,7 @@ class DeferredInvalidations:
         guard: CacheGuard,
         *,
         bound: int,
-        applied: Counter,
-        deferred: Counter,
+        counters: Callable[[str, tuple[Any, ...]], CacheCounters],
         pause: float,
         longest: float,
     ) -> None:
@@ -102,8 +104,7 @@ class DeferredInvalidations:
         self.backend = backend
         self.guard = guard
         self.bound = bound
-        self.applied = applied
-        self.deferred = deferred
+        self.counters = counters
         self.first = pause
         self.longest = max(longest, pause)
         self.queue: list[tuple[str, tuple[Any, ...]]] = []
@@ -116,7 +117,7 @@ class DeferredInvalidations:
 
     def add(self, op: str, args: tuple[Any, ...], exc: BackendError) -> None:
         """Queue an invalidation the backend refused; start the retrier if needed."""
-        self.deferred.inc()
+        self.counters(op, args).deferred.inc()
         with self.done:
             queue = self.queue
             first = not queue
@@ -170,7 +171,7 @@ class DeferredInvalidations:
             except Exception:  # never expected: do not spin on it
                 log.exception("cache %r: a deferred %s failed; dropped", self.name, op)
             else:
-                self.applied.inc()
+                self.counters(op, args).invalidations.inc()
                 applied += 1
             pause = self.first
             with self.done:

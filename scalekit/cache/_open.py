@@ -7,7 +7,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from scalekit._clock import Clock
-from scalekit.backends import memory_bound, parse_backend_url
+from scalekit.backends import _memory_bound, parse_backend_url
 from scalekit.cache._backend import AsyncCacheBackend, FencedCacheBackend
 from scalekit.cache._engine import JSON_PLAIN, MSGPACK_PLAIN
 from scalekit.cache._memory import MemoryCacheBackend
@@ -66,7 +66,7 @@ def backend_from(
         )
     # the one URL grammar: unknown or misspelt options are refused
     _, parsed = parse_backend_url(backend)
-    n = memory_bound(parsed).get("max_keys", max_entries)
+    n = _memory_bound(parsed).get("max_keys", max_entries)
     return MemoryCacheBackend(max_entries=10_000 if n is None else n, clock=clock)
 
 

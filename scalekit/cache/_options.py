@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import cast
 
@@ -114,6 +114,14 @@ class CacheStats:
     invalidations: int = 0
     #: invalidations queued while the backend failed (``on_invalidation_error="defer"``)
     invalidations_deferred: int = 0
+    #: the same counters per namespace (a ``@cached`` function's; ``"-"``: direct
+    #: calls and cache-wide figures), each a ``CacheStats`` with no ``namespaces`` of
+    #: its own; they add up to this object's (see :mod:`scalekit.cache._metrics`)
+    namespaces: dict[str, CacheStats] = field(default_factory=dict)
+
+
+#: the fields of CacheStats that add up over namespaces
+SUMMED = tuple(f.name for f in fields(CacheStats) if f.name not in ("name", "namespaces"))
 
 
 check_key = _validate.key

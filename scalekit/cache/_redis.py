@@ -119,8 +119,8 @@ from zlib import crc32
 from scalekit import _validate
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
+from scalekit.backends import RedisBackend
 from scalekit.backends._lua import load_script
-from scalekit.backends.redis import RedisBackend
 from scalekit.cache._backend import CachedError, Entry, FillTicket, RemoteError
 from scalekit.cache._freshness import EntryMeta
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError

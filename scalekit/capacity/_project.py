@@ -62,6 +62,8 @@ class LimitUse:
 
 @dataclass(frozen=True, slots=True)
 class Projection:
+    """What a plan's load does to its limits at ``users`` users, and where it breaks first."""
+
     plan: str
     users: int
     warning: float

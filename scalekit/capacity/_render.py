@@ -73,6 +73,7 @@ _HEAD = ["limit", "load", "limit", "used", "headroom", "status", "warn at users"
 
 
 def render_text(p: Projection) -> str:
+    """The projection as a plain-text table for a terminal."""
     rows = [_HEAD, *_rows(p)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_HEAD))]
     out = [*_summary(p), ""]
@@ -92,6 +93,7 @@ def render_text(p: Projection) -> str:
 
 
 def render_json(p: Projection) -> str:
+    """The projection as indented JSON (``Projection.as_dict()``)."""
     return json.dumps(p.as_dict(), indent=2, allow_nan=False)
 
 
@@ -138,6 +140,7 @@ def _chart(p: Projection) -> str:
 
 
 def render_html(p: Projection) -> str:
+    """The projection as an HTML page (table and summary)."""
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in _HEAD)
     body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _rows(p))

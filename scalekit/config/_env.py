@@ -10,12 +10,13 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from scalekit._urls import redact as _redact
 from scalekit.errors import ConfigurationError, MissingDependency
 
 if TYPE_CHECKING:
-    from scalekit.pools.settings import PoolSettings
+    from scalekit.pools._settings import PoolSettings
     from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
-    from scalekit.ratelimit.policy import PolicyLike
+    from scalekit.ratelimit._policy import PolicyLike
 
 __all__ = [
     "LimiterOverrides",
@@ -54,12 +55,6 @@ class LimiterOverrides:
 
 
 _LIMITER_FIELDS = frozenset(f.name for f in fields(LimiterOverrides))
-
-
-def _redact(url: str) -> str:
-    from scalekit.backends.redis import _redact as redact  # the one redaction
-
-    return redact(url)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,10 +122,19 @@ class Settings:
         return limiter
 
     def async_rate_limiter(self, name: str, policy: PolicyLike | None = None) -> AsyncRateLimiter:
-        """The asyncio twin of :meth:`rate_limiter`."""
+        """Deprecated: :meth:`rate_limiter` (one ``RateLimiter`` serves async code
+        through ``ahit`` / ``aacquire`` / ...). An ``AsyncRateLimiter``."""
         from scalekit.ratelimit import AsyncRateLimiter
 
-        limiter: AsyncRateLimiter = self._build(AsyncRateLimiter, name, policy)
+        warnings.warn(
+            "Settings.async_rate_limiter() is deprecated; use Settings.rate_limiter(): "
+            "one RateLimiter serves async code (await limiter.ahit(key))",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        with warnings.catch_warnings():  # the one warning above names the replacement
+            warnings.simplefilter("ignore", DeprecationWarning)
+            limiter: AsyncRateLimiter = self._build(AsyncRateLimiter, name, policy)
         return limiter
 
     def _build(self, cls: Any, name: str, policy: PolicyLike | None) -> Any:
@@ -152,7 +156,7 @@ class Settings:
         ``database_url_var`` (``{prefix}DATABASE_URL`` unless another was named), the
         other options from ``{prefix}POSTGRES_*`` as :meth:`PoolSettings.from_env
         <scalekit.pools.PoolSettings.from_env>` reads them; ``overrides`` win."""
-        from scalekit.pools.settings import PoolSettings, _env_settings_class
+        from scalekit.pools._settings import PoolSettings, _env_settings_class
 
         values: dict[str, Any] = _env_settings_class()(
             _env_prefix=f"{self.prefix}POSTGRES_"
@@ -210,7 +214,7 @@ def _settings_class(database_url_var: str) -> Any:
 
 def unknown_names(prefix: str = PREFIX, environ: Mapping[str, str] | None = None) -> list[str]:
     """The ``prefix*`` variables that no setting of scalekit reads (sorted)."""
-    from scalekit.pools.settings import PoolSettings
+    from scalekit.pools._settings import PoolSettings
 
     pool_fields = {f.name.upper() for f in fields(PoolSettings)}
     names = {*os.environ, *_dotenv_names()} if environ is None else set(environ)

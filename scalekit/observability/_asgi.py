@@ -22,21 +22,16 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from scalekit._asgi_types import ASGIApp, Receive, Scope, Send
 from scalekit.errors import ConfigurationError
 from scalekit.observability._events import log_event
 from scalekit.observability._health import HealthReport, Probe, Thresholds, health_report
 from scalekit.observability._metrics import Registry
 
 __all__ = ["health_app", "metrics_app"]
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 async def _respond(send: Send, status: int, body: bytes, content_type: str, head: bool) -> None:

@@ -466,6 +466,12 @@ class Registry:
         with self._lock:
             self._watchers.append(fn)
 
+    def _unwatch(self, fn: Callable[[], None]) -> None:
+        """Stop calling ``fn`` (added by :meth:`_watch`); no-op if it is not there."""
+        with self._lock:
+            if fn in self._watchers:
+                self._watchers.remove(fn)
+
     def _changed(self) -> None:
         with self._lock:
             watchers = list(self._watchers)

@@ -51,6 +51,12 @@ class OtelBridge:
         registry._watch(self.sync)
         self.sync()
 
+    def close(self) -> None:
+        """Stop following the registry: families that appear later get no instrument
+        (those made keep reporting until the meter provider shuts down). For a bridge
+        on the process-wide registry whose provider goes away (tests)."""
+        self.registry._unwatch(self.sync)
+
     def _metrics(self) -> dict[str, Metric]:
         now = time.monotonic()
         with self._lock:

@@ -17,23 +17,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from scalekit.pools._policy import POOLER_MODES, CapacityReport, PoolerMode
-from scalekit.pools.metrics import PoolStats
-from scalekit.pools.postgres import HealthReport, PgPool, create_pg_pool
-from scalekit.pools.redis import (
+from scalekit._deprecated import moved_name
+from scalekit.pools import _policy
+from scalekit.pools._metrics import PoolStats
+from scalekit.pools._policy import CapacityReport, PoolerMode
+from scalekit.pools._postgres import HealthReport, PgPool, create_pg_pool
+from scalekit.pools._redis import (
     async_redis_client,
     async_redis_health_check,
     pool_stats,
     redis_client,
     redis_health_check,
 )
-from scalekit.pools.registry import PoolRegistry, default_registry
-from scalekit.pools.settings import PoolSettings
+from scalekit.pools._registry import PoolRegistry, default_registry
+from scalekit.pools._settings import PoolSettings
 
 __all__ = [
     "CapacityReport",
     "HealthReport",
-    "POOLER_MODES",
     "PgPool",
     "PoolRegistry",
     "PoolSettings",
@@ -71,3 +72,10 @@ def get_async_redis(target: PoolSettings | str, **overrides: Any) -> Any:
 async def close_pools() -> None:
     """``default_registry.aclose()``: close this loop's pools and the sync clients."""
     await default_registry.aclose()
+
+
+_REMOVED = {"POOLER_MODES": (lambda: _policy.POOLER_MODES, "use typing.get_args(PoolerMode)")}
+
+
+def __getattr__(name: str) -> object:
+    return moved_name(__name__, name, _REMOVED)

@@ -6,14 +6,14 @@
 [True, True, True, False]
 """
 
+from scalekit.ratelimit._algorithms import ALGORITHMS, Algorithm
+from scalekit.ratelimit._concurrency import AsyncConcurrencyLimiter, ConcurrencyLimiter, Lease
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._decorator import rate_limited
+from scalekit.ratelimit._limiter import AsyncRateLimiter, FailurePolicy, RateLimiter
 from scalekit.ratelimit._metrics import ConcurrencyStats, RateLimiterStats
-from scalekit.ratelimit.algorithms import ALGORITHMS, Algorithm
+from scalekit.ratelimit._policy import Policy, PolicyLike, Rate, Tiers
 from scalekit.ratelimit.asgi import RateLimitMiddleware
-from scalekit.ratelimit.concurrency import AsyncConcurrencyLimiter, ConcurrencyLimiter, Lease
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.decorator import rate_limited
-from scalekit.ratelimit.limiter import AsyncRateLimiter, FailurePolicy, RateLimiter
-from scalekit.ratelimit.policy import Policy, PolicyLike, Rate, Tiers
 
 __all__ = [
     "ALGORITHMS",

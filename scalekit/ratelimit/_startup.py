@@ -9,7 +9,7 @@ cooldown must not hide an unreachable server from the one call asking about it.
 
 from __future__ import annotations
 
-from scalekit.backends.redis import RedisBackend
+from scalekit.backends._redis import RedisBackend
 from scalekit.errors import BackendError
 
 __all__ = ["aping", "ping"]

@@ -4,7 +4,7 @@ Pure ASGI: nothing here imports FastAPI or Starlette, yet the middleware plugs i
 both (and into any other ASGI 3 framework or server). With FastAPI / Starlette::
 
     from fastapi import FastAPI
-    from scalekit.ratelimit import AsyncRateLimiter
+    from scalekit.ratelimit import RateLimiter
     from scalekit.ratelimit.asgi import RateLimitMiddleware
 
     def user_or_ip(scope):  # the ASGI scope; None: do not limit this request
@@ -16,7 +16,7 @@ both (and into any other ASGI 3 framework or server). With FastAPI / Starlette::
     app = FastAPI()
     app.add_middleware(
         RateLimitMiddleware,
-        limiter=AsyncRateLimiter("redis://localhost:6379/0", "100/minute; 2000/hour"),
+        limiter=RateLimiter("redis://localhost:6379/0", "100/minute; 2000/hour"),
         key=user_or_ip,
         exempt=lambda scope: scope["path"] in ("/healthz", "/metrics"),
     )
@@ -106,11 +106,10 @@ Headers (``headers=``):
 request can never be allowed (its cost is above the limit, ``retry_after`` is
 infinite), ``Retry-After`` is omitted: there is no time after which a retry helps.
 
-``limiter`` may be an :class:`AsyncRateLimiter` or a sync :class:`RateLimiter`; the
-sync one is called directly on the event loop, which is fine for ``memory://`` but
-blocks the loop for a network round trip on Redis: use :class:`AsyncRateLimiter`
-there. Errors raised by ``key``, ``cost`` or ``tier`` themselves (bugs in the app's
-functions) propagate to the server, which answers 500.
+``limiter`` is a :class:`RateLimiter`; the middleware awaits its async methods
+(``ahit``, ``arefund``), so a Redis round trip never blocks the event loop. Errors
+raised by ``key``, ``cost`` or ``tier`` themselves (bugs in the app's functions)
+propagate to the server, which answers 500.
 
 A full memory store (``max_keys`` keys per window) refuses *new* keys and the
 limiter applies its ``on_backend_error`` policy to them: ``fail_open`` lets them
@@ -124,13 +123,14 @@ import inspect
 import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Literal, TypeAlias
 
 from scalekit import _validate as check
+from scalekit._asgi_types import ASGIApp, Message, Receive, Scope, Send
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._limiter import RateLimiter
 
 __all__ = [
     "ASGIApp",
@@ -145,12 +145,6 @@ __all__ = [
     "forwarded_client",
     "rate_limit_headers",
 ]
-
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
-Receive: TypeAlias = Callable[[], Awaitable[Message]]
-Send: TypeAlias = Callable[[Message], Awaitable[None]]
-ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 HeadersMode: TypeAlias = Literal["draft", "legacy", "both", "none"]
 _HEADERS_MODES: tuple[HeadersMode, ...] = ("draft", "legacy", "both", "none")
@@ -319,11 +313,11 @@ def _retry_after_seconds(retry_after: float) -> int:
 class RateLimitMiddleware:
     """Rate-limit HTTP requests to ``app``; a denied request gets a 429.
 
-    ``limiter``: an :class:`AsyncRateLimiter` or a :class:`RateLimiter`, or a list of
-    them: every one is hit, and a request refused by one is refunded to those before
-    it (all or nothing); the headers report the most restrictive decision; only the
-    first may be tiered. ``key(scope)``: the rate-limit key; ``None`` falls back to the
-    client address, never to "unlimited" (default: :func:`client_address`).
+    ``limiter``: a :class:`RateLimiter`, or a list of them: every one is hit, and a
+    request refused by one is refunded to those before it (all or nothing); the
+    headers report the most restrictive decision; only the first may be tiered.
+    ``key(scope)``: the rate-limit key; ``None`` falls back to the client address,
+    never to "unlimited" (default: :func:`client_address`).
     ``cost``: units per request, an int or ``cost(scope)``. ``tier``: ``None``, a tier
     name, or ``tier(scope)``; required for a tiered limiter, refused for a plain one.
     ``key``, ``cost`` and ``tier`` callables may be ``async``. ``default_tier``: the
@@ -352,7 +346,7 @@ class RateLimitMiddleware:
     def __init__(
         self,
         app: ASGIApp,
-        limiter: AsyncRateLimiter | RateLimiter | Sequence[AsyncRateLimiter | RateLimiter],
+        limiter: RateLimiter | Sequence[RateLimiter],
         *,
         key: Callable[[Scope], str | Awaitable[str | None] | None] = client_address,
         cost: int | Callable[[Scope], int | Awaitable[int]] = 1,
@@ -364,16 +358,14 @@ class RateLimitMiddleware:
     ) -> None:
         if not callable(app):
             raise ConfigurationError(f"app must be an ASGI application, got {app!r}")
-        limiters: list[AsyncRateLimiter | RateLimiter] = (
+        limiters: list[RateLimiter] = (
             list(limiter) if isinstance(limiter, list | tuple) else [limiter]  # type: ignore[list-item]
         )
         if not limiters:
             raise ConfigurationError("limiter must be a limiter or a non-empty list of them")
         for lim in limiters:
-            if not isinstance(lim, AsyncRateLimiter | RateLimiter):
-                raise ConfigurationError(
-                    f"limiter must be an AsyncRateLimiter or a RateLimiter, got {lim!r}"
-                )
+            if not isinstance(lim, RateLimiter):
+                raise ConfigurationError(f"limiter must be a RateLimiter, got {lim!r}")
         first, others = limiters[0], limiters[1:]
         for other in others:
             if other.tiers is not None:
@@ -424,7 +416,7 @@ class RateLimitMiddleware:
             )
         self.app = app
         self.limiter = first
-        self.others: tuple[AsyncRateLimiter | RateLimiter, ...] = tuple(others)
+        self.others: tuple[RateLimiter, ...] = tuple(others)
         self.on_deny = on_deny
         self.exempt = exempt
         self._key = key
@@ -507,12 +499,8 @@ async def _resolve(value: Any) -> Any:
     return value
 
 
-async def _hit(
-    limiter: AsyncRateLimiter | RateLimiter, key: str, cost: int, tier: str | None
-) -> Decision:
-    if isinstance(limiter, AsyncRateLimiter):
-        return await limiter.hit(key, cost, tier=tier)
-    return limiter.hit(key, cost, tier=tier)
+async def _hit(limiter: RateLimiter, key: str, cost: int, tier: str | None) -> Decision:
+    return await limiter.ahit(key, cost, tier=tier)
 
 
 async def _refund_all(
@@ -521,17 +509,14 @@ async def _refund_all(
     cost: int,
     tier: str | None,
     *,
-    upto: AsyncRateLimiter | RateLimiter,
+    upto: RateLimiter,
 ) -> None:
     """Give back what the limiters before ``upto`` spent for a request that a later
     limiter refused (all or nothing across limiters)."""
     for limiter, t in ((mw.limiter, tier), *((o, None) for o in mw.others)):
         if limiter is upto:
             return
-        if isinstance(limiter, AsyncRateLimiter):
-            await limiter.refund(key, cost, tier=t)
-        else:
-            limiter.refund(key, cost, tier=t)
+        await limiter.arefund(key, cost, tier=t)
 
 
 def _with_headers(send: Send, extra: list[Header], *, replace: bool = False) -> Send:

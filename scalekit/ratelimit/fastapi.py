@@ -3,12 +3,12 @@
 ::
 
     from fastapi import Depends, FastAPI
-    from scalekit.ratelimit import AsyncRateLimiter
+    from scalekit.ratelimit import RateLimiter
     from scalekit.ratelimit.fastapi import install_handler, limit
 
     app = FastAPI()
     install_handler(app)  # RateLimitExceeded -> 429 with Retry-After
-    chat = AsyncRateLimiter("redis://localhost:6379/0", {"free": "20/minute", "paid": "100/minute"})
+    chat = RateLimiter("redis://localhost:6379/0", {"free": "20/minute", "paid": "100/minute"})
 
     async def plan(request) -> str: ...  # e.g. a cached subscription query
 
@@ -31,7 +31,7 @@ is answered by ``unknown_tier``: ``"reject"`` (default) raises FastAPI's
 A request whose work failed need not spend the quota: ``refund_on`` names the
 exceptions (classes, HTTP status codes of an ``HTTPException``, or a predicate) that,
 raised by the endpoint or a later dependency, give the request's cost back with
-:meth:`~scalekit.ratelimit.RateLimiter.refund` before the exception goes on to its
+:meth:`~scalekit.ratelimit.RateLimiter.arefund` before the exception goes on to its
 handler::
 
     @app.post("/messages", dependencies=[Depends(limit(chat, key=user_id, refund_on=(503,)))])
@@ -58,11 +58,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
-from scalekit.backends import MemoryBackend
 from scalekit.errors import ConfigurationError, MissingDependency, RateLimitExceeded
+from scalekit.ratelimit._decision import Decision
+from scalekit.ratelimit._limiter import RateLimiter
 from scalekit.ratelimit.asgi import HeadersMode, client_address, rate_limit_headers
-from scalekit.ratelimit.decision import Decision
-from scalekit.ratelimit.limiter import AsyncRateLimiter, RateLimiter
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -140,7 +139,7 @@ def _client_key(request: Request) -> str:
 
 
 def limit(
-    limiter: AsyncRateLimiter | RateLimiter,
+    limiter: RateLimiter,
     *,
     key: FromRequest[str | None] = None,
     tier: FromRequest[str | None] = None,
@@ -156,19 +155,11 @@ def limit(
     The :class:`~scalekit.ratelimit.Decision` is returned (``None`` for an exempt
     request) and kept in ``request.state.rate_limit`` for the endpoint to read.
     ``refund_on`` (see the module docstring) gives the cost back when the endpoint
-    fails with one of those exceptions.
-    A synchronous :class:`RateLimiter` is accepted only on an in-memory backend (a
-    Redis call from it would block the event loop); use :class:`AsyncRateLimiter`.
+    fails with one of those exceptions. The dependency awaits the limiter's async
+    methods (``ahit``, ``arefund``): a Redis round trip never blocks the event loop.
     """
-    if not isinstance(limiter, AsyncRateLimiter | RateLimiter):
-        raise ConfigurationError(
-            f"limit() needs an AsyncRateLimiter (or an in-memory RateLimiter), got {limiter!r}"
-        )
-    if isinstance(limiter, RateLimiter) and not isinstance(limiter.backend, MemoryBackend):
-        raise ConfigurationError(
-            "a synchronous RateLimiter on Redis would block the event loop; "
-            "use AsyncRateLimiter with the same arguments"
-        )
+    if not isinstance(limiter, RateLimiter):
+        raise ConfigurationError(f"limit() needs a RateLimiter, got {limiter!r}")
     if unknown_tier not in ("reject", "default"):
         raise ConfigurationError(
             f"unknown_tier must be 'reject' or 'default', got {unknown_tier!r}"
@@ -196,10 +187,7 @@ def limit(
                 raise HTTPException(status_code=400, detail="unknown rate-limit tier")
             t = default_tier
         c = await _resolve(cost, request)
-        if isinstance(limiter, AsyncRateLimiter):
-            decision = await limiter.hit(k, c, tier=t)
-        else:
-            decision = limiter.hit(k, c, tier=t)
+        decision = await limiter.ahit(k, c, tier=t)
         extra = rate_limit_headers(decision, headers)
         if not decision.allowed:
             raise RateLimitExceeded(decision, k)
@@ -224,10 +212,7 @@ def limit(
         except Exception as exc:
             assert should_refund is not None
             if should_refund(exc):
-                if isinstance(limiter, AsyncRateLimiter):
-                    await limiter.refund(k, c, tier=t)
-                else:
-                    limiter.refund(k, c, tier=t)
+                await limiter.arefund(k, c, tier=t)
             raise
 
     # FastAPI reads the parameters' types from the signature: give it the classes
@@ -271,7 +256,7 @@ POLICY_VIOLATION = 1008
 
 async def limit_message(
     websocket: Any,
-    limiter: AsyncRateLimiter | RateLimiter,
+    limiter: RateLimiter,
     key: str,
     *,
     cost: int = 1,
@@ -286,20 +271,14 @@ async def limit_message(
     "policy": "..."}`` (``retry_after`` in whole seconds, ``null`` for never) and
     keeps the connection; ``"close"`` closes it with code 1008 (policy violation)
     and the retry delay in the reason: stop reading then. ``websocket`` is a
-    Starlette/FastAPI ``WebSocket``; a synchronous :class:`RateLimiter` is accepted
-    on memory only, as in :func:`limit`.
+    Starlette/FastAPI ``WebSocket``; the limiter's :meth:`~RateLimiter.ahit` is
+    awaited.
     """
     if on_exceeded not in ("error", "close"):
         raise ConfigurationError(f"on_exceeded must be 'error' or 'close', got {on_exceeded!r}")
-    if isinstance(limiter, AsyncRateLimiter):
-        decision = await limiter.hit(key, cost, tier=tier)
-    elif isinstance(limiter, RateLimiter) and isinstance(limiter.backend, MemoryBackend):
-        decision = limiter.hit(key, cost, tier=tier)
-    else:
-        raise ConfigurationError(
-            f"limit_message() needs an AsyncRateLimiter (or an in-memory RateLimiter), "
-            f"got {limiter!r}"
-        )
+    if not isinstance(limiter, RateLimiter):
+        raise ConfigurationError(f"limit_message() needs a RateLimiter, got {limiter!r}")
+    decision = await limiter.ahit(key, cost, tier=tier)
     if decision.allowed:
         return True
     retry = decision.retry_after
@@ -331,9 +310,9 @@ def lifespan_check(
     """A FastAPI/Starlette ``lifespan`` that fails the boot unless every limiter's
     backend answers (``FastAPI(lifespan=lifespan_check(chat, uploads))``).
 
-    Each object's ``ping()`` is called, all at once (awaited if it is a coroutine
-    function, else in a worker thread, so a synchronous limiter's Redis call never
-    blocks the loop); the first failure is raised: a
+    Each object's ``aping()`` is awaited, all at once (an object with only a
+    ``ping()``: awaited if it is a coroutine function, else run in a worker thread,
+    so a Redis call never blocks the loop); the first failure is raised: a
     :class:`~scalekit.errors.BackendError` naming the limiter and the redacted URL,
     which the server prints before exiting. ``lifespan`` wraps the app's own
     lifespan, entered once the check passed. Anything with a ``ping()`` fits (a
@@ -344,7 +323,10 @@ def lifespan_check(
             raise ConfigurationError(f"lifespan_check needs objects with ping(), got {limiter!r}")
 
     async def check(limiter: _Pingable) -> None:
-        if inspect.iscoroutinefunction(limiter.ping):
+        aping = getattr(limiter, "aping", None)
+        if inspect.iscoroutinefunction(aping):
+            await aping()
+        elif inspect.iscoroutinefunction(limiter.ping):
             await limiter.ping()
         else:
             await asyncio.to_thread(limiter.ping)

@@ -11,7 +11,9 @@ Compose them in this order, outermost first::
 See docs/explanation/resilience.md for why this order.
 """
 
-from scalekit.resilience.breaker import (
+from scalekit._deprecated import moved_name
+from scalekit.resilience import _machine
+from scalekit.resilience._breaker import (
     BreakerEvent,
     BreakerRegistry,
     BreakerSnapshot,
@@ -20,15 +22,14 @@ from scalekit.resilience.breaker import (
     circuit_breaker,
     default_registry,
 )
-from scalekit.resilience.bulkhead import Bulkhead, BulkheadStats, bulkhead
-from scalekit.resilience.machine import BreakerMachine
-from scalekit.resilience.policy import BreakerPolicy, State
-from scalekit.resilience.retry import RetryBudget, RetryStats, retry, retry_after_from
-from scalekit.resilience.timeouts import deadline, remaining, timeout
+from scalekit.resilience._bulkhead import Bulkhead, BulkheadStats, bulkhead
+from scalekit.resilience._policy import BreakerPolicy, State
+from scalekit.resilience._retry import RetryBudget, RetryStats, retry, retry_after_from
+from scalekit.resilience._shared import SharedState
+from scalekit.resilience._timeouts import deadline, remaining, timeout
 
 __all__ = [
     "BreakerEvent",
-    "BreakerMachine",
     "BreakerPolicy",
     "BreakerRegistry",
     "BreakerSnapshot",
@@ -38,6 +39,7 @@ __all__ = [
     "ExceptionSpec",
     "RetryBudget",
     "RetryStats",
+    "SharedState",
     "State",
     "bulkhead",
     "circuit_breaker",
@@ -48,3 +50,14 @@ __all__ = [
     "retry_after_from",
     "timeout",
 ]
+
+_REMOVED = {
+    "BreakerMachine": (
+        lambda: _machine.BreakerMachine,
+        "it is CircuitBreaker's internal state machine; use CircuitBreaker",
+    ),
+}
+
+
+def __getattr__(name: str) -> object:
+    return moved_name(__name__, name, _REMOVED)

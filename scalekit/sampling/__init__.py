@@ -9,18 +9,18 @@
 "skipped by gate 'long_enough' (p=0)"
 """
 
-from scalekit.sampling._hash import HASHES, HashName
-from scalekit.sampling.budget import Budget, BudgetFailurePolicy, Cap, budget_probability
-from scalekit.sampling.decision import SampleDecision
-from scalekit.sampling.decorator import BackgroundTasks, TaskStats, sampled
-from scalekit.sampling.estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
-from scalekit.sampling.pipeline import Pipeline, SamplingStats, Stage
-from scalekit.sampling.reservoir import AExpJ, ARes
-from scalekit.sampling.stages import Fixed, Gate, Keyed, Rng, Weighted, ramp
+from scalekit._deprecated import moved_name
+from scalekit.sampling import _hash, _reservoir
+from scalekit.sampling._budget import Budget, BudgetFailurePolicy, Cap, budget_probability
+from scalekit.sampling._decision import SampleDecision
+from scalekit.sampling._decorator import BackgroundTasks, SampledDecorator, TaskStats, sampled
+from scalekit.sampling._estimate import Estimate, Histogram, StageEstimate, TrafficProfile, estimate
+from scalekit.sampling._hash import HashName
+from scalekit.sampling._pipeline import Pipeline, SamplingStats, Stage
+from scalekit.sampling._reservoir import Reservoir
+from scalekit.sampling._stages import Fixed, Gate, Keyed, Rng, Weighted, ramp
 
 __all__ = [
-    "AExpJ",
-    "ARes",
     "BackgroundTasks",
     "TaskStats",
     "Budget",
@@ -29,13 +29,14 @@ __all__ = [
     "Estimate",
     "Fixed",
     "Gate",
-    "HASHES",
     "HashName",
     "Histogram",
     "Keyed",
     "Pipeline",
+    "Reservoir",
     "Rng",
     "SampleDecision",
+    "SampledDecorator",
     "SamplingStats",
     "Stage",
     "StageEstimate",
@@ -46,3 +47,13 @@ __all__ = [
     "ramp",
     "sampled",
 ]
+
+_REMOVED = {
+    "ARes": (lambda: _reservoir._OneDrawPerItem, "use Reservoir (the same distribution)"),
+    "AExpJ": (lambda: _reservoir.Reservoir, "use Reservoir (the same algorithm)"),
+    "HASHES": (lambda: _hash.HASHES, "use typing.get_args(HashName)"),
+}
+
+
+def __getattr__(name: str) -> object:
+    return moved_name(__name__, name, _REMOVED)

@@ -162,13 +162,15 @@ def redis_client(backend: MemoryBackend | RedisBackend) -> Any:
 
 @pytest.fixture
 def make(backend: MemoryBackend | RedisBackend, mode: str, clock: FakeClock) -> Callable[..., Any]:
-    """``make(policy, **options)`` -> a RateLimiter or AsyncRateLimiter on ``backend``."""
-    from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+    """``make(policy, **options)`` -> a RateLimiter on ``backend``, seen through its
+    async twins (``hit`` is ``ahit``) in async mode."""
+    from twins import in_mode
+
+    from scalekit.ratelimit import RateLimiter
 
     def factory(policy: Any, **options: Any) -> Any:
-        cls = AsyncRateLimiter if mode == "async" else RateLimiter
         options.setdefault("clock", clock)
         options.setdefault("prefix", f"t{next(_prefixes)}")
-        return cls(backend, policy, **options)
+        return in_mode(RateLimiter(backend, policy, **options), mode)
 
     return factory

@@ -23,9 +23,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from scalekit import primitive_of
 from scalekit._keys import escape
 from scalekit.cache._core import Cache, CacheOptions, default_cache
-from scalekit.cache._decorator import cache_key, cache_of, cached, invalidate
+from scalekit.cache._decorator import cache_key, cached, invalidate
 from scalekit.cache._freshness import EntryMeta, classify, classify_unchecked
 from scalekit.cache._keys import KeyBuilder, encode_args
 from scalekit.cache._memory import MemoryCacheBackend
@@ -152,7 +153,7 @@ def test_default_cache_out_of_the_box() -> None:
 
     assert answer() == answer() == 42
     assert calls == 1
-    assert cache_of(answer) is default_cache()
+    assert primitive_of(answer, Cache) is default_cache()
     assert invalidate(answer) is True
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 from conftest import call
+from twins import in_mode
 
 from scalekit import ConcurrencyLimitExceeded, ConfigurationError
-from scalekit.ratelimit import AsyncConcurrencyLimiter, ConcurrencyLimiter
+from scalekit.ratelimit import ConcurrencyLimiter
 from scalekit.testing import FakeClock
 
 _prefixes = itertools.count()
@@ -18,10 +19,9 @@ _prefixes = itertools.count()
 @pytest.fixture
 def make_cc(backend: Any, mode: str, clock: FakeClock) -> Any:
     def factory(limit: int, **options: Any) -> Any:
-        cls = AsyncConcurrencyLimiter if mode == "async" else ConcurrencyLimiter
         options.setdefault("clock", clock)
         options.setdefault("prefix", f"cc{next(_prefixes)}")  # the cluster is not flushed
-        return cls(backend, limit, **options)
+        return in_mode(ConcurrencyLimiter(backend, limit, **options), mode)
 
     return factory
 

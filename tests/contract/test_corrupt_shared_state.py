@@ -18,7 +18,7 @@ from conftest import call
 
 from scalekit import RedisBackend
 from scalekit.resilience import CircuitBreaker, State
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.sampling import Budget, Pipeline
 from scalekit.testing import FakeClock
 

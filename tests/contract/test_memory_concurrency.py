@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from scalekit import AsyncRateLimiter, RateLimiter
+from scalekit import RateLimiter
 from scalekit.ratelimit import ALGORITHMS, ConcurrencyLimiter
 
 
@@ -48,11 +48,11 @@ def test_threads_never_exceed_the_limit(algorithm: str, policy: str) -> None:
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 async def test_thousand_tasks_never_exceed_the_limit(algorithm: str) -> None:
-    limiter = AsyncRateLimiter("memory://", "100/minute", algorithm=algorithm)  # type: ignore[arg-type]
+    limiter = RateLimiter("memory://", "100/minute", algorithm=algorithm)  # type: ignore[arg-type]
 
     async def one() -> bool:
         await asyncio.sleep(0)
-        return (await limiter.hit("hot")).allowed
+        return (await limiter.ahit("hot")).allowed
 
     got = await asyncio.gather(*(one() for _ in range(1000)))
     assert sum(got) == 100

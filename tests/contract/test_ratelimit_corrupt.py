@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from conftest import call
+from twins import in_mode
 
 from scalekit import RedisBackend
-from scalekit.ratelimit import ALGORITHMS, AsyncConcurrencyLimiter, ConcurrencyLimiter
+from scalekit.ratelimit import ALGORITHMS, ConcurrencyLimiter
 
 pytestmark = pytest.mark.parametrize("backend_kind", ["fakeredis", "redis"], indirect=True)
 EVERY_ALGORITHM = pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -111,8 +112,7 @@ async def test_a_redeploy_with_another_algorithm_starts_clean(make: Any, algorit
 
 
 async def test_a_corrupt_lease_set_is_reset(backend: Any, redis_client: Any, mode: str) -> None:
-    cls = AsyncConcurrencyLimiter if mode == "async" else ConcurrencyLimiter
-    cc = cls(backend, 2, name=f"cc-{mode}")
+    cc = in_mode(ConcurrencyLimiter(backend, 2, name=f"cc-{mode}"), mode)
     other = await call(cc.try_acquire("B"))
     assert other is not None
     key = cc._redis_call("count", "A", "")[0][0]
@@ -174,7 +174,7 @@ class _RewritingBackend(RedisBackend):
 async def test_a_key_corrupted_again_and_again_costs_that_key_only(
     backend: Any, redis_client: Any, mode: str, clock: Any
 ) -> None:
-    from scalekit.ratelimit import AsyncRateLimiter, RateLimiter
+    from scalekit.ratelimit import RateLimiter
 
     hostile = _RewritingBackend(
         "redis://hostile",
@@ -182,8 +182,10 @@ async def test_a_key_corrupted_again_and_again_costs_that_key_only(
         async_client_factory=backend._async_factory or (lambda: backend.async_client()),
         clock=clock.now,
     )
-    cls = AsyncRateLimiter if mode == "async" else RateLimiter
-    limiter = cls(hostile, "3/hour", on_backend_error="fail_closed", backend_cooldown=7.0)
+    limiter = in_mode(
+        RateLimiter(hostile, "3/hour", on_backend_error="fail_closed", backend_cooldown=7.0),
+        mode,
+    )
     redis_client.hset(limiter._default.keys("A")[0], "x", "y")
     d = await call(limiter.hit("A"))
     assert (d.allowed, d.retry_after) == (False, 7.0)  # refused, not to be retried at once

@@ -14,7 +14,6 @@ from scalekit import ConfigurationError
 from scalekit._validate import MAX_COUNT
 from scalekit.ratelimit import (
     ALGORITHMS,
-    AsyncConcurrencyLimiter,
     ConcurrencyLimiter,
     Policy,
     Rate,
@@ -58,7 +57,7 @@ def test_concurrency_acquire_refuses_a_nan_timeout() -> None:
         cc.acquire("k", timeout=math.nan)
 
 
-@pytest.mark.parametrize("cls", [RateLimiter, ConcurrencyLimiter, AsyncConcurrencyLimiter])
+@pytest.mark.parametrize("cls", [RateLimiter, ConcurrencyLimiter])
 def test_backend_cooldown_refuses_a_bool(cls: Any) -> None:
     arg = "1/second" if cls is RateLimiter else 1
     for bad in (True, False, math.nan, math.inf, 0, -1):

@@ -15,7 +15,7 @@ import pytest
 from scalekit import RedisBackend
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.resilience import CircuitBreaker, State
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.testing import FakeClock
 
 _names = itertools.count()

@@ -211,7 +211,7 @@ async def test_budget_names_are_escaped_like_user_parts(
 
 def test_backend_cooldown_refuses_bools(redis_url: str) -> None:
     from scalekit.errors import ConfigurationError
-    from scalekit.resilience.shared import SharedState
+    from scalekit.resilience._shared import SharedState
 
     with pytest.raises(ConfigurationError, match="backend_cooldown"):
         Budget("10/day", backend_cooldown=True)  # type: ignore[arg-type]

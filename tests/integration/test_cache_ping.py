@@ -59,4 +59,8 @@ def test_backend_errors_are_counted_into_the_registry() -> None:
         for m in default_registry.collect()
         if m.name.endswith("backend_errors_total") and m.name.startswith("scalekit_cache")
     ]
-    assert [s.value for s in metric.samples if s.labels == {"cache": name}] == [1]
+    # a backend error is the cache's, not a call's: under the direct namespace "-"
+    assert [s.value for s in metric.samples if s.labels["cache"] == name] == [1]
+    assert [s.labels for s in metric.samples if s.labels["cache"] == name] == [
+        {"cache": name, "namespace": "-"}
+    ]

@@ -9,7 +9,7 @@ import pytest
 
 from scalekit import _validate
 from scalekit.errors import ConfigurationError
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.sampling import Budget
 
 

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,8 +19,6 @@ from fastapi import Depends, FastAPI, HTTPException, WebSocket
 from scalekit import RedisBackend
 from scalekit.errors import BackendError, ConfigurationError
 from scalekit.ratelimit import (
-    AsyncConcurrencyLimiter,
-    AsyncRateLimiter,
     ConcurrencyLimiter,
     RateLimiter,
 )
@@ -51,7 +50,7 @@ class ModelDown(Exception):
     pass
 
 
-def chat_app(limiter: AsyncRateLimiter, **options: Any) -> FastAPI:
+def chat_app(limiter: RateLimiter, **options: Any) -> FastAPI:
     app = FastAPI()
     install_handler(app)
     dep = Depends(limit(limiter, key=lambda r: r.headers["x-user"], **options))
@@ -95,7 +94,7 @@ async def post(client: httpx.AsyncClient, fail: str = "", user: str = "u1") -> i
 
 
 async def test_a_failed_request_does_not_spend_the_quota(backend: str, client_of: Any) -> None:
-    limiter = AsyncRateLimiter(backend, "2/hour", name="refund1")
+    limiter = RateLimiter(backend, "2/hour", name="refund1")
     client = client_of(chat_app(limiter, refund_on=(503, ModelDown)))
     # failures named by refund_on: the quota is given back, every time
     assert [await post(client, "503") for _ in range(5)] == [503] * 5
@@ -107,7 +106,7 @@ async def test_a_failed_request_does_not_spend_the_quota(backend: str, client_of
 
 
 async def test_a_predicate(backend: str, client_of: Any) -> None:
-    limiter = AsyncRateLimiter(backend, "1/hour", name="refund2")
+    limiter = RateLimiter(backend, "1/hour", name="refund2")
 
     def server_errors(exc: BaseException) -> bool:
         return getattr(exc, "status_code", 0) >= 500
@@ -118,7 +117,7 @@ async def test_a_predicate(backend: str, client_of: Any) -> None:
 
 
 async def test_without_refund_on_failures_spend(client_of: Any) -> None:
-    limiter = AsyncRateLimiter("memory://", "1/hour", name="refund3")
+    limiter = RateLimiter("memory://", "1/hour", name="refund3")
     client = client_of(chat_app(limiter))
     assert [await post(client, "503") for _ in range(2)] == [503, 429]
 
@@ -133,7 +132,7 @@ async def test_a_sync_memory_limiter_refunds_too(client_of: Any) -> None:
 async def test_the_refund_with_redis_down_keeps_the_endpoints_error(
     closed_url: str, client_of: Any
 ) -> None:
-    limiter = AsyncRateLimiter(unreachable(closed_url), "1/hour", name="refund5")
+    limiter = RateLimiter(unreachable(closed_url), "1/hour", name="refund5")
     client = client_of(chat_app(limiter, refund_on=(503,)))
     # the hit fails open, the refund degrades without raising: the client sees the 503
     assert [await post(client, "503") for _ in range(2)] == [503, 503]
@@ -142,7 +141,7 @@ async def test_the_refund_with_redis_down_keeps_the_endpoints_error(
 
 @pytest.mark.parametrize("bad", [503, "503", [True], [object], [99], [600], ValueError])
 def test_refund_on_is_checked(bad: Any) -> None:
-    limiter = AsyncRateLimiter("memory://", "1/hour")
+    limiter = RateLimiter("memory://", "1/hour")
     with pytest.raises(ConfigurationError):
         limit(limiter, refund_on=bad)
 
@@ -153,11 +152,11 @@ def test_refund_on_is_checked(bad: Any) -> None:
 async def test_ping_names_the_redacted_url(closed_url: str) -> None:
     port = closed_url.rsplit(":", 1)[1].split("/")[0]
     for limiter in (
-        AsyncRateLimiter(unreachable(closed_url), "1/hour", name="chat"),
-        AsyncConcurrencyLimiter(unreachable(closed_url), 3, name="uploads"),
+        RateLimiter(unreachable(closed_url), "1/hour", name="chat"),
+        ConcurrencyLimiter(unreachable(closed_url), 3, name="uploads"),
     ):
         with pytest.raises(BackendError) as info:
-            await limiter.ping()
+            await limiter.aping()
         text = str(info.value)
         assert f"127.0.0.1:{port}" in text and "hunter2" not in text
         assert repr(limiter.name) in text
@@ -171,12 +170,12 @@ async def test_ping_names_the_redacted_url(closed_url: str) -> None:
 
 
 async def test_ping_on_the_real_redis_and_memory(redis_url: str) -> None:
-    await AsyncRateLimiter(redis_url, "1/hour").ping()
-    await AsyncConcurrencyLimiter(redis_url, 1).ping()
+    await RateLimiter(redis_url, "1/hour").aping()
+    await ConcurrencyLimiter(redis_url, 1).aping()
     RateLimiter(redis_url, "1/hour").ping()
     ConcurrencyLimiter(redis_url, 1).ping()
     RateLimiter("memory://", "1/hour").ping()
-    await AsyncRateLimiter("memory://", "1/hour").ping()
+    await RateLimiter("memory://", "1/hour").aping()
 
 
 def lifespan_app(*limiters: Any, **options: Any) -> tuple[FastAPI, list[str]]:
@@ -213,8 +212,8 @@ async def boot(app: FastAPI) -> list[dict[str, Any]]:
 
 
 async def test_the_boot_fails_on_an_unreachable_redis(closed_url: str, redis_url: str) -> None:
-    good = AsyncRateLimiter(redis_url, "1/hour", name="good")
-    bad = AsyncRateLimiter(unreachable(closed_url), "1/hour", name="chat")
+    good = RateLimiter(redis_url, "1/hour", name="good")
+    bad = RateLimiter(unreachable(closed_url), "1/hour", name="chat")
     app, events = lifespan_app(good, bad)
     with pytest.raises(BackendError, match="rate limiter 'chat': Redis at") as info:
         await boot(app)  # Starlette reports startup.failed and re-raises: the server exits
@@ -222,11 +221,19 @@ async def test_the_boot_fails_on_an_unreachable_redis(closed_url: str, redis_url
     assert events == []  # the app's own lifespan never ran
 
 
+class SyncPing:
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def ping(self) -> None:
+        self.threads.append(threading.current_thread().name)
+
+
 async def test_the_boot_passes_on_the_real_redis(redis_url: str) -> None:
     app, events = lifespan_app(
-        AsyncRateLimiter(redis_url, "1/hour"),
-        RateLimiter(redis_url, "1/hour"),  # sync: pinged in a worker thread
-        AsyncConcurrencyLimiter(redis_url, 2),
+        RateLimiter(redis_url, "1/hour"),
+        SyncPing(),  # only a sync ping(): run in a worker thread
+        ConcurrencyLimiter(redis_url, 2),
     )
     sent = await boot(app)
     assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
@@ -241,7 +248,7 @@ def test_lifespan_check_refuses_what_cannot_ping() -> None:
 # -- websocket: a per-message limit ------------------------------------------------
 
 
-def ws_app(limiter: AsyncRateLimiter, on_exceeded: str) -> FastAPI:
+def ws_app(limiter: RateLimiter, on_exceeded: str) -> FastAPI:
     app = FastAPI()
 
     @app.websocket("/ws")
@@ -297,7 +304,7 @@ async def talk(app: FastAPI, messages: list[str], user: str = "u1") -> list[dict
 
 
 async def test_websocket_error_frames(backend: str) -> None:
-    limiter = AsyncRateLimiter(backend, "2/hour", name="ws1")
+    limiter = RateLimiter(backend, "2/hour", name="ws1")
     sent = await talk(ws_app(limiter, "error"), ["a", "b", "c", "d"])
     assert sent[0]["type"] == "websocket.accept"
     frames = [m.get("text") for m in sent[1:]]
@@ -313,7 +320,7 @@ async def test_websocket_error_frames(backend: str) -> None:
 
 
 async def test_websocket_close_with_policy_violation(backend: str) -> None:
-    limiter = AsyncRateLimiter(backend, "1/hour", name="ws2")
+    limiter = RateLimiter(backend, "1/hour", name="ws2")
     sent = await talk(ws_app(limiter, "close"), ["a", "b", "c"])
     assert [m["type"] for m in sent] == ["websocket.accept", "websocket.send", "websocket.close"]
     assert sent[1]["text"] == "echo a"
@@ -322,7 +329,7 @@ async def test_websocket_close_with_policy_violation(backend: str) -> None:
 
 
 async def test_limit_message_is_checked() -> None:
-    limiter = AsyncRateLimiter("memory://", "1/hour")
+    limiter = RateLimiter("memory://", "1/hour")
     with pytest.raises(ConfigurationError):
         await limit_message(object(), limiter, "k", on_exceeded="drop")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError):
@@ -334,8 +341,8 @@ async def test_a_later_limit_denying_can_give_back_an_earlier_one(
 ) -> None:
     from scalekit.errors import RateLimitExceeded
 
-    minute = AsyncRateLimiter(backend, "10/hour", name="outer")
-    burst = AsyncRateLimiter(backend, "1/hour", name="inner")
+    minute = RateLimiter(backend, "10/hour", name="outer")
+    burst = RateLimiter(backend, "1/hour", name="inner")
     app = FastAPI()
     install_handler(app)
     by_user = {"key": lambda r: r.headers["x-user"]}
@@ -348,4 +355,4 @@ async def test_a_later_limit_denying_can_give_back_an_earlier_one(
 
     client = client_of(app)
     assert [await post(client) for _ in range(4)] == [200, 429, 429, 429]
-    assert (await minute.peek("u1")).remaining == 9  # the three denied by inner: given back
+    assert (await minute.apeek("u1")).remaining == 9  # the three denied by inner: given back

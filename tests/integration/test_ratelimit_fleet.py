@@ -27,10 +27,10 @@ APP = textwrap.dedent(
 
     from fastapi import Depends, FastAPI, HTTPException
 
-    from scalekit.ratelimit import AsyncRateLimiter
+    from scalekit.ratelimit import RateLimiter
     from scalekit.ratelimit.fastapi import install_handler, lifespan_check, limit
 
-    chat = AsyncRateLimiter(os.environ["FLEET_REDIS_URL"], "{LIMIT}/hour", name="fleet")
+    chat = RateLimiter(os.environ["FLEET_REDIS_URL"], "{LIMIT}/hour", name="fleet")
     app = FastAPI(lifespan=lifespan_check(chat))
     install_handler(app)
     spend = Depends(limit(chat, key=lambda r: r.headers["x-user"], refund_on=(503,)))

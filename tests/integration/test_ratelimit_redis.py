@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from scalekit import AsyncRateLimiter, RateLimiter, RedisBackend
-from scalekit.ratelimit import ALGORITHMS, AsyncConcurrencyLimiter
+from scalekit import RateLimiter, RedisBackend
+from scalekit.ratelimit import ALGORITHMS, ConcurrencyLimiter
 from scalekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis
@@ -31,9 +31,10 @@ def _hammer(url: str, prefix: str, barrier: Any, results: Any, worker: int) -> N
     # Generous timeouts and fail_closed: an overloaded 2-core box must not turn a
     # slow connect into a fail-open allow, which would hide a real over-admission.
     backend = RedisBackend(url, socket_timeout=10.0, connect_timeout=10.0)
-    cls = AsyncRateLimiter if use_async else RateLimiter
     limiters = {
-        a: cls(backend, f"{LIMIT}/hour", algorithm=a, prefix=prefix, on_backend_error="fail_closed")
+        a: RateLimiter(
+            backend, f"{LIMIT}/hour", algorithm=a, prefix=prefix, on_backend_error="fail_closed"
+        )
         for a in ALGORITHMS
     }
     barrier.wait()
@@ -42,7 +43,7 @@ def _hammer(url: str, prefix: str, barrier: Any, results: Any, worker: int) -> N
         async def run() -> None:
             for a, lim in limiters.items():
                 got = await asyncio.gather(
-                    *(lim.hit("hot-key") for _ in range(ATTEMPTS_PER_PROCESS))
+                    *(lim.ahit("hot-key") for _ in range(ATTEMPTS_PER_PROCESS))
                 )
                 counts[a] = sum(d.allowed for d in got)
 
@@ -105,12 +106,12 @@ def test_multi_window_scripts_run_on_a_cluster(redis_cluster_url: str, algorithm
 
 @pytest.mark.cluster
 async def test_async_limiters_on_a_cluster(redis_cluster_url: str) -> None:
-    lim = AsyncRateLimiter(redis_cluster_url, "1/minute; 5/day", algorithm="sliding_log")
-    assert [(await lim.hit(f"u{i}")).allowed for i in range(20)] == [True] * 20
-    assert not (await lim.hit("u3")).allowed
-    cc = AsyncConcurrencyLimiter(redis_cluster_url, 1)
-    async with cc.hold("job"):
-        assert await cc.try_acquire("job") is None
+    lim = RateLimiter(redis_cluster_url, "1/minute; 5/day", algorithm="sliding_log")
+    assert [(await lim.ahit(f"u{i}")).allowed for i in range(20)] == [True] * 20
+    assert not (await lim.ahit("u3")).allowed
+    cc = ConcurrencyLimiter(redis_cluster_url, 1)
+    async with cc.ahold("job"):
+        assert await cc.atry_acquire("job") is None
     assert lim.stats()["backend_errors"] == 0
 
 

@@ -24,7 +24,7 @@ from servers import RedisServer
 from scalekit.backends import RedisBackend, backend_from_url
 from scalekit.backends._lua import LuaScript
 from scalekit.errors import BackendDataError, BackendError, ConcurrencyLimitExceeded
-from scalekit.ratelimit import AsyncConcurrencyLimiter, AsyncRateLimiter
+from scalekit.ratelimit import ConcurrencyLimiter, RateLimiter
 from scalekit.resilience import CircuitBreaker
 
 T = TypeVar("T")
@@ -119,8 +119,8 @@ def test_cold_burst_on_async_rate_limiter_counts_every_hit(
     url = f"{redis_kind_url}?autopipeline={'true' if autopipeline else 'false'}"
 
     async def main() -> tuple[int, dict[str, int]]:
-        limiter = AsyncRateLimiter(url, "100/hour")
-        decisions = await asyncio.gather(*(limiter.hit("user") for _ in range(BURST)))
+        limiter = RateLimiter(url, "100/hour")
+        decisions = await asyncio.gather(*(limiter.ahit("user") for _ in range(BURST)))
         return sum(d.allowed for d in decisions), limiter.stats()
 
     allowed, stats = run(main())
@@ -137,7 +137,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
     admin = _admin(redis_kind_url)
     opened = _opened(admin)
     backend = RedisBackend(redis_kind_url, autopipeline=autopipeline, socket_timeout=BURST_TIMEOUT)
-    limiter = AsyncConcurrencyLimiter(backend, 5)  # fail_open: a degraded acquire would pass
+    limiter = ConcurrencyLimiter(backend, 5)  # fail_open: a degraded acquire would pass
     holding = 0
     most = 0
     refused = 0
@@ -150,7 +150,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
         async def one() -> bool:
             nonlocal holding, most, refused
             try:
-                lease = await limiter.acquire("db")
+                lease = await limiter.aacquire("db")
             except ConcurrencyLimitExceeded:
                 refused += 1
                 if refused == BURST - 5:
@@ -160,7 +160,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
             most = max(most, holding)
             await release.wait()
             holding -= 1
-            await limiter.release(lease)
+            await limiter.arelease(lease)
             return True
 
         tasks = [asyncio.ensure_future(one()) for _ in range(BURST)]
@@ -179,7 +179,7 @@ def test_cold_burst_on_async_concurrency_limiter_never_exceeds_the_limit(
 def test_cold_burst_through_a_shared_circuit_breaker(
     redis_kind_url: str, autopipeline: bool
 ) -> None:
-    from scalekit.resilience.shared import SharedState
+    from scalekit.resilience._shared import SharedState
 
     admin = _admin(redis_kind_url)
     opened = _opened(admin)
@@ -205,8 +205,8 @@ def test_cold_burst_on_redis_cluster(redis_cluster_url: str) -> None:
     assert not backend.autopipeline and backend.max_connections == 1000
 
     async def main() -> tuple[int, dict[str, int]]:
-        limiter = AsyncRateLimiter(backend, "100/hour", prefix=f"cl{time.monotonic_ns()}")
-        decisions = await asyncio.gather(*(limiter.hit("user") for _ in range(BURST)))
+        limiter = RateLimiter(backend, "100/hour", prefix=f"cl{time.monotonic_ns()}")
+        decisions = await asyncio.gather(*(limiter.ahit("user") for _ in range(BURST)))
         return sum(d.allowed for d in decisions), limiter.stats()
 
     allowed, stats = run(main())
@@ -310,14 +310,14 @@ def test_server_stopped_or_killed_mid_pipeline(redis_kind_server: RedisServer, h
 
     async def main() -> None:
         await backend.aevalsha(ECHO, [], ["warm"])
-        limiter = AsyncRateLimiter(backend, "1000/hour", on_backend_error="fail_closed")
-        await limiter.hit("k")  # its script loaded
+        limiter = RateLimiter(backend, "1000/hour", on_backend_error="fail_closed")
+        await limiter.ahit("k")  # its script loaded
         with stopped(redis_kind_server):
             began = time.monotonic()
             echoes = [
                 asyncio.ensure_future(backend.aevalsha(ECHO, [], [f"v{i}"])) for i in range(300)
             ]
-            hits = [asyncio.ensure_future(limiter.hit("k")) for _ in range(300)]
+            hits = [asyncio.ensure_future(limiter.ahit("k")) for _ in range(300)]
             await asyncio.sleep(0.05)  # all written, none answered
             if how == "stop-then-kill":
                 redis_kind_server.stop(kill=True)
@@ -349,8 +349,8 @@ def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> N
     backend = RedisBackend(redis_server.url, socket_timeout=1.0, connect_timeout=1.0)
 
     async def main() -> float:
-        limiter = AsyncRateLimiter(backend, "10/second")
-        await limiter.hit("warm")
+        limiter = RateLimiter(backend, "10/second")
+        await limiter.ahit("warm")
         worst = 0.0
         done = False
 
@@ -366,9 +366,9 @@ def test_no_blocking_call_while_redis_is_stopped(redis_server: RedisServer) -> N
         with stopped(redis_server):
             task = asyncio.ensure_future(probe())
             async with asyncio.timeout(5):
-                await asyncio.gather(*(limiter.hit(f"k{i % 7}") for i in range(200)))
+                await asyncio.gather(*(limiter.ahit(f"k{i % 7}") for i in range(200)))
                 # the second round: the guard is cooling down, the backend is skipped
-                await asyncio.gather(*(limiter.hit("k") for _ in range(200)))
+                await asyncio.gather(*(limiter.ahit("k") for _ in range(200)))
             done = True
             await task
         return worst
@@ -436,11 +436,11 @@ def test_no_client_left_open_per_finished_event_loop(redis_kind_url: str) -> Non
     admin = _admin(redis_kind_url)
     backend = backend_from_url(redis_kind_url)
     assert isinstance(backend, RedisBackend)
-    limiter = AsyncRateLimiter(backend, "1000000/hour")
+    limiter = RateLimiter(backend, "1000000/hour")
     before = _clients(admin)
 
     async def once(i: int) -> None:
-        await limiter.hit(f"u{i}")
+        await limiter.ahit(f"u{i}")
         await backend.aexecute("SET", f"k{i}", "v")
 
     for i in range(300):

@@ -13,7 +13,7 @@ import redis
 from scalekit import RedisBackend
 from scalekit.errors import CircuitOpenError
 from scalekit.resilience import CircuitBreaker, State
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.testing import FakeClock
 
 pytestmark = pytest.mark.redis

@@ -3,7 +3,7 @@
 Everything is driven through ``RateLimiter("memory://", ..., clock=FakeClock())``,
 so the in-memory store's state handling (aligned windows, generation rotation,
 dropping idle keys, all-or-nothing commits over several windows) is under test
-together with the arithmetic in ``scalekit.ratelimit.algorithms``.
+together with the arithmetic in ``scalekit.ratelimit._algorithms``.
 
 Exactness. The reference models compute in ``fractions.Fraction``, i.e. exactly.
 To compare their allow/deny decisions with the implementation's *strictly* (no
@@ -43,9 +43,9 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 
 from scalekit.ratelimit import ALGORITHMS, Decision, Policy, Rate, RateLimiter
-from scalekit.ratelimit import algorithms as alg
-from scalekit.ratelimit.algorithms import Algorithm
-from scalekit.ratelimit.memory import MemoryRateStore
+from scalekit.ratelimit import _algorithms as alg
+from scalekit.ratelimit._algorithms import Algorithm
+from scalekit.ratelimit._memory import MemoryRateStore
 from scalekit.testing import FakeClock
 
 # Model-test timestamps are start + ticks / GRID, exact in a float; the starts are

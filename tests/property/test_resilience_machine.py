@@ -8,8 +8,15 @@ from collections import deque
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.resilience import BreakerMachine, BreakerPolicy, State
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT, CountWindow, TimeWindow
+from scalekit.resilience import BreakerPolicy, State
+from scalekit.resilience._machine import (
+    ADMIT,
+    PROBE,
+    REJECT,
+    BreakerMachine,
+    CountWindow,
+    TimeWindow,
+)
 
 events = st.lists(
     st.one_of(

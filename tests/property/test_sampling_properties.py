@@ -7,7 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.sampling import AExpJ, ARes, Keyed, Weighted, budget_probability, ramp
+from scalekit.sampling import Keyed, Reservoir, Weighted, budget_probability, ramp
+from scalekit.sampling._reservoir import _OneDrawPerItem
 
 ids = st.one_of(st.text(max_size=40), st.binary(max_size=40), st.integers(min_value=0))
 rates = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -110,10 +111,13 @@ def test_ramp_stays_between_its_ends_and_is_monotone(
     k=st.integers(min_value=1, max_value=8),
     weights=st.lists(st.floats(min_value=1e-6, max_value=1e6), max_size=60),
     seed=st.integers(min_value=0, max_value=2**32),
-    algorithm=st.sampled_from([ARes, AExpJ]),
+    algorithm=st.sampled_from([_OneDrawPerItem, Reservoir]),
 )
 def test_reservoir_keeps_min_k_n_distinct_items_of_the_stream(
-    k: int, weights: list[float], seed: int, algorithm: type[ARes[int]]
+    k: int,
+    weights: list[float],
+    seed: int,
+    algorithm: type[Reservoir[int]] | type[_OneDrawPerItem[int]],
 ) -> None:
     r = algorithm(k, rng=random.Random(seed))
     r.extend(enumerate(weights))

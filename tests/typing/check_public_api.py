@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from scalekit import AsyncRateLimiter, Decision, RateLimiter, rate_limited
+from scalekit import Decision, RateLimiter, primitive_of, rate_limited
 from scalekit.ratelimit import ConcurrencyLimiter, Lease, Policy, Rate
 
 limiter = RateLimiter("memory://", "60/hour", algorithm="gcra")
@@ -23,8 +23,13 @@ RateLimiter("memory://", "60/hour", algoritm="gcra")  # E: call-arg
 
 
 async def use_async() -> None:
-    lim = AsyncRateLimiter("memory://", "60/hour")
-    assert_type(await lim.hit("k"), Decision)
+    assert_type(await limiter.ahit("k"), Decision)
+    assert_type(await limiter.apeek("k", 2), Decision)
+    assert_type(await limiter.aacquire("k", timeout=1.0), Decision)
+    await limiter.ahit(42)  # E: arg-type
+    async with cc.ahold("k") as alease:
+        assert_type(alease, Lease)
+    assert_type(await cc.atry_acquire("k"), Lease | None)
 
 
 @rate_limited("10/minute", key=lambda user_id, text: f"user:{user_id}")
@@ -44,6 +49,12 @@ async def fetch(url: str) -> bytes:
 
 async def use_fetch() -> None:
     assert_type(await fetch("x"), bytes)
+
+
+# one accessor from any decorated function to its primitive, typed by the kind asked for
+assert_type(primitive_of(send, RateLimiter), RateLimiter)
+assert_type(primitive_of(fetch, RateLimiter).stats().allowed, int)
+primitive_of(send, "RateLimiter")  # E: arg-type
 
 
 cc = ConcurrencyLimiter("memory://", 2)

@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit import AsyncRateLimiter, Policy, Rate, RateLimiter
+from scalekit.ratelimit import Policy, Rate, RateLimiter
+from scalekit.ratelimit._decision import Decision
 from scalekit.ratelimit.asgi import (
     Message,
     RateLimitMiddleware,
@@ -26,13 +27,12 @@ from scalekit.ratelimit.asgi import (
     forwarded_client,
     rate_limit_headers,
 )
-from scalekit.ratelimit.decision import Decision
 from scalekit.testing import FakeClock
 
 # A multiple of every period used below, so fixed windows start exactly at "now".
 START = 1_200_000.0
 
-Limiter = AsyncRateLimiter | RateLimiter
+Limiter = RateLimiter
 MakeLimiter = Callable[..., Limiter]
 
 
@@ -140,13 +140,12 @@ def clock() -> FakeClock:
     return FakeClock(START)
 
 
-@pytest.fixture(params=["async", "sync"])
-def make_limiter(request: pytest.FixtureRequest, clock: FakeClock) -> MakeLimiter:
-    """Build the limiter kind under test (every test using this runs with both)."""
-    cls = AsyncRateLimiter if request.param == "async" else RateLimiter
+@pytest.fixture
+def make_limiter(clock: FakeClock) -> MakeLimiter:
+    """Build a limiter on memory (the middleware awaits its ``ahit`` / ``arefund``)."""
 
     def make(policy: Any = "3/minute", algorithm: str = "fixed_window") -> Limiter:
-        return cls("memory://", policy, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
+        return RateLimiter("memory://", policy, algorithm=algorithm, clock=clock)  # type: ignore[arg-type]
 
     return make
 
@@ -235,14 +234,14 @@ async def test_retry_after_is_at_least_one_second(
     assert r.get("RateLimit") == '"1/minute";r=0;t=1'
 
 
-class ScriptedLimiter(AsyncRateLimiter):
+class ScriptedLimiter(RateLimiter):
     """Answers every hit with a given decision, to reach edge values exactly."""
 
     def __init__(self, decision: Decision) -> None:
         super().__init__("memory://", "1/second")
         self.decision = decision
 
-    async def hit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
+    async def ahit(self, key: str, cost: int = 1, *, tier: str | None = None) -> Decision:
         return self.decision
 
 
@@ -405,11 +404,11 @@ async def test_non_ascii_tier_name_is_percent_encoded(make_limiter: MakeLimiter)
 
 
 async def test_sub_second_and_fractional_windows_round_up(clock: FakeClock) -> None:
-    limiter = AsyncRateLimiter("memory://", Rate(2, 1.5), algorithm="sliding_log", clock=clock)
+    limiter = RateLimiter("memory://", Rate(2, 1.5), algorithm="sliding_log", clock=clock)
     r = await get(RateLimitMiddleware(App(), limiter))
     assert r.get("RateLimit-Policy") == '"2/1.5 seconds";q=2;w=2'
     assert r.get("RateLimit") == '"2/1.5 seconds";r=1;t=2'
-    limiter = AsyncRateLimiter("memory://", Rate(5, 0.25), algorithm="sliding_log", clock=clock)
+    limiter = RateLimiter("memory://", Rate(5, 0.25), algorithm="sliding_log", clock=clock)
     r = await get(RateLimitMiddleware(App(), limiter))
     assert r.get("RateLimit-Policy") == '"5/0.25 seconds";q=5;w=1'
 
@@ -672,7 +671,7 @@ async def test_websocket_passes_through_unlimited(make_limiter: MakeLimiter) -> 
 
 def test_constructed_like_starlette_add_middleware(clock: FakeClock) -> None:
     # Starlette builds middleware as cls(app, *args, **kwargs).
-    limiter = AsyncRateLimiter("memory://", "1/minute", clock=clock)
+    limiter = RateLimiter("memory://", "1/minute", clock=clock)
     kwargs: dict[str, Any] = {"limiter": limiter, "key": client_address, "headers": "legacy"}
     mw = RateLimitMiddleware(App(), **kwargs)
     assert mw.limiter is limiter
@@ -766,7 +765,7 @@ async def test_one_ipv6_64_is_one_key_and_cannot_fill_the_store(clock: FakeClock
     """Before: every address of a /64 was a new key; 3 of them filled max_keys=3 and
     every later client (of any network) passed uncounted under fail_open."""
     app = App()
-    limiter = AsyncRateLimiter("memory://?max_keys=3", "2/minute", clock=clock)
+    limiter = RateLimiter("memory://?max_keys=3", "2/minute", clock=clock)
     mw = RateLimitMiddleware(app, limiter)
     statuses = [
         (await get(mw, client=(f"2001:db8:1:2:{i:x}::{i:x}", 1))).status for i in range(1, 50)

@@ -16,12 +16,14 @@ from scalekit.testing import FakeClock
 
 
 def _series(name: str, cache: str) -> float:
+    """The cache's series summed over its namespaces."""
+    total = 0.0
     for metric in default_registry.collect():
         if metric.name == name:
             for s in metric.samples:
-                if s.labels == {"cache": cache}:
-                    return s.value
-    return 0.0
+                if s.labels["cache"] == cache:
+                    total += s.value
+    return total
 
 
 def _name() -> str:
@@ -149,4 +151,4 @@ def test_label_is_the_cache_name_never_a_key() -> None:
         if metric.name.startswith("scalekit_cache_"):
             for s in metric.samples:
                 assert "user:secret-key" not in s.labels.values()
-                assert set(s.labels) == {"cache"}
+                assert set(s.labels) == {"cache", "namespace"}

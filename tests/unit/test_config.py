@@ -16,8 +16,7 @@ from scalekit import ConcurrencyLimiter, RateLimiter
 from scalekit.backends import MemoryBackend, RedisBackend, as_backend
 from scalekit.config import Settings, UnknownSettingWarning, _env, from_env
 from scalekit.errors import ConfigurationError
-from scalekit.ratelimit import AsyncRateLimiter
-from scalekit.resilience.shared import SharedState
+from scalekit.resilience._shared import SharedState
 from scalekit.sampling import Budget
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +42,6 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 def test_unset_redis_url_refuses_instead_of_memory() -> None:
     for build in (
         lambda: RateLimiter(None, "3/minute"),
-        lambda: AsyncRateLimiter(None, "3/minute"),
         lambda: ConcurrencyLimiter(None, 2),
         lambda: SharedState(),
         lambda: as_backend(None),
@@ -73,8 +71,8 @@ async def test_async_limiter_from_the_environment(
 ) -> None:
     monkeypatch.setenv("SCALEKIT_REDIS_URL", fresh_redis_url)
     monkeypatch.setenv("SCALEKIT_LIMITER__CHAT__POLICY", "2/minute")
-    lim = from_env().async_rate_limiter("chat", "60/hour")
-    assert [(await lim.hit("u")).allowed for _ in range(3)] == [True, True, False]
+    lim = from_env().rate_limiter("chat", "60/hour")
+    assert [(await lim.ahit("u")).allowed for _ in range(3)] == [True, True, False]
     assert lim.stats()["degraded"] == 0  # decided by Redis, not by a failure policy
 
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 import pytest
 
 from scalekit import (
-    AsyncRateLimiter,
-    ConfigurationError,
     RateLimiter,
     RateLimitExceeded,
+    primitive_of,
     rate_limited,
 )
 from scalekit.testing import FakeClock
@@ -56,8 +55,8 @@ async def test_async_function_with_a_policy_string_and_tiers() -> None:
     assert calls == ["u1", "u2", "u2", "u2"], "a denied call must not run the function"
 
 
-async def test_cost_callable_and_async_limiter() -> None:
-    limiter = AsyncRateLimiter("memory://", "10/minute", clock=FakeClock())
+async def test_cost_callable_and_a_limiter_shared_with_sync_code() -> None:
+    limiter = RateLimiter("memory://", "10/minute", clock=FakeClock())
 
     @rate_limited(limiter, key="global", cost=lambda n: n)
     async def batch(n: int) -> int:
@@ -66,12 +65,8 @@ async def test_cost_callable_and_async_limiter() -> None:
     assert await batch(6) == 6
     with pytest.raises(RateLimitExceeded):
         await batch(5)
-    assert await batch(4) == 4
-
-
-def test_sync_function_refuses_an_async_limiter() -> None:
-    limiter = AsyncRateLimiter("memory://", "1/minute")
-    with pytest.raises(ConfigurationError, match="needs a RateLimiter"):
-
-        @rate_limited(limiter, key="k")
-        def f() -> None: ...
+    assert limiter.hit("global", 3).allowed  # sync callers spend the same windows
+    with pytest.raises(RateLimitExceeded):
+        await batch(2)
+    assert await batch(1) == 1
+    assert primitive_of(batch, RateLimiter) is limiter

@@ -19,10 +19,9 @@ from scalekit.batching import DataLoader
 from scalekit.errors import ConfigurationError
 from scalekit.pools import PgPool, PoolSettings
 from scalekit.resilience import BreakerPolicy, Bulkhead, CircuitBreaker, RetryBudget, retry
-from scalekit.resilience.timeouts import deadline, timeout
-from scalekit.sampling import Fixed, Keyed, Pipeline, Weighted, ramp
+from scalekit.resilience._timeouts import deadline, timeout
+from scalekit.sampling import Fixed, Keyed, Pipeline, Reservoir, Weighted, ramp
 from scalekit.sampling._hash import hash_function, to_bytes
-from scalekit.sampling.reservoir import ARes
 
 HOSTILE_DURATIONS = [math.nan, math.inf, -math.inf, -1.0, 1e16, timedelta(days=10**6), True, "1"]
 HOSTILE_FRACTIONS = [math.nan, math.inf, -0.1, 1.5, None, True, "0.5"]
@@ -64,7 +63,7 @@ COUNTS: dict[str, Build] = {
     "Bulkhead.max_concurrent": lambda v: Bulkhead(max_concurrent=v),
     "BreakerPolicy.minimum_calls": lambda v: BreakerPolicy(minimum_calls=v),
     "BreakerPolicy.half_open_max_calls": lambda v: BreakerPolicy(half_open_max_calls=v),
-    "ARes": lambda v: ARes(v),
+    "Reservoir": lambda v: Reservoir(v),
     "PoolSettings.max_size": lambda v: PoolSettings(url=REDIS, max_size=v),
 }
 # where None means "no limit" or "off"
@@ -251,8 +250,8 @@ def test_a_huge_backoff_base_caps_the_wait_instead_of_overflowing() -> None:
 
 @pytest.mark.parametrize("seconds", [math.inf, math.nan, 1e300])
 def test_rate_limit_headers_survive_non_finite_decisions(seconds: float) -> None:
+    from scalekit.ratelimit._decision import Decision
     from scalekit.ratelimit.asgi import rate_limit_headers
-    from scalekit.ratelimit.decision import Decision
 
     d = Decision(False, 10, 0, seconds, seconds, "p", 60.0)
     headers = dict(rate_limit_headers(d, "both"))  # before: OverflowError / ValueError

@@ -316,7 +316,7 @@ def test_a_source_registered_for_a_native_primitive_does_not_export_twice() -> N
 
 async def test_health_report_rates_what_pools_and_breakers_report_natively() -> None:
     from scalekit.observability import health_report
-    from scalekit.pools.metrics import PoolCounters
+    from scalekit.pools._metrics import PoolCounters
 
     bname, pname = unique("natively-open"), unique("natively-pool")
     breaker = CircuitBreaker(bname, record=ConnectionError)

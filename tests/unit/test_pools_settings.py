@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import random
+import typing
 from datetime import timedelta
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from scalekit import errors
 from scalekit.errors import ConfigurationError, PoolExhausted
-from scalekit.pools import POOLER_MODES, PoolSettings
+from scalekit.pools import PoolerMode, PoolSettings
 from scalekit.pools._policy import capacity_report, expires_at, needs_ping, pooler_options
 
 
@@ -93,7 +94,7 @@ def test_from_env_reads_scalekit_variables(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_pooler_options() -> None:
-    assert set(POOLER_MODES) == {
+    assert set(typing.get_args(PoolerMode)) == {
         "direct",
         "pgbouncer-transaction",
         "pgbouncer-session",

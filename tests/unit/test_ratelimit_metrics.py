@@ -13,8 +13,6 @@ from scalekit import RedisBackend
 from scalekit.observability import default_registry
 from scalekit.ratelimit import (
     ALGORITHMS,
-    AsyncConcurrencyLimiter,
-    AsyncRateLimiter,
     ConcurrencyLimiter,
     ConcurrencyStats,
     RateLimiter,
@@ -74,16 +72,16 @@ def test_a_full_store_and_a_down_backend_are_counted() -> None:
 
 
 async def test_the_async_limiters_count_too() -> None:
-    lim = AsyncRateLimiter("memory://", "1/minute")
-    await lim.hit("k")
-    await lim.hit("k")
-    await lim.refund("k")
+    lim = RateLimiter("memory://", "1/minute")
+    await lim.ahit("k")
+    await lim.ahit("k")
+    await lim.arefund("k")
     assert (lim.stats().allowed, lim.stats().denied, lim.stats().refunds) == (1, 1, 1)
 
-    cc = AsyncConcurrencyLimiter("memory://", 1, name="uploads")
-    lease = await cc.try_acquire("k")
-    assert lease is not None and await cc.try_acquire("k") is None
-    await cc.release(lease)
+    cc = ConcurrencyLimiter("memory://", 1, name="uploads")
+    lease = await cc.atry_acquire("k")
+    assert lease is not None and await cc.atry_acquire("k") is None
+    await cc.arelease(lease)
     assert cc.stats() == ConcurrencyStats(acquired=1, rejected=1, degraded=0, backend_errors=0,
                                           corrupt_keys=0)  # fmt: skip
 

@@ -8,17 +8,17 @@ from datetime import timedelta
 
 import pytest
 
+from scalekit import primitive_of
 from scalekit.errors import CircuitOpenError, ConfigurationError
 from scalekit.resilience import (
     BreakerEvent,
-    BreakerMachine,
     BreakerPolicy,
     BreakerRegistry,
     CircuitBreaker,
     State,
     circuit_breaker,
 )
-from scalekit.resilience.machine import ADMIT, PROBE, REJECT
+from scalekit.resilience._machine import ADMIT, PROBE, REJECT, BreakerMachine
 from scalekit.testing import FakeClock
 
 
@@ -503,7 +503,7 @@ def test_circuit_breaker_decorator_and_registry() -> None:
         dep()
     snap = registry.snapshot()
     assert snap["solo"].state is State.OPEN and snap["solo"].failures == 1
-    assert registry.get("solo") is dep.breaker  # type: ignore[attr-defined]
+    assert registry.get("solo") is primitive_of(dep, CircuitBreaker)
     with pytest.raises(ConfigurationError, match="already registered"):
         CircuitBreaker("solo", record=Boom, registry=registry)
     assert len(registry) == 1

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from scalekit import primitive_of
 from scalekit.errors import (
     BulkheadFull,
     ConcurrencyLimitExceeded,
@@ -123,7 +124,7 @@ def test_bulkhead_validation_and_decorator() -> None:
     with pytest.raises(ConfigurationError, match="max_queued"):
         Bulkhead(max_concurrent=1, max_queued=-1)
     f = bulkhead(max_concurrent=1)(lambda x: x + 1)
-    assert f(1) == 2 and f.bulkhead.stats().admitted == 1  # type: ignore[attr-defined]
+    assert f(1) == 2 and primitive_of(f, Bulkhead).stats().admitted == 1
 
 
 # -- timeout -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from scalekit import ConfigurationError
+from scalekit import ConfigurationError, primitive_of
 from scalekit.sampling import (
     BackgroundTasks,
     Budget,
@@ -207,7 +207,7 @@ def test_sampled_sync_returns_the_declared_value_when_skipped() -> None:
     assert extract("hi") == "skipped"
     assert calls == ["hello world"]
     assert extract.__name__ == "extract" and extract.__doc__ == "Extract memories."
-    assert extract.pipeline.stats().skipped == {"long_enough": 1}  # type: ignore[attr-defined]
+    assert primitive_of(extract, Pipeline).stats().skipped == {"long_enough": 1}
 
 
 async def test_sampled_async_with_item_builder() -> None:

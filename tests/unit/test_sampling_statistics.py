@@ -23,7 +23,8 @@ from collections import Counter
 
 import pytest
 
-from scalekit.sampling import AExpJ, ARes, Fixed, Keyed, Pipeline, Weighted
+from scalekit.sampling import Fixed, Keyed, Pipeline, Reservoir, Weighted
+from scalekit.sampling._reservoir import _OneDrawPerItem
 
 Z = 4.0
 
@@ -126,9 +127,9 @@ def ordered_sample_probability(order: tuple[int, ...], weights: list[float]) -> 
     return prob
 
 
-@pytest.mark.parametrize("algorithm", [ARes, AExpJ])
+@pytest.mark.parametrize("algorithm", [_OneDrawPerItem, Reservoir])
 def test_reservoir_sets_match_weighted_sampling_without_replacement(
-    algorithm: type[ARes[int]],
+    algorithm: type[Reservoir[int]] | type[_OneDrawPerItem[int]],
 ) -> None:
     """n=7 items, k=3: the 35 possible sets against their exact probabilities."""
     weights = [1.0, 2.0, 3.0, 0.5, 4.0, 1.5, 2.5]
@@ -155,9 +156,9 @@ def test_reservoir_sets_match_weighted_sampling_without_replacement(
         assert within_binomial(round(got * trials), trials, want)
 
 
-@pytest.mark.parametrize("algorithm", [ARes, AExpJ])
+@pytest.mark.parametrize("algorithm", [_OneDrawPerItem, Reservoir])
 def test_reservoir_first_item_is_proportional_to_weight_on_a_long_stream(
-    algorithm: type[ARes[int]],
+    algorithm: type[Reservoir[int]] | type[_OneDrawPerItem[int]],
 ) -> None:
     """The highest key of weighted sampling without replacement is item i with
     probability w_i / sum(w), however long the stream (A-ExpJ jumps over most of it)."""
@@ -177,7 +178,7 @@ def test_reservoir_first_item_is_proportional_to_weight_on_a_long_stream(
     assert stat < chi2_critical(9), stat
 
 
-def test_aexpj_draws_far_fewer_random_numbers_than_ares() -> None:
+def test_reservoir_draws_far_fewer_random_numbers_than_one_per_item() -> None:
     draws = 0
     base = random.Random(1)
 
@@ -186,7 +187,7 @@ def test_aexpj_draws_far_fewer_random_numbers_than_ares() -> None:
         draws += 1
         return base.random()
 
-    r = AExpJ(10, rng=counting)
+    r = Reservoir(10, rng=counting)
     r.extend((i, 1.0) for i in range(100_000))
     assert r.seen == 100_000 and len(r) == 10
     assert draws < 2_000, draws  # O(k log(n/k)) insertions, 2 draws each

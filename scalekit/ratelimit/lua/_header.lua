@@ -1,4 +1,4 @@
--- Shared prologue of every rate-limit script. scalekit.ratelimit.redis writes one
+-- Shared prologue of every rate-limit script. scalekit.ratelimit._redis writes one
 -- script per policy: "local R = {...}" (the policy's constants: per window limit,
 -- period in us and, for the bucket scripts, burst), this prologue, then the
 -- algorithm's body. The commonest call, a hit of cost 1 on Redis TIME, therefore

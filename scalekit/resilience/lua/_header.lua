@@ -1,4 +1,4 @@
--- Shared prologue of the circuit-breaker scripts (scalekit.resilience.shared).
+-- Shared prologue of the circuit-breaker scripts (scalekit.resilience._shared).
 -- KEYS: [1] state hash, [2] window hash, [3] probes zset (one {hash tag}).
 -- ARGV: [1] now ('' = Redis TIME), [2] failure_threshold (0 = off),
 --       [3] failure rate threshold (0 = off), [4] slow-call rate threshold (0 = off),

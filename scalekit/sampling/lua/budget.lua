@@ -3,7 +3,7 @@
 -- ARGV: [1] now ('' = Redis TIME), [2] period, [3] target, [4] u (the draw, [0, 1)),
 --       [5] expected arrivals per period ('' = unknown), [6] warmup (fraction of a period).
 -- Reply: "sampled p considered sampled_count" (one bulk string, floats as %.17g).
--- The arithmetic is scalekit.sampling.budget.budget_probability's, in the same order.
+-- The arithmetic is scalekit.sampling._budget.budget_probability's, in the same order.
 -- (now: see _now.lua, prepended)
 local period = tonumber(ARGV[2])
 local target = tonumber(ARGV[3])
