@@ -186,7 +186,7 @@ class Cache:
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
         #: internal API: True if the backend keeps Python objects in this process
         #: (no I/O): its reads need no guard and no await, its values no type
-        self._in_process = bool(getattr(self.backend, "local", False))
+        self._in_process = bool(self.backend.local)
         #: internal API: counts one hit (``next(cache._hit_count)``; one C call,
         #: atomic under the GIL, so hits are counted without the lock)
         self._hit_count = m.hits.tick
@@ -553,10 +553,10 @@ class Cache:
         """What follows a read (``entry``, ``state`` from :meth:`_reader`): serve a
         servable entry (starting a background refresh if it needs one), else load
         ``key`` with ``loader``, one load per key in this process (threads wait)."""
-        if self._served(entry, state):
+        if self._served(state) and entry is not None:
             if state is not None and state.needs_refresh:
                 self._flights.spawn(key, self._start(key, tagset, heads, hint, opts, entry), loader)
-            return cast(T, unwrap(cast(Entry, entry)[0]))
+            return cast(T, unwrap(entry[0]))
         start = self._start(key, tagset, heads, hint, opts)
         outcome = self._flights.load(key, start, loader, opts._wait)
         return cast(T, self._resolve(outcome, entry))
@@ -574,10 +574,10 @@ class Cache:
     ) -> T:
         """:meth:`_serve_or_load` for async code: one load task per key and event
         loop, awaited shielded by every caller (a cancelled caller stops waiting only)."""
-        if self._served(entry, state):
+        if self._served(state) and entry is not None:
             if state is not None and state.needs_refresh:
                 self._flights.task(key, self._start(key, tagset, heads, hint, opts, entry), loader)
-            return cast(T, unwrap(cast(Entry, entry)[0]))
+            return cast(T, unwrap(entry[0]))
         start = self._start(key, tagset, heads, hint, opts)
         outcome = await self._flights.aload(key, start, loader, opts._wait)
         return cast(T, self._resolve(outcome, entry))
@@ -596,9 +596,9 @@ class Cache:
         seen = None if served is None else served[1]
         return lambda lease: self._fill_flow(key, tags, heads, hint, opts, lease, seen=seen)
 
-    def _served(self, entry: Entry | None, state: Freshness | None) -> bool:
-        """Count a read: True if ``entry`` is served (a hit, or stale), else a miss."""
-        if entry is not None and state is not None and state.servable:
+    def _served(self, state: Freshness | None) -> bool:
+        """Count a read: True if its entry is served (a hit, or stale), else a miss."""
+        if state is not None and state.servable:
             self._count_served(state)
             return True
         self._m.misses.inc()
