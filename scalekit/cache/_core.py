@@ -383,7 +383,7 @@ class Cache:
         key = check_key(key)
         opts = options or self.options
         tagset = check_tags(tags)
-        entry, state = self._run(self._lookup_flow(key, opts, type_hint))
+        entry, state = run(self._lookup_flow(key, opts, type_hint), self.backend)
         return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
 
     async def aget_or_load(
@@ -400,7 +400,7 @@ class Cache:
         key = check_key(key)
         opts = options or self.options
         tagset = check_tags(tags)
-        entry, state = await self._arun(self._lookup_flow(key, opts, type_hint))
+        entry, state = await arun(self._lookup_flow(key, opts, type_hint), self.backend)
         return await self._aserve_or_load(key, loader, tagset, opts, entry, state, (), type_hint)
 
     def refresh(
