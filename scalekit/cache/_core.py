@@ -190,7 +190,7 @@ class Cache:
         self._warned = False  # a value that cannot be serialized is logged once at WARNING
         #: internal API: True if the backend keeps Python objects in this process
         #: (no I/O): its reads need no guard and no await, its values no type
-        self._in_process = bool(getattr(self.backend, "local", False))
+        self._in_process = bool(self.backend.local)
 
     def __repr__(self) -> str:
         return f"Cache(name={self.name!r}, backend={self.backend!r})"
@@ -390,7 +390,7 @@ class Cache:
         key = check_key(key)
         opts = options or self.options
         tagset = check_tags(tags)
-        entry, state = self._run(self._lookup_flow(key, opts, type_hint))
+        entry, state = run(self._lookup_flow(key, opts, type_hint), self.backend)
         return self._serve_or_load(key, loader, tagset, opts, entry, state, (), type_hint, self._m)
 
     async def aget_or_load(
@@ -407,7 +407,7 @@ class Cache:
         key = check_key(key)
         opts = options or self.options
         tagset = check_tags(tags)
-        entry, state = await self._arun(self._lookup_flow(key, opts, type_hint))
+        entry, state = await arun(self._lookup_flow(key, opts, type_hint), self.backend)
         return await self._aserve_or_load(
             key, loader, tagset, opts, entry, state, (), type_hint, self._m
         )
@@ -568,11 +568,11 @@ class Cache:
         calls')."""
         if m is None:
             m = self._m
-        if self._served(entry, state, m):
+        if self._served(state, m) and entry is not None:
             if state is not None and state.needs_refresh:
                 start = self._start(key, tagset, heads, hint, opts, m, entry)
                 self._flights.spawn(key, start, loader)
-            return cast(T, unwrap(cast(Entry, entry)[0]))
+            return cast(T, unwrap(entry[0]))
         start = self._start(key, tagset, heads, hint, opts, m)
         outcome = self._flights.load(key, start, loader, opts._wait, m.coalesced)
         return cast(T, self._resolve(outcome, entry, m))
@@ -593,11 +593,11 @@ class Cache:
         loop, awaited shielded by every caller (a cancelled caller stops waiting only)."""
         if m is None:
             m = self._m
-        if self._served(entry, state, m):
+        if self._served(state, m) and entry is not None:
             if state is not None and state.needs_refresh:
                 start = self._start(key, tagset, heads, hint, opts, m, entry)
                 self._flights.task(key, start, loader)
-            return cast(T, unwrap(cast(Entry, entry)[0]))
+            return cast(T, unwrap(entry[0]))
         start = self._start(key, tagset, heads, hint, opts, m)
         outcome = await self._flights.aload(key, start, loader, opts._wait, m.coalesced)
         return cast(T, self._resolve(outcome, entry, m))
@@ -618,10 +618,10 @@ class Cache:
         seen = None if served is None else served[1]
         return lambda lease: self._fill_flow(key, tags, heads, hint, opts, m, lease, seen=seen)
 
-    def _served(self, entry: Entry | None, state: Freshness | None, m: CacheCounters) -> bool:
-        """Count a read on ``m``: True if ``entry`` is served (a hit, or stale), else
+    def _served(self, state: Freshness | None, m: CacheCounters) -> bool:
+        """Count a read on ``m``: True if its entry is served (a hit, or stale), else
         a miss."""
-        if entry is not None and state is not None and state.servable:
+        if state is not None and state.servable:
             self._count_served(state, m)
             return True
         m.misses.inc()

@@ -361,15 +361,9 @@ class MemoryCacheBackend:
     async def aget(self, key: str, hint: object = None) -> tuple[object, EntryMeta] | None:
         return self.get(key, hint)
 
-    async def aset(
-        self,
-        key: str,
-        value: object,
-        meta: EntryMeta,
-        ttl: float,
-        tags: Iterable[str] = (),
-    ) -> None:
-        self.set(key, value, meta, ttl, tags)
+    async def aset(self, *args: Any, **kwargs: Any) -> None:
+        """:meth:`set` (same arguments; nothing to await)."""
+        self.set(*args, **kwargs)
 
     async def adelete(self, key: str) -> bool:
         return self.delete(key)
