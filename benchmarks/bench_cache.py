@@ -365,8 +365,8 @@ def _best_ns(fn: Callable[[], Any], n: int, rounds: int = 5) -> float:
 def breakdown(n: int) -> list[tuple[str, float]]:
     """Time the pieces of scalekit's sync hit path alone (best of 5, wall, one key)."""
     from scalekit.cache import Cache, CacheOptions, cache_key, cached
-    from scalekit.cache.freshness import classify_unchecked
-    from scalekit.cache.keys import KeyBuilder
+    from scalekit.cache._freshness import classify_unchecked
+    from scalekit.cache._keys import KeyBuilder
 
     cache = Cache("memory://", name="breakdown")
     c = Counter(n)
@@ -417,13 +417,14 @@ def breakdown(n: int) -> list[tuple[str, float]]:
                 pass
 
     def t_count() -> None:
-        hits = cache._hit_count
+        hits = cache._metrics.direct.hits.tick
         for _ in rep(None, n):
             next(hits)
 
     def t_read() -> None:
+        read = cache._reader(opts)
         for _ in rep(None, n):
-            cache._lookup(key, opts)
+            read(key)
 
     def t_get_or_load() -> None:
         for _ in rep(None, n):
@@ -445,7 +446,7 @@ def breakdown(n: int) -> list[tuple[str, float]]:
         ("for reference: uncontended `with threading.Lock()`", t_lock),
         ("classify_unchecked(meta, now, beta, draw) (no draw far from expiry)", t_classify),
         ("next(hit counter)", t_count),
-        ("Cache._lookup (backend.get + monotonic + classify_unchecked)", t_read),
+        ("Cache._reader(opts)(key): the hit path's read (get + now + classify)", t_read),
         ("Cache.get_or_load(key, loader) hit, key and loader prebuilt", t_get_or_load),
         ("@cached wrapper f(k) hit (everything)", t_wrapper),
     ]

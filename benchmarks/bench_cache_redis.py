@@ -83,8 +83,7 @@ def loop() -> asyncio.AbstractEventLoop:
 
 def sync_cases(url: str) -> list[Case]:
 
-    from scalekit.cache import Cache, cached
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import Cache, RedisCacheBackend, cached
 
     def bare() -> Callable[[int], None]:
         backend = RedisCacheBackend(url)
@@ -156,8 +155,7 @@ def sync_cases(url: str) -> list[Case]:
 
 def async_cases(url: str) -> list[Case]:
 
-    from scalekit.cache import Cache, cached
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import Cache, RedisCacheBackend, cached
 
     lp = loop()
 
@@ -223,8 +221,7 @@ DICT = {f"field{i}": {"id": i, "name": f"item {i}"} for i in range(10)}
 
 def direct_cases(url: str) -> list[Case]:
     """``Cache.aget`` of a 10-item dict vs a bare GET + json.loads on the same client."""
-    from scalekit.cache import Cache
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import Cache, RedisCacheBackend
 
     lp = loop()
 
@@ -307,8 +304,7 @@ def storm(url: str, repeats: int) -> tuple[str, dict[str, Any]]:
     """1,000 callers of a cold key (warm pool), scalekit and cashews; then the cold start."""
     import redis as redis_py
 
-    from scalekit.cache import Cache
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import Cache, RedisCacheBackend
 
     raw = redis_py.Redis.from_url(url)
     lp = loop()

@@ -369,8 +369,7 @@ def _breaker_close(args: argparse.Namespace) -> int:
 
 # -- cache ----------------------------------------------------------------------------------
 def _cache(args: argparse.Namespace, serializer: str = "json") -> Any:
-    from scalekit.cache import Cache
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import Cache, RedisCacheBackend
 
     backend = RedisCacheBackend(
         _redis(args),  # reachable, or exit 3 (a cache read degrades to a miss)

@@ -63,10 +63,10 @@ class _Scheme:
 
 
 def _build_memory(url: str, parsed: dict[str, Any], options: dict[str, Any]) -> Backend:
-    return MemoryBackend(**{**memory_bound(parsed), **options})
+    return MemoryBackend(**{**_memory_bound(parsed), **options})
 
 
-def memory_bound(parsed: dict[str, Any]) -> dict[str, Any]:
+def _memory_bound(parsed: dict[str, Any]) -> dict[str, Any]:
     """``memory://`` options with the bound under one name: ``max_entries`` (the
     cache's word) is ``max_keys``; giving both is refused."""
     if "max_entries" not in parsed:

@@ -1,22 +1,26 @@
 """TTL query cache: ``@cached``, ``Cache``, and the memory, Redis and tiered backends.
 
-See :mod:`scalekit.cache.core` for the semantics (freshness, single-flight,
-invalidation, negative caching, metrics), :mod:`scalekit.cache.redis` for the
-fleet-shared backend (leases, fences, serialization, time) and
-:mod:`scalekit.cache.tiered` for the in-process L1 in front of it.
+``__all__`` below is the public surface; the modules are private. Where to read:
+``_core.py`` (the cache: what a read means, when to load, what to store),
+``_engine.py`` (the fill engine's two drivers), ``_flights.py`` (single-flight),
+``_guard.py`` (failing backends, deferred invalidations), ``_backend.py`` (the one
+backend protocol), ``_memory.py`` / ``_redis.py`` / ``_tiered.py`` (the backends),
+``_decorator.py`` (``@cached``), ``_refresh.py`` (``RefreshAhead``), ``_metrics.py``
+(the counters, per namespace), ``_keys.py`` and ``_freshness.py`` (pure key
+building and freshness maths).
 """
 
 from __future__ import annotations
 
-from scalekit.cache.backend import CacheBackend
-from scalekit.cache.core import Cache, CacheOptions, CacheStats, default_cache
-from scalekit.cache.decorator import ainvalidate, cache_key, cache_of, cached, invalidate
-from scalekit.cache.freshness import EntryMeta, Freshness
-from scalekit.cache.keys import KeyBuilder
-from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.cache.redis import RedisCacheBackend
-from scalekit.cache.refresh import RefreshAhead
-from scalekit.cache.tiered import TieredCacheBackend
+from scalekit.cache._backend import CacheBackend
+from scalekit.cache._core import Cache, CacheOptions, CacheStats, default_cache
+from scalekit.cache._decorator import ainvalidate, cache_key, cache_of, cached, invalidate
+from scalekit.cache._freshness import EntryMeta, Freshness
+from scalekit.cache._keys import KeyBuilder
+from scalekit.cache._memory import MemoryCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
+from scalekit.cache._refresh import RefreshAhead
+from scalekit.cache._tiered import TieredCacheBackend
 
 __all__ = [
     "Cache",

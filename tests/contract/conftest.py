@@ -129,9 +129,7 @@ def _cluster(kind: str, clock: FakeClock, request: pytest.FixtureRequest) -> Ite
 @pytest.fixture(params=CACHE_BACKENDS)
 def cache_backend(clock: FakeClock, request: pytest.FixtureRequest) -> Iterator[Any]:
     """A cache backend on the test's FakeClock (Redis ones get it as their clock)."""
-    from scalekit.cache.memory import MemoryCacheBackend
-    from scalekit.cache.redis import RedisCacheBackend
-    from scalekit.cache.tiered import TieredCacheBackend
+    from scalekit.cache import MemoryCacheBackend, RedisCacheBackend, TieredCacheBackend
 
     kind = str(request.param)
     tiered = kind.startswith("tiered+")

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 
 from scalekit import primitive_of
 from scalekit._keys import escape
-from scalekit.cache.core import Cache, CacheOptions, default_cache
-from scalekit.cache.decorator import cache_key, cached, invalidate
-from scalekit.cache.freshness import EntryMeta, classify, classify_unchecked
-from scalekit.cache.keys import KeyBuilder, encode_args
-from scalekit.cache.memory import MemoryCacheBackend
+from scalekit.cache._core import Cache, CacheOptions, default_cache
+from scalekit.cache._decorator import cache_key, cached, invalidate
+from scalekit.cache._freshness import EntryMeta, classify, classify_unchecked
+from scalekit.cache._keys import KeyBuilder, encode_args
+from scalekit.cache._memory import MemoryCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 
@@ -409,6 +409,67 @@ def test_xfetch_early_refresh_uses_measured_delta(clock: FakeClock) -> None:
     assert s.load_time_total == pytest.approx(4.0)
 
 
+class _AlmostOne(random.Random):
+    def random(self) -> float:
+        return 1.0 - 1e-12  # rand = 1e-12: -ln(rand) ~ 27.6, XFetch reaches far
+
+
+def test_early_refresh_reloads_once_across_caches_sharing_a_backend(
+    cache_backend: Any, clock: FakeClock
+) -> None:
+    """An XFetch early refresh reloads the entry (it is still fresh: the refresher
+    must not take it for "already refreshed"), and two caches on one backend (two
+    processes of a fleet, on Redis) that both decide to refresh load it once: the
+    second waits for the first's lease and uses its value."""
+    a = Cache(cache_backend, name="a", clock=clock, rng=_AlmostOne())
+    b = Cache(cache_backend, name="b", clock=clock, rng=_AlmostOne())
+    opts = CacheOptions(ttl=100)
+    calls: list[int] = []
+    started, release = threading.Event(), threading.Event()
+
+    def load() -> int:
+        calls.append(len(calls))
+        if len(calls) > 1:  # the refresh: holds its lease until released
+            started.set()
+            assert release.wait(WAIT)
+        clock.advance(2.0)  # a 2 s recompute: XFetch reaches ~55 s before expiry
+        return len(calls)
+
+    assert a.get_or_load("k", load, options=opts) == 1
+    clock.advance(48)  # still fresh for 50 s, within XFetch's reach
+    assert a.get_or_load("k", load, options=opts) == 1  # served; a refresh starts
+    assert started.wait(WAIT)
+    assert b.get_or_load("k", load, options=opts) == 1  # served; b's refresh waits
+    release.set()
+    assert a.drain(WAIT) and b.drain(WAIT)
+    assert len(calls) == 2  # one refresh for both caches
+    assert a.get("k") == 2 and b.get("k") == 2
+    assert (a.stats().loads, b.stats().loads) == (2, 0)
+
+
+async def test_async_early_refresh_reloads_a_fresh_entry(
+    cache_backend: Any, clock: FakeClock
+) -> None:
+    cache = Cache(cache_backend, name="early", clock=clock, rng=_AlmostOne())
+    opts = CacheOptions(ttl=100)
+    version = 0
+
+    async def load() -> int:
+        nonlocal version
+        version += 1
+        clock.advance(2.0)
+        return version
+
+    assert await cache.aget_or_load("k", load, options=opts) == 1
+    clock.advance(48)
+    assert await cache.aget_or_load("k", load, options=opts) == 1  # served, refresh starts
+    await cache.adrain()
+    assert version == 2
+    assert await cache.aget("k") == 2
+    s = cache.stats()
+    assert (s.hits, s.loads) == (2, 2)
+
+
 # --- invalidation ---------------------------------------------------------------------
 
 
@@ -639,7 +700,7 @@ def test_unsupported_backend_url() -> None:
 
 
 _TYPING_SNIPPET = """
-from scalekit.cache.decorator import cached
+from scalekit.cache._decorator import cached
 
 @cached(ttl=1)
 def f(a: int, b: str = "x") -> list[int]:
@@ -719,6 +780,49 @@ def test_sync_leader_dying_releases_waiters_to_retry(clock: FakeClock) -> None:
     assert calls == 2
 
 
+def test_an_aborted_load_gives_its_lease_back(cache_backend: Any, clock: FakeClock) -> None:
+    """A load interrupted by a BaseException releases the key's lease at once: the
+    next load (here another cache's refresh, which never waits for a lease) runs."""
+
+    class Abort(BaseException):
+        pass
+
+    a = Cache(cache_backend, name="a", clock=clock)
+    b = Cache(cache_backend, name="b", clock=clock)
+
+    def abort() -> int:
+        raise Abort
+
+    with pytest.raises(Abort):
+        a.get_or_load("k", abort)
+    assert b.refresh("k", lambda: 2)
+    assert a.get("k") == 2
+
+
+async def test_a_cancelled_load_gives_its_lease_back(cache_backend: Any, clock: FakeClock) -> None:
+    a = Cache(cache_backend, name="a", clock=clock)
+    b = Cache(cache_backend, name="b", clock=clock)
+    started = asyncio.Event()
+
+    async def hang() -> int:
+        started.set()
+        await asyncio.Event().wait()
+        raise AssertionError("not reached")
+
+    reader = asyncio.create_task(a.aget_or_load("k", hang))
+    await started.wait()
+    (load,) = a._flights.tasks
+    load.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert await b.arefresh("k", _two)
+    assert await a.aget("k") == 2
+
+
+async def _two() -> int:
+    return 2
+
+
 # --- the lean hit path of @cached -------------------------------------------------
 
 
@@ -776,7 +880,7 @@ def test_lean_hit_reraises_cached_exception_and_skips_tags(cache: Cache) -> None
         f(1)
     with pytest.raises(NotFound) as second:
         f(1)
-    if cache._local:
+    if cache._in_process:
         assert second.value is first.value
     else:  # rebuilt from its class and arguments
         assert type(second.value) is NotFound

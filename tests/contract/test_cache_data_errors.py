@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from scalekit.cache.core import Cache, CacheOptions
-from scalekit.cache.freshness import EntryMeta
-from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.cache.redis import _HEAD, RedisCacheBackend
-from scalekit.cache.tiered import TieredCacheBackend
+from scalekit.cache._core import Cache, CacheOptions
+from scalekit.cache._freshness import EntryMeta
+from scalekit.cache._memory import MemoryCacheBackend
+from scalekit.cache._redis import _HEAD, RedisCacheBackend
+from scalekit.cache._tiered import TieredCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.serde import MsgpackSerializer
 from scalekit.testing import FakeClock

@@ -12,9 +12,9 @@ import pytest
 
 from scalekit import MemoryBackend, RedisBackend
 from scalekit.cache import Cache
-from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.cache.redis import RedisCacheBackend
-from scalekit.cache.refresh import RefreshAhead
+from scalekit.cache._memory import MemoryCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
+from scalekit.cache._refresh import RefreshAhead
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 

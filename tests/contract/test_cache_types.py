@@ -12,9 +12,9 @@ from typing import Any
 import pydantic
 import pytest
 
-from scalekit.cache.core import Cache
-from scalekit.cache.decorator import cached
-from scalekit.cache.refresh import RefreshAhead
+from scalekit.cache._core import Cache
+from scalekit.cache._decorator import cached
+from scalekit.cache._refresh import RefreshAhead
 from scalekit.errors import ConfigurationError
 from scalekit.testing import FakeClock
 
@@ -167,7 +167,7 @@ def test_an_unresolvable_forward_reference_fails_at_first_call_naming_the_fix(
     def ghost(i: int) -> Ghost:  # noqa: F821 - never defined
         raise AssertionError("not called")
 
-    if cache._local:  # an in-process backend keeps the objects: no type needed
+    if cache._in_process:  # an in-process backend keeps the objects: no type needed
         return
     with pytest.raises(ConfigurationError, match=r"ghost: its return annotation.*type_hint="):
         ghost(1)
@@ -202,7 +202,7 @@ def test_without_a_type_a_value_that_would_not_read_back_is_not_stored(
         for _ in range(3):
             _check(point(1), Point(1, 1))  # never a dict on a hit
             _check(plain(1), {"x": [1, "a", None, 1.5]})
-    if cache._local:
+    if cache._in_process:
         assert calls == 1
         return
     assert calls == 3  # served, not stored

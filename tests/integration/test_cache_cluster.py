@@ -14,8 +14,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from scalekit.cache import Cache, cached
-from scalekit.cache.freshness import EntryMeta
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._freshness import EntryMeta
+from scalekit.cache._redis import RedisCacheBackend
 from scalekit.testing import FakeClock
 
 pytestmark = pytest.mark.cluster

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from scalekit.cache import Cache, ainvalidate, cached, invalidate
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
 from scalekit.errors import BackendError, ConfigurationError
 
 

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from scalekit.cache import Cache, cache_key, cached, invalidate
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache import Cache, RedisCacheBackend, cache_key, cached, invalidate
 from scalekit.observability import default_registry
 
 pytestmark = pytest.mark.redis

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from scalekit.cache import Cache, CacheOptions, cached
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
 from scalekit.errors import BackendError, ConfigurationError
 from scalekit.serde import PickleSerializer
 from scalekit.testing import FakeClock

@@ -22,7 +22,7 @@ import redis
 
 from scalekit import RedisBackend
 from scalekit.cache import Cache, CacheOptions
-from scalekit.cache.redis import RedisCacheBackend, _ServerClock
+from scalekit.cache._redis import RedisCacheBackend, _ServerClock
 from scalekit.errors import BackendError
 
 pytestmark = pytest.mark.redis

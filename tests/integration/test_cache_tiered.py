@@ -23,8 +23,8 @@ import pytest
 import redis
 
 from scalekit.cache import Cache, cache_key, cached, invalidate
-from scalekit.cache.redis import RedisCacheBackend
-from scalekit.cache.tiered import TieredCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
+from scalekit.cache._tiered import TieredCacheBackend
 from scalekit.errors import BackendError, ConfigurationError
 from scalekit.testing import FakeClock
 

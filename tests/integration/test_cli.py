@@ -269,7 +269,7 @@ def test_existing_commands_still_work() -> None:
 
 
 def test_cache_of_another_backend_namespace(fresh_redis_url: str) -> None:
-    from scalekit.cache.redis import RedisCacheBackend
+    from scalekit.cache import RedisCacheBackend
 
     Cache(RedisCacheBackend(fresh_redis_url, namespace="app2")).set("k", "v2")
     url = ("--redis-url", fresh_redis_url)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scalekit.cache import Cache
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache import Cache, RedisCacheBackend
 
 pytestmark = pytest.mark.redis
 

@@ -18,9 +18,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scalekit import RedisBackend
-from scalekit.cache.backend import FillTicket
-from scalekit.cache.freshness import EntryMeta
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._backend import FillTicket
+from scalekit.cache._freshness import EntryMeta
+from scalekit.cache._redis import RedisCacheBackend
 from scalekit.testing import FakeClock
 
 KEYS = ["a", "b"]

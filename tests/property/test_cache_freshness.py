@@ -1,4 +1,4 @@
-"""The cache's freshness rules (``scalekit.cache.freshness``): exact boundaries and
+"""The cache's freshness rules (``scalekit.cache._freshness``): exact boundaries and
 properties.
 
 Exactness. The model tests put every time and duration on a grid of 2**-10 s with
@@ -31,7 +31,7 @@ import pytest
 from hypothesis import assume, example, given, note, settings
 from hypothesis import strategies as st
 
-from scalekit.cache.freshness import (
+from scalekit.cache._freshness import (
     MIN_REMAINING_TTL,
     EntryMeta,
     Freshness,

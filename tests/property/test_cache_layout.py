@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from scalekit import RedisBackend
 from scalekit.cache import Cache
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
 
 _TEXT = st.text(alphabet="ab:!{}%t lvf*?[]\\\x00é\ud800", min_size=0, max_size=8)
 _BACKENDS: dict[str, RedisCacheBackend] = {}

@@ -1,4 +1,4 @@
-"""Cache keys from bound arguments (``scalekit.cache.keys``).
+"""Cache keys from bound arguments (``scalekit.cache._keys``).
 
 The injectivity property is checked with a reference *decoder* written here from
 the format in the module docstring: for every argument tuple hypothesis draws,
@@ -32,7 +32,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scalekit._keys import build_key, escape, unescape
-from scalekit.cache.keys import KeyBuilder, encode_args
+from scalekit.cache._keys import KeyBuilder, encode_args
 from scalekit.errors import ConfigurationError
 
 # --- fixtures: functions and argument types ----------------------------------------
@@ -850,7 +850,7 @@ _SCRIPT = textwrap.dedent(
     from datetime import datetime, timedelta, timezone
     from decimal import Decimal
     from zoneinfo import ZoneInfo
-    from scalekit.cache.keys import KeyBuilder
+    from scalekit.cache._keys import KeyBuilder
 
     def f(*args, **kwargs): ...
 

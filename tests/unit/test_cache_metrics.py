@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from scalekit.cache import Cache, CacheOptions, cached
-from scalekit.cache.core import CacheStats
+from scalekit.cache._core import CacheStats
 from scalekit.observability import default_registry
 from scalekit.testing import FakeClock
 

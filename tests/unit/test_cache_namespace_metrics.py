@@ -16,9 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scalekit.cache import Cache, CacheOptions, cache_key, cached, invalidate
+from scalekit.cache import Cache, CacheOptions, CacheStats, cache_key, cached, invalidate
 from scalekit.cache import _metrics as cache_metrics
-from scalekit.cache.core import CacheStats
 from scalekit.observability import default_registry
 from scalekit.testing import FakeClock
 

@@ -49,10 +49,7 @@ DEPRECATED_MODULES = {
 }
 
 # Public names defined in a public module but deliberately not in its __all__.
-NOT_EXPORTED = {
-    # a helper of backend_from_url that scalekit.cache borrows; not for users
-    ("scalekit.backends", "memory_bound"),
-}
+NOT_EXPORTED: set[tuple[str, str]] = set()
 
 # Names taken out of the public surface, still served with a DeprecationWarning for
 # one release: (module, name) -> the object they still give.
@@ -72,9 +69,6 @@ def _is_private(name: str) -> bool:
 def _public_modules() -> list[str]:
     names = ["scalekit"]
     for info in pkgutil.walk_packages(scalekit.__path__, "scalekit."):
-        # scalekit.cache's implementation modules are made private in their own change
-        if info.name.startswith("scalekit.cache.") and not info.ispkg:
-            continue
         if not _is_private(info.name) and info.name not in DEPRECATED_MODULES:
             names.append(info.name)
     return names

@@ -1,5 +1,5 @@
 -- Shared by the cache's scripts (prepended to each). Names are those of
--- scalekit/cache/redis.py: '<ns>:{<h>}:<kind>:<key>', kind v (value), l (lease),
+-- scalekit/cache/_redis.py: '<ns>:{<h>}:<kind>:<key>', kind v (value), l (lease),
 -- f (fence), t (a tag's set of value names). A key's value, lease and fence share
 -- the hash tag {<h>}, so one script touches them on one Redis Cluster slot.
 -- Every read of a key the cache does not trust (a value or fence someone else may

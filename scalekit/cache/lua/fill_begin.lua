@@ -8,7 +8,7 @@
 --        {2 (lease acquired) | 3 (lease held by another), the fence's value}.
 -- The fence registers the fill: it exists (for at least the fence ttl) while the
 -- fill may store, so every invalidation (key, tag, prefix, clear) finds and moves it.
--- A value starts with 'SKC2<fresh_until>|' (see scalekit/cache/redis.py); anything
+-- A value starts with 'SKC2<fresh_until>|' (see scalekit/cache/_redis.py); anything
 -- else (another writer, a wrong type) is simply not fresh: it is loaded and replaced.
 local fence_ms = tonumber(ARGV[4])
 if ARGV[3] ~= 'force' then

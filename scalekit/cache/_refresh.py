@@ -6,7 +6,7 @@ seconds before it expires and stores it; readers only ever read
 (``cache.get(key)``, or ``cache.get_or_load(key, loader)`` as a cold-start fallback).
 
 - One job per key and process; on a remote backend every process may run the job:
-  :meth:`Cache.refresh <scalekit.cache.core.Cache.refresh>` loads only when the
+  :meth:`Cache.refresh <scalekit.cache._core.Cache.refresh>` loads only when the
   stored value is due and this process wins the key's lease, so the fleet computes
   each period once.
 - The schedule follows the stored entry (its ``stored_at + ttl - refresh_ahead``),
@@ -35,8 +35,8 @@ from datetime import timedelta
 from typing import Any
 
 from scalekit._clock import MonotonicClock
-from scalekit.cache.core import Cache, CacheOptions
-from scalekit.cache.freshness import _duration
+from scalekit.cache._core import Cache, CacheOptions
+from scalekit.cache._freshness import _duration
 from scalekit.errors import ConfigurationError
 
 __all__ = ["RefreshAhead"]
@@ -45,7 +45,7 @@ log = logging.getLogger("scalekit.cache")
 
 
 def _seconds(value: float | timedelta, what: str) -> float:
-    """A duration (see :func:`~scalekit.cache.freshness._duration`) that must be > 0."""
+    """A duration (see :func:`~scalekit.cache._freshness._duration`) that must be > 0."""
     seconds = _duration(value, what)
     if seconds == 0:
         raise ConfigurationError(f"{what} must be a finite duration > 0 seconds, got {value!r}")
@@ -181,11 +181,11 @@ class RefreshAhead:
         return max(due, 0.0)
 
     def _next_in(self) -> float:
-        entry = self.cache._peek(self.key, self.type_hint)
+        entry = self.cache._run(self.cache._read(self.key, self.type_hint))
         return self._wait_for(None if entry is None else entry[1].stored_at + entry[1].ttl)
 
     async def _anext_in(self) -> float:
-        entry = await self.cache._apeek(self.key, self.type_hint)
+        entry = await self.cache._arun(self.cache._read(self.key, self.type_hint))
         return self._wait_for(None if entry is None else entry[1].stored_at + entry[1].ttl)
 
     # --- loops ---------------------------------------------------------------------------

@@ -1,19 +1,20 @@
 """The cache backend protocol and the markers every backend stores.
 
-:class:`~scalekit.cache.core.Cache` drives a backend through :class:`CacheBackend`.
-There are two kinds:
-
-- *local* backends (``local = True``: :class:`~scalekit.cache.memory.MemoryCacheBackend`)
-  hold Python objects in this process and never do I/O. The cache calls them under
-  its own lock and directly from async code; fills are fenced by the cache's own
-  bookkeeping.
-- *remote* backends (``local = False``: :class:`~scalekit.cache.redis.RedisCacheBackend`,
-  :class:`~scalekit.cache.tiered.TieredCacheBackend`) are shared by a fleet. They
-  serialize, have async twins of every method (``aget``, ``aset``, …), a
-  ``clock`` that every process of the fleet agrees on, and a fill protocol:
+:class:`~scalekit.cache.Cache` drives every backend through one protocol,
+:class:`FencedCacheBackend`: reads, writes and invalidations (:class:`CacheBackend`),
+their ``a``-prefixed async twins (:class:`AsyncCacheBackend`), a ``clock`` (the
+time entries are stored with; the cache reads it too) and the fill protocol. The
+in-process :class:`~scalekit.cache.MemoryCacheBackend` (``local = True``: Python
+objects, no I/O, so its twins call the sync methods and the cache reads it without
+its backend guard) keeps leases and fences in a dict; the fleet-shared
+:class:`~scalekit.cache.RedisCacheBackend` and
+:class:`~scalekit.cache.TieredCacheBackend` (``local = False``) serialize and keep
+them on the server. The fill protocol:
 
   ``begin_fill(key, tags, heads, now, hint, margin)`` -> :class:`FillTicket`
-      on a miss only: answers the entry if it became fresh meanwhile, else tries
+      on a miss or a refresh only: answers the entry if it is fresh beyond
+      ``now + margin`` (a background refresh passes the freshness it saw, so a
+      value another refresher stored since is used, not loaded again), else tries
       to take the key's lease (``acquired``, or ``held`` by another process) and
       *registers* the fill where every invalidation covering it will find it (on
       Redis: the key's fence, created or kept and read, and its tags' sets); never
@@ -40,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 from scalekit._clock import Clock
-from scalekit.cache.freshness import EntryMeta
+from scalekit.cache._freshness import EntryMeta
 
 __all__ = [
     "AsyncCacheBackend",
@@ -105,12 +106,10 @@ class FillTicket:
 
 @runtime_checkable
 class CacheBackend(Protocol):
-    """What :class:`~scalekit.cache.core.Cache` needs from every store.
-
-    Every backend also implements :class:`AsyncCacheBackend` (the ``a``-prefixed
-    twins, which the cache's async driver awaits; an in-process backend's simply
-    call the sync ones); remote backends (``local = False``) are
-    :class:`FencedCacheBackend` objects. See the module docstring.
+    """The reads, writes and invalidations of a cache backend. A backend a
+    :class:`~scalekit.cache.Cache` drives implements all of
+    :class:`FencedCacheBackend` (these, their async twins and the fill protocol).
+    See the module docstring.
     """
 
     local: bool
@@ -156,8 +155,9 @@ class AsyncCacheBackend(Protocol):
 
 @runtime_checkable
 class FencedCacheBackend(CacheBackend, AsyncCacheBackend, Protocol):
-    """A backend a fleet shares (``local = False``): the clock every process agrees
-    on, and the fill protocol (see the module docstring), sync and async."""
+    """What a :class:`~scalekit.cache.Cache` drives: :class:`CacheBackend`, its
+    async twins, the clock entries are stored with, and the fill protocol (see the
+    module docstring), sync and async."""
 
     clock: Clock
 

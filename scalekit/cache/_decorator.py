@@ -1,18 +1,18 @@
 """``@cached``: one decorator for sync and async functions and methods.
 
 The function is inspected once, at decoration time (``inspect.iscoroutinefunction``)
-and gets a sync or an async wrapper; both call one :class:`~scalekit.cache.core.Cache`
+and gets a sync or an async wrapper; both call one :class:`~scalekit.cache._core.Cache`
 (``get_or_load`` / ``aget_or_load``). ``ParamSpec`` keeps the signature, so
 ``mypy --strict`` sees the original parameter and return types.
 
-Keys come from :class:`~scalekit.cache.keys.KeyBuilder` (defaults applied, so
+Keys come from :class:`~scalekit.cache._keys.KeyBuilder` (defaults applied, so
 ``f(1)`` and ``f(a=1)`` share an entry; ``self`` of methods left out, ``cls``
 kept). ``key=`` replaces the argument part with your own string, still under the
 function's ``<prefix>:<namespace>:v<version>:`` head, so namespace/version
 invalidation covers it. ``tags=`` is a collection of tags or a callable receiving
 the function's arguments and returning them.
 
-Without ``cache=``, the process-wide :func:`~scalekit.cache.core.default_cache`
+Without ``cache=``, the process-wide :func:`~scalekit.cache._core.default_cache`
 (bounded, in memory) is used, chosen at decoration time.
 
 Invalidation of one call: :func:`invalidate(fn, *args, **kwargs)
@@ -35,15 +35,11 @@ from datetime import timedelta
 from typing import Any, ParamSpec, TypeVar, cast
 
 from scalekit._decorated import attach
-from scalekit.cache.backend import CachedError
-from scalekit.cache.core import (
-    Cache,
-    CacheOptions,
-    _check_tags,
-    default_cache,
-)
-from scalekit.cache.freshness import EntryMeta, Freshness
-from scalekit.cache.keys import KeyBuilder
+from scalekit.cache._backend import CachedError
+from scalekit.cache._core import Cache, CacheOptions, default_cache
+from scalekit.cache._freshness import EntryMeta, Freshness
+from scalekit.cache._keys import KeyBuilder
+from scalekit.cache._options import check_tags as _check_tags
 from scalekit.errors import ConfigurationError
 
 __all__ = ["ainvalidate", "cache_key", "cache_of", "cached", "invalidate"]
@@ -133,7 +129,7 @@ def cached(
         heads = builder.heads
         # an in-process backend keeps the objects themselves: only a remote one
         # decodes, and needs the type (a forward reference: resolved at first call)
-        hint: Any = type_hint if type_hint is not None or c._local else _return_hint(fn)
+        hint: Any = type_hint if type_hint is not None or c._in_process else _return_hint(fn)
         pending = hint is _PENDING
         if pending:
             hint = None
@@ -142,7 +138,7 @@ def cached(
         # cached exception re-raised), before any loader, tags or single-flight.
         # Every other state continues where get_or_load would after its read.
         read = c._reader(opts, hint)
-        aread = None if c._local else c._areader(opts, hint)
+        aread = None if c._in_process else c._areader(opts, hint)
         # this function's namespace's counters, resolved once: the hit path counts on
         # them with one next(), no lookup (see scalekit.cache._metrics)
         counters = c._metrics.of(builder.namespace)
@@ -178,7 +174,7 @@ def cached(
                     counters,
                 )
 
-            if c._local:  # the read is a plain call: nothing to await on a hit
+            if c._in_process:  # the read is a plain call: nothing to await on a hit
 
                 @functools.wraps(fn)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:

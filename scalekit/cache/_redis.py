@@ -1,7 +1,7 @@
 """The Redis cache backend: entries shared by a fleet, fills fenced on the server.
 
 :class:`RedisCacheBackend` implements the remote side of
-:class:`~scalekit.cache.backend.CacheBackend` on one Redis server (or a primary) or
+:class:`~scalekit.cache._backend.CacheBackend` on one Redis server (or a primary) or
 on a Redis Cluster (``redis+cluster://``).
 
 Layout (``ns`` is ``namespace=``, escaped; ``<h>`` 8 hex digits of a CRC-32)
@@ -119,10 +119,10 @@ from zlib import crc32
 from scalekit import _validate
 from scalekit._clock import MONOTONIC, Clock, as_clock
 from scalekit._keys import escape
+from scalekit.backends import RedisBackend
 from scalekit.backends._lua import load_script
-from scalekit.backends._redis import RedisBackend
-from scalekit.cache.backend import CachedError, Entry, FillTicket, RemoteError
-from scalekit.cache.freshness import EntryMeta
+from scalekit.cache._backend import CachedError, Entry, FillTicket, RemoteError
+from scalekit.cache._freshness import EntryMeta
 from scalekit.errors import BackendDataError, BackendError, ConfigurationError, SerializationError
 from scalekit.observability._metrics import Counter
 from scalekit.serde import JsonSerializer, Serializer, get_serializer

@@ -1,15 +1,15 @@
 """The tiered cache backend: an in-process L1 in front of the Redis L2.
 
 :class:`TieredCacheBackend` is a *remote* backend (``local = False``): the cache
-drives it exactly like :class:`~scalekit.cache.redis.RedisCacheBackend`, whose
+drives it exactly like :class:`~scalekit.cache._redis.RedisCacheBackend`, whose
 clock, fill protocol (leases and fences on the server) and counters it uses.
 
 Reads
 -----
-``get`` answers from L1 (a :class:`~scalekit.cache.memory.MemoryCacheBackend` on
+``get`` answers from L1 (a :class:`~scalekit.cache._memory.MemoryCacheBackend` on
 the L2's clock) when it holds the key; otherwise it reads L2 and keeps a copy in
 L1 for ``min(l1_ttl, the entry's remaining storage ttl)``. The copy carries the
-L2 entry's :class:`~scalekit.cache.freshness.EntryMeta`, so the cache decides
+L2 entry's :class:`~scalekit.cache._freshness.EntryMeta`, so the cache decides
 freshness (stale windows, XFetch) exactly as it would on L2. L1 holds what L2
 decodes (negative entries included), together with the type hint it was decoded
 to: a reader asking for another type reads L2.
@@ -70,10 +70,10 @@ from typing import Any
 
 from scalekit._clock import Clock
 from scalekit._keys import escape
-from scalekit.cache.backend import Entry, FillTicket
-from scalekit.cache.freshness import EntryMeta
-from scalekit.cache.memory import MemoryCacheBackend
-from scalekit.cache.redis import RedisCacheBackend
+from scalekit.cache._backend import Entry, FillTicket
+from scalekit.cache._freshness import EntryMeta
+from scalekit.cache._memory import MemoryCacheBackend
+from scalekit.cache._redis import RedisCacheBackend
 from scalekit.errors import ConfigurationError
 from scalekit.observability._metrics import Counter
 
@@ -122,7 +122,7 @@ def _positive_seconds(value: float | timedelta, what: str) -> float:
 class TieredCacheBackend:
     """An in-process L1 in front of a Redis L2; see the module docstring.
 
-    :param l2: the :class:`~scalekit.cache.redis.RedisCacheBackend` every process
+    :param l2: the :class:`~scalekit.cache._redis.RedisCacheBackend` every process
         of the fleet shares.
     :param l1_max_entries: the bound of L1 (LRU beyond it).
     :param l1_ttl: the longest an L1 copy lives (seconds or a timedelta): the
@@ -138,7 +138,7 @@ class TieredCacheBackend:
         flushed and bypassed).
     """
 
-    #: shared by a fleet: fenced fills, async twins (see scalekit.cache.backend)
+    #: shared by a fleet: fenced fills, async twins (see scalekit.cache._backend)
     local = False
 
     def __init__(
@@ -197,7 +197,7 @@ class TieredCacheBackend:
 
     @property
     def decode_counter(self) -> Counter:
-        """The L2's decode-error counter (a :class:`~scalekit.cache.core.Cache`
+        """The L2's decode-error counter (a :class:`~scalekit.cache._core.Cache`
         puts its own there)."""
         return self.l2.decode_counter
 
