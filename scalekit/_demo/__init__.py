@@ -256,16 +256,19 @@ class _Progress:
 
 
 def _command_line(argv: list[str]) -> str:
-    """The command as typed, with the passwords of the URLs in it masked."""
-    from scalekit.pools import PoolSettings
+    """The command as typed, with the passwords of the URLs in it masked (a URL that
+    cannot be parsed is masked whole: never printed with its password)."""
+    from scalekit._urls import redact as redact_url
 
     def redact(arg: str) -> str:
         option, eq, value = arg.partition("=")
         if eq and option in ("--database-url", "--redis-url"):
             return f"{option}={redact(value)}"
         if "://" in arg:
-            with contextlib.suppress(Exception):
-                return str(PoolSettings.from_url(arg).label)
+            try:
+                return redact_url(arg)
+            except ValueError:
+                return "***"
         return arg
 
     return " ".join(["scalekit", *(redact(a) for a in argv)])

@@ -383,6 +383,10 @@ def test_the_command_line_in_the_report_hides_passwords() -> None:
     )
     assert "s3cret" not in line and ":pw@" not in line
     assert line.startswith("scalekit demo --database-url postgresql://me:***@db/x")
+    # a URL that does not parse is masked whole, never echoed with its password
+    assert _command_line(["demo", "--database-url=postgresql://u:pw@[bad/x"]) == (
+        "scalekit demo --database-url=***"
+    )
 
 
 def test_import_scalekit_imports_none_of_the_demo_dependencies() -> None:
